@@ -1,0 +1,1012 @@
+//! `ktl bench`: measures the per-thread accessors against their alternatives.
+//!
+//! The framework is small and meant to grow. A [`Row`] is a named operation
+//! in a group, or the reason it cannot run on this machine. For each row that
+//! can run, [`measure`] calibrates an iteration count once, so that one sample
+//! takes about `--sample-ms`, runs one untimed sample as a warm-up, then takes
+//! `--samples` timed samples.
+//!
+//! Two loop shapes are available (`--shape`):
+//! - `call` (the default): each iteration makes one call and adds its result
+//!   to an accumulator, which goes through [`std::hint::black_box`] at the end
+//!   of the sample. The loop's own add, decrement and branch are part of every
+//!   row: this is the cost of a call as code that uses the result sees it.
+//! - `throughput`: each iteration makes 8 calls (unrolled) and adds the
+//!   results with `wrapping_add`; the sum goes through `black_box` at the end
+//!   of the sample. Independent calls then overlap in the out-of-order core,
+//!   and the loop approaches the processor's issue rate: the raw load costs
+//!   about one cycle, and every extra instruction of a row shows.
+//!
+//! The report gives, per row, the median, minimum and maximum time per call
+//! and the spread, `(max - min) / median`. Below the table come the two
+//! comparisons the project promises, computed from the medians of the same
+//! run: `ktl::cpu_id()` costs at most 1.5x the raw thread-pointer-relative
+//! load, and is at least 4x faster than glibc's `sched_getcpu`. A failed
+//! comparison is reported, never turned into an error: machines are noisy.
+//!
+//! The JSON form (`--json`) follows the schema `ktl-bench/1`:
+//!
+//! ```text
+//! {"schema": "ktl-bench/1",
+//!  "machine": {"cpu_model", "kernel", "arch", "logical_cpus", "usable_cpus"},
+//!  "owner": "libc" | "ktl" | "unavailable",
+//!  "shape": "call" | "throughput",
+//!  "rows": [{"name", "group", "available", "reason", "median_ns", "min_ns",
+//!            "max_ns", "spread_pct", "samples", "iters_per_sample"}],
+//!  "checks": [{"name", "ratio", "limit", "bound", "pass", "reason"}]}
+//! ```
+//!
+//! Numbers of a row that did not run, and the ratio and verdict of a check
+//! that could not be computed, are `null`; `reason` says why. `bound` is
+//! `"max"` when `ratio` must be at most `limit`, `"min"` when at least.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ktl::cpu::Source;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// The JSON schema name and version.
+const SCHEMA: &str = "ktl-bench/1";
+
+/// The row the ratio column compares against.
+const BASELINE: &str = "ktl::cpu_id()";
+
+/// The name of the raw-load row, the limit `ktl::cpu_id()` is held to.
+const RAW_LOAD: &str = "raw %fs load (limit)";
+
+/// The name of the glibc row.
+const GLIBC: &str = "glibc sched_getcpu";
+
+/// Calls of the operation per timed iteration in the throughput shape.
+const UNROLL: u64 = 8;
+
+/// How a sample's loop calls the operation.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// One call per iteration, its result added to an accumulator.
+    #[default]
+    Call,
+    /// 8 unrolled calls per iteration, results summed.
+    Throughput,
+}
+
+impl Shape {
+    /// Calls per loop iteration.
+    fn calls_per_iter(self) -> u64 {
+        match self {
+            Shape::Call => 1,
+            Shape::Throughput => UNROLL,
+        }
+    }
+}
+
+/// Defaults of a full run.
+const DEFAULT_SAMPLES: u32 = 15;
+const DEFAULT_SAMPLE_MS: u64 = 20;
+
+/// Defaults of the quick run (`--quick`, and `ktl` with no subcommand).
+const QUICK_SAMPLES: u32 = 7;
+const QUICK_SAMPLE_MS: u64 = 5;
+
+/// Upper bounds on the options, to catch typos that would run for hours.
+const MAX_SAMPLES: u32 = 10_000;
+const MAX_SAMPLE_MS: u64 = 60_000;
+
+/// Options of `ktl bench`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BenchArgs {
+    /// Timed samples per row [default: 15, or 7 with --quick].
+    #[arg(long, value_name = "N")]
+    pub samples: Option<u32>,
+    /// Target duration of one sample, in milliseconds [default: 20, or 5 with
+    /// --quick].
+    #[arg(long, value_name = "MS")]
+    pub sample_ms: Option<u64>,
+    /// The short run: fewer, shorter samples (about a second in all).
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only the rows whose name or group contains this text (ignoring
+    /// case).
+    #[arg(long, value_name = "SUBSTRING")]
+    pub filter: Option<String>,
+    /// Print the results as JSON (schema `ktl-bench/1`), without a progress
+    /// bar.
+    #[arg(long)]
+    pub json: bool,
+    /// The loop shape: `call` (one call per iteration, like criterion) or
+    /// `throughput` (8 unrolled, independent calls per iteration).
+    #[arg(long, value_enum, default_value_t = Shape::Call)]
+    pub shape: Shape,
+}
+
+impl BenchArgs {
+    /// The short run that `ktl` with no subcommand does after the report.
+    pub fn quick() -> BenchArgs {
+        BenchArgs {
+            quick: true,
+            ..BenchArgs::default()
+        }
+    }
+
+    /// The effective sample count and sample duration, checked.
+    fn settings(&self) -> Result<(u32, Duration), String> {
+        let (default_samples, default_ms) = if self.quick {
+            (QUICK_SAMPLES, QUICK_SAMPLE_MS)
+        } else {
+            (DEFAULT_SAMPLES, DEFAULT_SAMPLE_MS)
+        };
+        let samples = self.samples.unwrap_or(default_samples);
+        let ms = self.sample_ms.unwrap_or(default_ms);
+        if !(1..=MAX_SAMPLES).contains(&samples) {
+            return Err(format!(
+                "--samples must be between 1 and {MAX_SAMPLES} (got {samples})"
+            ));
+        }
+        if !(1..=MAX_SAMPLE_MS).contains(&ms) {
+            return Err(format!(
+                "--sample-ms must be between 1 and {MAX_SAMPLE_MS} (got {ms})"
+            ));
+        }
+        Ok((samples, Duration::from_millis(ms)))
+    }
+}
+
+/// A timed loop: runs `iters` iterations of the unrolled body and returns the
+/// elapsed time.
+type TimedLoop = Box<dyn Fn(u64, Shape) -> Duration>;
+
+/// One line of the benchmark: a named operation, or why it cannot run here.
+pub struct Row {
+    /// The name shown in the table and in JSON.
+    pub name: String,
+    /// The group of related rows (for example `"cpu"`).
+    pub group: String,
+    /// The timed loop, or the reason the row is not available.
+    op: Result<TimedLoop, String>,
+}
+
+impl Row {
+    /// A row measuring `op`. The results of its calls are summed with
+    /// `wrapping_add`, so any integer type that widens to `u64` will do.
+    pub fn new<T, F>(name: &str, group: &str, op: F) -> Row
+    where
+        T: Into<u64>,
+        F: Fn() -> T + 'static,
+    {
+        Row {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            op: Ok(Box::new(move |iters, shape| match shape {
+                Shape::Call => call_loop(&op, iters),
+                Shape::Throughput => timed_loop(&op, iters),
+            })),
+        }
+    }
+
+    /// A row that cannot run on this machine, listed as "n/a" with `reason`.
+    pub fn unavailable(name: &str, group: &str, reason: impl Into<String>) -> Row {
+        Row {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            op: Err(reason.into()),
+        }
+    }
+
+    /// Whether `filter` selects this row: a case-insensitive substring of its
+    /// name or group. No filter selects every row.
+    fn matches(&self, filter: Option<&str>) -> bool {
+        filter.is_none_or(|f| {
+            let f = f.to_lowercase();
+            self.name.to_lowercase().contains(&f) || self.group.to_lowercase().contains(&f)
+        })
+    }
+}
+
+/// Runs `iters` iterations of one call of `op`, adding each result into an
+/// accumulator that goes through `black_box` at the end, and returns the
+/// elapsed time.
+///
+/// The loop is not unrolled, so its own cost (an add, a decrement and a
+/// branch) is part of every row, as in any per-call benchmark. It stores
+/// nothing per call: a store per call would let the processor's memory
+/// disambiguation stall some rows and not others, depending on where the
+/// stack happens to sit.
+#[inline(always)]
+fn call_loop<T: Into<u64>>(op: &impl Fn() -> T, iters: u64) -> Duration {
+    let mut acc = 0u64;
+    let start = Instant::now();
+    for _ in 0..iters {
+        acc = acc.wrapping_add(op().into());
+    }
+    let elapsed = start.elapsed();
+    black_box(acc);
+    elapsed
+}
+
+/// Runs `iters` iterations of 8 calls of `op` and returns the elapsed time.
+///
+/// Generic, so `op` is inlined into the loop: the only dynamic call is the
+/// one into this function, once per sample.
+#[inline(always)]
+fn timed_loop<T: Into<u64>>(op: &impl Fn() -> T, iters: u64) -> Duration {
+    let mut acc = 0u64;
+    let start = Instant::now();
+    for _ in 0..iters {
+        acc = acc.wrapping_add(op().into());
+        acc = acc.wrapping_add(op().into());
+        acc = acc.wrapping_add(op().into());
+        acc = acc.wrapping_add(op().into());
+        acc = acc.wrapping_add(op().into());
+        acc = acc.wrapping_add(op().into());
+        acc = acc.wrapping_add(op().into());
+        acc = acc.wrapping_add(op().into());
+    }
+    let elapsed = start.elapsed();
+    black_box(acc);
+    elapsed
+}
+
+/// glibc's `sched_getcpu`: the CPU number, or -1 with `errno` set.
+#[inline(always)]
+fn glibc_sched_getcpu() -> i32 {
+    // SAFETY: `sched_getcpu` takes no arguments, touches no memory of ours
+    // and may be called from any thread at any time.
+    unsafe { libc::sched_getcpu() }
+}
+
+/// The rows of this version, in order: ktl's accessors, the limit, then the
+/// alternatives. Rows that cannot run here carry their reason.
+pub fn rows() -> Vec<Row> {
+    const G: &str = "cpu";
+    // Decide the owner and register this thread's area (when ktl owns the
+    // areas) before anything is timed.
+    let layout = ktl::layout();
+    let sources = ktl::cpu::sources();
+
+    let mut rows = vec![Row::new(BASELINE, G, ktl::cpu_id)];
+
+    rows.push(match (layout.offset, sources.cpu_id) {
+        (Some(offset), Source::Area) => Row::new(RAW_LOAD, G, move || {
+            // SAFETY: `offset` comes from `ktl::layout()`, so it designates
+            // the calling thread's area (live: `sources()` reads it), which
+            // stays mapped for the life of the thread. The closure only runs
+            // on the thread that built the rows.
+            unsafe { ktl::cpu::cpu_id_at(offset) }
+        }),
+        (None, _) => Row::unavailable(
+            RAW_LOAD,
+            G,
+            format!("no rseq area (owner: {})", owner_text(&layout.owner)),
+        ),
+        (Some(_), source) => Row::unavailable(
+            RAW_LOAD,
+            G,
+            format!("this thread's area is not registered (cpu_id reads: {source})"),
+        ),
+    });
+
+    rows.push(Row::new("ktl::node_id()", G, ktl::node_id));
+    rows.push(Row::new("ktl::mm_cid()", G, ktl::mm_cid));
+
+    rows.push(if glibc_sched_getcpu() >= 0 {
+        Row::new(GLIBC, G, || glibc_sched_getcpu() as u32)
+    } else {
+        let err = std::io::Error::last_os_error();
+        Row::unavailable(GLIBC, G, format!("sched_getcpu failed: {err}"))
+    });
+
+    rows.push(match ktl::cpu::getcpu_vdso() {
+        Some(_) => Row::new("vDSO getcpu", G, || {
+            ktl::cpu::getcpu_vdso().map_or(0, |(cpu, _)| cpu)
+        }),
+        None => Row::unavailable("vDSO getcpu", G, "the vDSO has no getcpu"),
+    });
+
+    rows.push(match ktl::cpu::getcpu_syscall() {
+        Ok(_) => Row::new("getcpu syscall", G, || {
+            ktl::cpu::getcpu_syscall().map_or(0, |(cpu, _)| cpu)
+        }),
+        Err(e) => Row::unavailable("getcpu syscall", G, format!("getcpu failed: {e}")),
+    });
+
+    rows.push(match ktl::cpu::rdpid() {
+        Some(_) => Row::new("RDPID", G, || ktl::cpu::rdpid().map_or(0, |(cpu, _)| cpu)),
+        None => Row::unavailable("RDPID", G, "this CPU has no RDPID instruction"),
+    });
+
+    rows
+}
+
+/// The statistics of one measured row, in nanoseconds per call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// The median over the samples.
+    pub median_ns: f64,
+    /// The fastest sample.
+    pub min_ns: f64,
+    /// The slowest sample.
+    pub max_ns: f64,
+    /// `(max - min) / median`, in percent.
+    pub spread_pct: f64,
+    /// Timed samples taken.
+    pub samples: u32,
+    /// Loop iterations per sample (one call each in the `call` shape, 8 in
+    /// the `throughput` shape).
+    pub iters_per_sample: u64,
+}
+
+impl Stats {
+    /// The statistics of per-call times `ns` (not empty).
+    fn from_samples(mut ns: Vec<f64>, iters_per_sample: u64) -> Stats {
+        ns.sort_by(f64::total_cmp);
+        let n = ns.len();
+        let median = if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            ns[n / 2]
+        } else {
+            (ns[n / 2 - 1] + ns[n / 2]) / 2.0
+        };
+        let min = ns.first().copied().unwrap_or(0.0);
+        let max = ns.last().copied().unwrap_or(0.0);
+        let spread_pct = if median > 0.0 {
+            (max - min) / median * 100.0
+        } else {
+            0.0
+        };
+        Stats {
+            median_ns: median,
+            min_ns: min,
+            max_ns: max,
+            spread_pct,
+            samples: n as u32,
+            iters_per_sample,
+        }
+    }
+}
+
+/// A row after the run: its statistics, or the reason it did not run.
+struct Outcome {
+    name: String,
+    group: String,
+    result: Result<Stats, String>,
+}
+
+impl Outcome {
+    fn median(&self) -> Option<f64> {
+        self.result.as_ref().ok().map(|s| s.median_ns)
+    }
+}
+
+/// The iteration count that makes one sample of `op` last about `target`.
+///
+/// Doubles the count until a run lasts a tenth of the target (long enough for
+/// `Instant` to resolve well), then scales it. These runs are also the start
+/// of the warm-up.
+fn calibrate(op: &dyn Fn(u64) -> Duration, target: Duration) -> u64 {
+    const MAX_ITERS: u64 = 1 << 40;
+    let probe_target = target / 10;
+    let mut iters = 1u64;
+    loop {
+        let elapsed = op(iters);
+        if elapsed >= probe_target || iters >= MAX_ITERS {
+            let per_iter = elapsed.as_secs_f64() / iters as f64;
+            if per_iter <= 0.0 {
+                return MAX_ITERS;
+            }
+            let want = (target.as_secs_f64() / per_iter).round();
+            return (want as u64).clamp(1, MAX_ITERS);
+        }
+        iters *= 2;
+    }
+}
+
+/// Measures several operations side by side: calibrates each (which also
+/// warms it up), runs one untimed warm-up sample of each, then takes
+/// `samples` rounds, each round one timed sample of every operation in turn,
+/// ticking `bar` once per sample.
+///
+/// Interleaving the rounds spreads the machine's slow phases (frequency
+/// changes, a noisy neighbour) over every row alike, so ratios between rows
+/// of one run stay meaningful even when absolute times wander.
+fn measure_all(
+    ops: &[&dyn Fn(u64) -> Duration],
+    calls_per_iter: u64,
+    samples: u32,
+    target: Duration,
+    bar: &ProgressBar,
+) -> Vec<Stats> {
+    let iters: Vec<u64> = ops.iter().map(|op| calibrate(*op, target)).collect();
+    for (op, &n) in ops.iter().zip(&iters) {
+        black_box(op(n)); // warm-up
+    }
+    let mut ns: Vec<Vec<f64>> = vec![Vec::with_capacity(samples as usize); ops.len()];
+    for _ in 0..samples {
+        for (i, (op, &n)) in ops.iter().zip(&iters).enumerate() {
+            let elapsed = op(n);
+            bar.inc(1);
+            ns[i].push(elapsed.as_nanos() as f64 / (n * calls_per_iter) as f64);
+        }
+    }
+    ns.into_iter()
+        .zip(iters)
+        .map(|(v, n)| Stats::from_samples(v, n))
+        .collect()
+}
+
+/// The progress bar: on stderr, hidden when stderr is not a terminal (and
+/// always with `--json`).
+fn progress_bar(total: u64, json: bool) -> ProgressBar {
+    if json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("bench {bar:30.cyan/blue} {pos:>3}/{len:3} {wide_msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Runs the selected rows side by side (see [`measure_all`]) and returns
+/// their outcomes, in order.
+fn run_rows(
+    rows: Vec<Row>,
+    shape: Shape,
+    samples: u32,
+    target: Duration,
+    json: bool,
+) -> Vec<Outcome> {
+    let timed: Vec<Box<dyn Fn(u64) -> Duration + '_>> = rows
+        .iter()
+        .filter_map(|r| r.op.as_ref().ok())
+        .map(|op| Box::new(move |iters| op(iters, shape)) as Box<dyn Fn(u64) -> Duration>)
+        .collect();
+    let refs: Vec<&dyn Fn(u64) -> Duration> = timed.iter().map(|b| b.as_ref()).collect();
+    let bar = progress_bar(refs.len() as u64 * u64::from(samples), json);
+    bar.set_message("calibrating, then interleaved samples of every row");
+    let mut stats = measure_all(&refs, shape.calls_per_iter(), samples, target, &bar).into_iter();
+    bar.finish_and_clear();
+    drop(timed);
+    rows.into_iter()
+        .map(|row| Outcome {
+            result: match row.op {
+                Ok(_) => stats.next().ok_or_else(|| "not measured".to_owned()),
+                Err(reason) => Err(reason),
+            },
+            name: row.name,
+            group: row.group,
+        })
+        .collect()
+}
+
+/// Which side of the limit a check's ratio must stay on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Bound {
+    /// The ratio must be at most the limit.
+    Max,
+    /// The ratio must be at least the limit.
+    Min,
+}
+
+/// A promised comparison: `median(numerator) / median(denominator)` against
+/// `limit`.
+struct CheckSpec {
+    name: &'static str,
+    numerator: &'static str,
+    denominator: &'static str,
+    bound: Bound,
+    limit: f64,
+}
+
+/// The comparisons the project promises.
+const CHECKS: &[CheckSpec] = &[
+    CheckSpec {
+        name: "ktl::cpu_id() costs at most 1.5x the raw load",
+        numerator: BASELINE,
+        denominator: RAW_LOAD,
+        bound: Bound::Max,
+        limit: 1.5,
+    },
+    CheckSpec {
+        name: "ktl::cpu_id() is at least 4x faster than glibc sched_getcpu",
+        numerator: GLIBC,
+        denominator: BASELINE,
+        bound: Bound::Min,
+        limit: 4.0,
+    },
+];
+
+/// A comparison's result, as serialized.
+#[derive(Serialize, Debug)]
+struct Check {
+    name: &'static str,
+    /// `median(numerator) / median(denominator)`; null when not computed.
+    ratio: Option<f64>,
+    limit: f64,
+    bound: Bound,
+    /// Null when the ratio could not be computed.
+    pass: Option<bool>,
+    /// Why the ratio could not be computed.
+    reason: Option<String>,
+}
+
+/// Evaluates the checks from the medians of `outcomes`.
+fn checks(outcomes: &[Outcome]) -> Vec<Check> {
+    let median = |name: &str| -> Result<f64, String> {
+        match outcomes.iter().find(|o| o.name == name) {
+            None => Err(format!("{name} was not run (--filter)")),
+            Some(o) => match &o.result {
+                Err(reason) => Err(format!("{name} is n/a: {reason}")),
+                Ok(s) if s.median_ns > 0.0 => Ok(s.median_ns),
+                Ok(_) => Err(format!("{name} measured 0 ns")),
+            },
+        }
+    };
+    CHECKS
+        .iter()
+        .map(|spec| {
+            let ratio =
+                median(spec.numerator).and_then(|n| median(spec.denominator).map(|d| n / d));
+            let (ratio, reason) = match ratio {
+                Ok(r) => (Some(r), None),
+                Err(e) => (None, Some(e)),
+            };
+            let pass = ratio.map(|r| match spec.bound {
+                Bound::Max => r <= spec.limit,
+                Bound::Min => r >= spec.limit,
+            });
+            Check {
+                name: spec.name,
+                ratio,
+                limit: spec.limit,
+                bound: spec.bound,
+                pass,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// The machine the numbers come from.
+#[derive(Serialize, Debug)]
+struct Machine {
+    /// `model name` from /proc/cpuinfo, or `"unknown"`.
+    cpu_model: String,
+    /// The kernel release (`uname -r`), or `"unknown"`.
+    kernel: String,
+    /// The target architecture.
+    arch: &'static str,
+    /// Logical CPUs the system has (the `processor` entries of /proc/cpuinfo).
+    logical_cpus: Option<usize>,
+    /// CPUs this process may run on.
+    usable_cpus: Option<usize>,
+}
+
+impl Machine {
+    fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |line: &str, key: &str| -> Option<String> {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_owned())
+        };
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| field(l, "model name"))
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let logical = cpuinfo
+            .lines()
+            .filter(|l| field(l, "processor").is_some())
+            .count();
+        // The same string as uname(2)'s `release`, without unsafe code.
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".to_owned());
+        Machine {
+            cpu_model,
+            kernel,
+            arch: std::env::consts::ARCH,
+            logical_cpus: (logical > 0).then_some(logical),
+            usable_cpus: std::thread::available_parallelism().ok().map(|n| n.get()),
+        }
+    }
+}
+
+/// A row, as serialized.
+#[derive(Serialize, Debug)]
+struct RowReport {
+    name: String,
+    group: String,
+    available: bool,
+    reason: Option<String>,
+    median_ns: Option<f64>,
+    min_ns: Option<f64>,
+    max_ns: Option<f64>,
+    spread_pct: Option<f64>,
+    samples: Option<u32>,
+    iters_per_sample: Option<u64>,
+}
+
+/// The whole result, as serialized for `--json`.
+#[derive(Serialize, Debug)]
+struct Report {
+    /// Always [`SCHEMA`].
+    schema: &'static str,
+    machine: Machine,
+    /// `"libc"`, `"ktl"` or `"unavailable"`.
+    owner: String,
+    /// The loop shape: `"call"` or `"throughput"`.
+    shape: Shape,
+    rows: Vec<RowReport>,
+    checks: Vec<Check>,
+}
+
+impl Report {
+    fn new(machine: Machine, owner: &ktl::Owner, shape: Shape, outcomes: &[Outcome]) -> Report {
+        let rows = outcomes
+            .iter()
+            .map(|o| {
+                let stats = o.result.as_ref().ok();
+                RowReport {
+                    name: o.name.clone(),
+                    group: o.group.clone(),
+                    available: stats.is_some(),
+                    reason: o.result.as_ref().err().cloned(),
+                    median_ns: stats.map(|s| s.median_ns),
+                    min_ns: stats.map(|s| s.min_ns),
+                    max_ns: stats.map(|s| s.max_ns),
+                    spread_pct: stats.map(|s| s.spread_pct),
+                    samples: stats.map(|s| s.samples),
+                    iters_per_sample: stats.map(|s| s.iters_per_sample),
+                }
+            })
+            .collect();
+        Report {
+            schema: SCHEMA,
+            machine,
+            owner: owner.to_string(),
+            shape,
+            rows,
+            checks: checks(outcomes),
+        }
+    }
+}
+
+/// The owner with its reason, for the text report.
+fn owner_text(owner: &ktl::Owner) -> String {
+    match owner {
+        ktl::Owner::Libc => "libc (the C library registered the areas)".to_owned(),
+        ktl::Owner::Ktl(reason) => format!("ktl ({reason})"),
+        ktl::Owner::Unavailable(why) => format!("unavailable ({why})"),
+    }
+}
+
+/// A time in nanoseconds, for the table.
+fn ns(v: f64) -> String {
+    if v < 100.0 {
+        format!("{v:.2}")
+    } else if v < 10_000.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// A ratio, for the table.
+fn ratio(r: f64) -> String {
+    if r < 10.0 {
+        format!("{r:.2}x")
+    } else if r < 100.0 {
+        format!("{r:.1}x")
+    } else {
+        format!("{r:.0}x")
+    }
+}
+
+/// The text report: machine, owner, table and checks.
+fn render_text(
+    report: &Report,
+    outcomes: &[Outcome],
+    owner: &str,
+    shape: Shape,
+    samples: u32,
+    target: Duration,
+) -> String {
+    let mut out = String::new();
+    let m = &report.machine;
+    let count = |n: Option<usize>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let sources = ktl::cpu::sources();
+    let _ = writeln!(
+        out,
+        "ktl bench: {samples} samples of ~{} ms per row, loop shape {}",
+        target.as_millis(),
+        match shape {
+            Shape::Call => "`call` (one call per iteration, results summed)".to_string(),
+            Shape::Throughput => format!("`throughput` ({UNROLL} unrolled calls per iteration)"),
+        }
+    );
+    let _ = writeln!(out, "machine: {} ({})", m.cpu_model, m.arch);
+    let _ = writeln!(
+        out,
+        "         Linux {}, {} logical CPUs ({} usable)",
+        m.kernel,
+        count(m.logical_cpus),
+        count(m.usable_cpus)
+    );
+    let _ = writeln!(out, "owner:   {owner}");
+    let _ = writeln!(
+        out,
+        "reads:   cpu_id: {}, node_id: {}, mm_cid: {}",
+        sources.cpu_id, sources.node_id, sources.mm_cid
+    );
+    let _ = writeln!(out);
+
+    let width = outcomes
+        .iter()
+        .map(|o| o.name.len())
+        .chain([3])
+        .max()
+        .unwrap_or(3);
+    let baseline = outcomes
+        .iter()
+        .find(|o| o.name == BASELINE)
+        .and_then(Outcome::median)
+        .filter(|&b| b > 0.0);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>8}",
+        "row", "median ns", "min ns", "max ns", "spread %", "ratio"
+    );
+    let mut groups: Vec<&str> = outcomes.iter().map(|o| o.group.as_str()).collect();
+    groups.dedup();
+    let show_groups = groups.len() > 1;
+    let mut last_group: Option<&str> = None;
+    for o in outcomes {
+        if show_groups && last_group != Some(o.group.as_str()) {
+            let _ = writeln!(out, "[{}]", o.group);
+            last_group = Some(&o.group);
+        }
+        match &o.result {
+            Ok(s) => {
+                let r = baseline.map_or_else(|| "-".to_owned(), |b| ratio(s.median_ns / b));
+                let _ = writeln!(
+                    out,
+                    "{:<width$}  {:>10}  {:>10}  {:>10}  {:>9.1}  {:>8}",
+                    o.name,
+                    ns(s.median_ns),
+                    ns(s.min_ns),
+                    ns(s.max_ns),
+                    s.spread_pct,
+                    r
+                );
+            }
+            Err(reason) => {
+                let _ = writeln!(out, "{:<width$}  {:>10}  ({reason})", o.name, "n/a");
+            }
+        }
+    }
+    if baseline.is_some() {
+        let _ = writeln!(out, "ratio: median / median of {BASELINE}");
+    }
+
+    let _ = writeln!(out);
+    let _ = writeln!(out, "checks (medians of this run):");
+    for c in &report.checks {
+        let op = match c.bound {
+            Bound::Max => "<=",
+            Bound::Min => ">=",
+        };
+        let verdict = match (c.ratio, c.pass) {
+            (Some(r), Some(pass)) => format!(
+                "{} (ratio {}, limit {op} {})",
+                if pass { "pass" } else { "FAIL" },
+                ratio(r),
+                ratio(c.limit)
+            ),
+            _ => format!(
+                "skipped ({})",
+                c.reason.as_deref().unwrap_or("not computed")
+            ),
+        };
+        let _ = writeln!(out, "  {}: {verdict}", c.name);
+    }
+    out
+}
+
+/// `ktl bench`: runs the rows that match the filter, then prints the table
+/// (or JSON with `--json`) to stdout. Failed comparisons are reported, not
+/// returned as errors.
+pub fn run_cli(args: &BenchArgs) -> Result<(), String> {
+    let (samples, target) = args.settings()?;
+    let filter = args.filter.as_deref();
+    let all = rows();
+    let names: Vec<String> = all.iter().map(|r| r.name.clone()).collect();
+    let selected: Vec<Row> = all.into_iter().filter(|r| r.matches(filter)).collect();
+    if selected.is_empty() {
+        return Err(format!(
+            "no row matches --filter {:?}; the rows are: {}",
+            filter.unwrap_or_default(),
+            names.join(", ")
+        ));
+    }
+
+    let owner = ktl::layout().owner;
+    let machine = Machine::probe();
+    let outcomes = run_rows(selected, args.shape, samples, target, args.json);
+    let report = Report::new(machine, &owner, args.shape, &outcomes);
+
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| format!("cannot serialize the results: {e}"))?;
+        println!("{text}");
+    } else {
+        print!(
+            "{}",
+            render_text(
+                &report,
+                &outcomes,
+                &owner_text(&owner),
+                args.shape,
+                samples,
+                target
+            )
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(name: &str, median: Option<f64>) -> Outcome {
+        Outcome {
+            name: name.to_owned(),
+            group: "cpu".to_owned(),
+            result: median
+                .map(|m| Stats::from_samples(vec![m], 1))
+                .ok_or_else(|| "absent".to_owned()),
+        }
+    }
+
+    #[test]
+    fn stats_of_odd_and_even_counts() {
+        let s = Stats::from_samples(vec![3.0, 1.0, 2.0], 10);
+        assert_eq!((s.median_ns, s.min_ns, s.max_ns), (2.0, 1.0, 3.0));
+        assert!((s.spread_pct - 100.0).abs() < 1e-9);
+        assert_eq!((s.samples, s.iters_per_sample), (3, 10));
+        let s = Stats::from_samples(vec![4.0, 1.0, 2.0, 3.0], 1);
+        assert_eq!(s.median_ns, 2.5);
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        let zero_samples = BenchArgs {
+            samples: Some(0),
+            ..BenchArgs::default()
+        };
+        assert!(zero_samples.settings().unwrap_err().contains("--samples"));
+        let zero_ms = BenchArgs {
+            sample_ms: Some(0),
+            ..BenchArgs::default()
+        };
+        assert!(zero_ms.settings().unwrap_err().contains("--sample-ms"));
+        assert_eq!(
+            BenchArgs::quick().settings(),
+            Ok((QUICK_SAMPLES, Duration::from_millis(QUICK_SAMPLE_MS)))
+        );
+        assert!(run_cli(&zero_samples).is_err());
+    }
+
+    #[test]
+    fn unknown_filter_is_an_error() {
+        let args = BenchArgs {
+            filter: Some("no such row".to_owned()),
+            ..BenchArgs::quick()
+        };
+        assert!(run_cli(&args).unwrap_err().contains("no row matches"));
+    }
+
+    #[test]
+    fn rows_are_in_order_and_filterable() {
+        let rows = rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ktl::cpu_id()",
+                "raw %fs load (limit)",
+                "ktl::node_id()",
+                "ktl::mm_cid()",
+                "glibc sched_getcpu",
+                "vDSO getcpu",
+                "getcpu syscall",
+                "RDPID",
+            ]
+        );
+        assert!(rows[0].matches(Some("CPU_ID")));
+        assert!(!rows[0].matches(Some("rdpid")));
+        assert!(rows[0].op.is_ok(), "ktl::cpu_id() always runs");
+    }
+
+    #[test]
+    fn measuring_a_row_gives_positive_times() {
+        let row = Row::new("t", "g", ktl::cpu_id);
+        let op = row.op.as_ref().unwrap();
+        let timed = |iters| op(iters, Shape::Call);
+        let s = measure_all(
+            &[&timed],
+            1,
+            3,
+            Duration::from_millis(1),
+            &ProgressBar::hidden(),
+        )
+        .remove(0);
+        assert_eq!(s.samples, 3);
+        assert!(s.iters_per_sample >= 1);
+        assert!(s.min_ns <= s.median_ns && s.median_ns <= s.max_ns);
+    }
+
+    #[test]
+    fn checks_pass_fail_and_skip() {
+        let outcomes = [
+            outcome(BASELINE, Some(1.0)),
+            outcome(RAW_LOAD, Some(0.5)),
+            outcome(GLIBC, Some(10.0)),
+        ];
+        let c = checks(&outcomes);
+        assert_eq!(c[0].ratio, Some(2.0));
+        assert_eq!(c[0].pass, Some(false));
+        assert_eq!(c[1].ratio, Some(10.0));
+        assert_eq!(c[1].pass, Some(true));
+
+        let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
+        let c = checks(&outcomes);
+        assert_eq!(c[0].pass, None);
+        assert!(c[0].reason.as_deref().unwrap().contains("n/a"));
+        assert!(c[1].reason.as_deref().unwrap().contains("not run"));
+    }
+
+    #[test]
+    fn json_has_the_schema_fields() {
+        let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
+        let report = Report::new(
+            Machine::probe(),
+            &ktl::layout().owner,
+            Shape::Call,
+            &outcomes,
+        );
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["schema"], "ktl-bench/1");
+        for key in ["cpu_model", "kernel", "logical_cpus"] {
+            assert!(v["machine"].get(key).is_some(), "machine.{key}");
+        }
+        let row = &v["rows"][1];
+        for key in [
+            "name",
+            "group",
+            "available",
+            "reason",
+            "median_ns",
+            "min_ns",
+            "max_ns",
+            "spread_pct",
+            "samples",
+            "iters_per_sample",
+        ] {
+            assert!(row.get(key).is_some(), "rows[].{key}");
+        }
+        assert_eq!(row["available"], false);
+        for key in ["name", "ratio", "limit", "pass"] {
+            assert!(v["checks"][0].get(key).is_some(), "checks[].{key}");
+        }
+    }
+}

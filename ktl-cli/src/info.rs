@@ -1,0 +1,332 @@
+//! `ktl info`: the KTLS report.
+//!
+//! The JSON form (`--json`) follows the schema `ktl-info/1`, documented in the
+//! README. Fields are only ever added to a schema version; a change of meaning
+//! gets a new version.
+
+use ktl::abi::SyscallStatus;
+use ktl::area::{KtlReason, SymbolLookup, Unavailable};
+use ktl::cpu::Source;
+use ktl::{Owner, area, cpu};
+use serde::Serialize;
+
+/// Options of `ktl info`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct InfoArgs {
+    /// Print the report as JSON (schema `ktl-info/1`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The report, as serialized for `--json`.
+#[derive(Serialize, Debug)]
+pub struct Report {
+    /// Always `"ktl-info/1"`.
+    pub schema: &'static str,
+    pub kernel: Kernel,
+    pub libc: Libc,
+    pub owner: OwnerReport,
+    pub area: Area,
+    pub thread: Thread,
+    /// Names of the fallbacks in use in the calling thread (empty when every
+    /// accessor reads the area).
+    pub fallbacks: Vec<String>,
+    pub registrations: Registrations,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Kernel {
+    pub release: String,
+    pub rseq_feature_size: u32,
+    pub rseq_align: u32,
+    /// Whether the two values above came from auxv (Linux 6.3+).
+    pub from_auxv: bool,
+    /// `"available"`, `"absent"` or `"blocked"`.
+    pub syscall: &'static str,
+    /// The errno of a blocked probe.
+    pub syscall_errno: Option<i32>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Libc {
+    pub name: Option<&'static str>,
+    pub version: Option<String>,
+    /// Whether the C library exports `__rseq_offset` and `__rseq_size`.
+    pub rseq_symbols: bool,
+    /// `"dlsym"` or `"weak"`, when found.
+    pub lookup: Option<&'static str>,
+    pub rseq_offset: Option<isize>,
+    pub rseq_size: Option<u32>,
+    pub rseq_flags: Option<u32>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct OwnerReport {
+    /// `"libc"`, `"ktl"` or `"unavailable"`.
+    pub kind: String,
+    /// Why this owner, in words.
+    pub reason: String,
+    /// The errno behind an `unavailable` owner, if any.
+    pub errno: Option<i32>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Area {
+    pub offset: Option<isize>,
+    pub registered_len: u32,
+    pub registered_len_confirmed: bool,
+    pub active_size: u32,
+    pub align: u32,
+    pub features: Vec<&'static str>,
+    pub feature_bits: u32,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Thread {
+    pub tid: i64,
+    pub cpu_id: u32,
+    pub node_id: u32,
+    pub mm_cid: u32,
+    /// Where each value came from: `"area"`, `"vdso_getcpu"`,
+    /// `"getcpu_syscall"`, `"cpu_id"` (mm_cid only) or `"none"`.
+    pub sources: Sources,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Sources {
+    pub cpu_id: &'static str,
+    pub node_id: &'static str,
+    pub mm_cid: &'static str,
+    /// The fallback `cpu_id` would use without the area.
+    pub fallback: &'static str,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Registrations {
+    pub registered: u64,
+    pub unregistered: u64,
+    pub register_failures: u64,
+    pub unregister_failures: u64,
+}
+
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Area => "area",
+        Source::VdsoGetcpu => "vdso_getcpu",
+        Source::GetcpuSyscall => "getcpu_syscall",
+        Source::CpuId => "cpu_id",
+        Source::Nothing => "none",
+    }
+}
+
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain data; uname fills it or fails.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: on success `release` is a NUL-terminated string inside `u`.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Gathers the report for the calling thread.
+pub fn gather() -> Report {
+    let layout = ktl::layout();
+    let k = layout.kernel;
+    let (syscall, syscall_errno) = match k.syscall {
+        SyscallStatus::Available => ("available", None),
+        SyscallStatus::Absent => ("absent", None),
+        SyscallStatus::Blocked(e) => ("blocked", Some(e)),
+    };
+    let (libc_name, libc_version) = match area::libc_version() {
+        Some((n, v)) => (Some(n), Some(v)),
+        None => (None, None),
+    };
+    let (kind, reason, errno) = match layout.owner {
+        Owner::Libc => (
+            "libc",
+            "the C library registered the area of every thread".to_string(),
+            None,
+        ),
+        Owner::Ktl(r) => ("ktl", r.to_string(), None),
+        Owner::Unavailable(u) => {
+            let errno = match u {
+                Unavailable::NoSyscall => None,
+                Unavailable::Blocked(e) | Unavailable::RegistrationFailed(e) => Some(e),
+            };
+            ("unavailable", u.to_string(), errno)
+        }
+    };
+    // Read the values first: the first accessor call registers the thread
+    // when ktl owns the areas.
+    let (cpu_id, node_id, mm_cid) = (ktl::cpu_id(), ktl::node_id(), ktl::mm_cid());
+    let s = cpu::sources();
+    let mut fallbacks = Vec::new();
+    for (name, src) in [
+        ("cpu_id", s.cpu_id),
+        ("node_id", s.node_id),
+        ("mm_cid", s.mm_cid),
+    ] {
+        if src != Source::Area {
+            fallbacks.push(format!("{name}: {src}"));
+        }
+    }
+    let st = area::stats();
+    Report {
+        schema: "ktl-info/1",
+        kernel: Kernel {
+            release: kernel_release(),
+            rseq_feature_size: k.feature_size,
+            rseq_align: k.align,
+            from_auxv: k.from_auxv,
+            syscall,
+            syscall_errno,
+        },
+        libc: Libc {
+            name: libc_name,
+            version: libc_version,
+            rseq_symbols: layout.libc.is_some(),
+            lookup: layout.libc.map(|l| match l.lookup {
+                SymbolLookup::Dlsym => "dlsym",
+                SymbolLookup::WeakSymbols => "weak",
+            }),
+            rseq_offset: layout.libc.map(|l| l.offset),
+            rseq_size: layout.libc.map(|l| l.size),
+            rseq_flags: layout.libc.map(|l| l.flags),
+        },
+        owner: OwnerReport {
+            kind: kind.to_string(),
+            reason,
+            errno,
+        },
+        area: Area {
+            offset: layout.offset,
+            registered_len: layout.registered_len,
+            registered_len_confirmed: layout.registered_len_confirmed,
+            active_size: layout.active_size,
+            align: layout.align,
+            features: layout.features.names().collect(),
+            feature_bits: layout.features.bits(),
+        },
+        thread: Thread {
+            // SAFETY: gettid has no preconditions.
+            tid: unsafe { libc::syscall(libc::SYS_gettid) },
+            cpu_id,
+            node_id,
+            mm_cid,
+            sources: Sources {
+                cpu_id: source_name(s.cpu_id),
+                node_id: source_name(s.node_id),
+                mm_cid: source_name(s.mm_cid),
+                fallback: source_name(s.fallback),
+            },
+        },
+        fallbacks,
+        registrations: Registrations {
+            registered: st.registered,
+            unregistered: st.unregistered,
+            register_failures: st.register_failures,
+            unregister_failures: st.unregister_failures,
+        },
+    }
+}
+
+/// Runs `ktl info`.
+pub fn run(args: &InfoArgs) -> Result<(), String> {
+    let r = gather();
+    if args.json {
+        let text = serde_json::to_string_pretty(&r)
+            .map_err(|e| format!("cannot encode the report: {e}"))?;
+        println!("{text}");
+        return Ok(());
+    }
+    print_text(&r);
+    Ok(())
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn print_text(r: &Report) {
+    let layout = ktl::layout();
+    println!(
+        "ktl {} — kernel thread-local storage",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!();
+    println!("kernel");
+    println!("  release              {}", r.kernel.release);
+    println!(
+        "  rseq feature size    {}{}",
+        r.kernel.rseq_feature_size,
+        if r.kernel.from_auxv {
+            " (auxv)"
+        } else {
+            " (no auxv entry: pre-6.3 default)"
+        }
+    );
+    println!("  rseq alignment       {}", r.kernel.rseq_align);
+    println!("  rseq syscall         {}", layout.kernel.syscall);
+    println!("libc");
+    println!(
+        "  name, version        {} {}",
+        r.libc.name.unwrap_or("unknown"),
+        r.libc.version.as_deref().unwrap_or("")
+    );
+    if r.libc.rseq_symbols {
+        println!(
+            "  __rseq_offset        {} (found with {})",
+            opt(r.libc.rseq_offset),
+            r.libc.lookup.unwrap_or("-")
+        );
+        println!("  __rseq_size          {}", opt(r.libc.rseq_size));
+        println!("  __rseq_flags         {}", opt(r.libc.rseq_flags));
+    } else {
+        println!("  __rseq_* symbols     not exported");
+    }
+    println!("owner                  {}", r.owner.kind);
+    println!("  why                  {}", r.owner.reason);
+    if let Owner::Ktl(KtlReason::LibcDisabled) = layout.owner {
+        println!(
+            "  note                 ktl registers each thread's area on first use and unregisters it at exit"
+        );
+    }
+    println!("area");
+    println!("  offset from TP       {}", opt(r.area.offset));
+    println!(
+        "  registered length    {}{}",
+        r.area.registered_len,
+        if r.area.registered_len_confirmed || r.area.registered_len == 0 {
+            ""
+        } else {
+            " (inferred, not confirmed)"
+        }
+    );
+    println!("  active size          {}", r.area.active_size);
+    println!("  live features        {}", layout.features);
+    println!("this thread (tid {})", r.thread.tid);
+    println!(
+        "  cpu_id               {:<6} from {}",
+        r.thread.cpu_id, r.thread.sources.cpu_id
+    );
+    println!(
+        "  node_id              {:<6} from {}",
+        r.thread.node_id, r.thread.sources.node_id
+    );
+    println!(
+        "  mm_cid               {:<6} from {}",
+        r.thread.mm_cid, r.thread.sources.mm_cid
+    );
+    if r.fallbacks.is_empty() {
+        println!(
+            "fallbacks in use       none (without the area, cpu_id would use the {})",
+            cpu::sources().fallback
+        );
+    } else {
+        println!("fallbacks in use       {}", r.fallbacks.join("; "));
+    }
+}

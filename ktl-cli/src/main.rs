@@ -1,0 +1,50 @@
+//! `ktl`: the KTLS report, benchmarks and self-checks.
+//!
+//! With no subcommand it prints the report (`ktl info`) and then a short
+//! benchmark (`ktl bench --quick`).
+
+mod bench;
+mod check;
+mod info;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Kernel thread-local storage (the Linux rseq area): report, benchmark and check.
+#[derive(Parser, Debug)]
+#[command(name = "ktl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Report the kernel's rseq support, who owns the area, its layout and the
+    /// calling thread's live values.
+    Info(info::InfoArgs),
+    /// Measure the per-thread accessors against their alternatives.
+    Bench(bench::BenchArgs),
+    /// Verify ktl on this machine: pinned CPUs, nodes, mm_cid, thread churn and fork.
+    Check(check::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Info(args)) => info::run(&args),
+        Some(Command::Bench(args)) => bench::run_cli(&args),
+        Some(Command::Check(args)) => check::run(&args),
+        None => info::run(&info::InfoArgs::default()).and_then(|()| {
+            println!();
+            bench::run_cli(&bench::BenchArgs::quick())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ktl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Architecture back ends: the thread pointer, thread-pointer-relative loads,
+//! and the thread-local block that holds ktl's own area.
+//!
+//! Every piece of architecture-specific `unsafe` code in ktl lives under this
+//! module. Each back end provides the same small interface:
+//!
+//! - `thread_pointer()`: the value of the thread pointer (FS base on x86_64,
+//!   `tpidr_el0` on aarch64);
+//! - `tp_load_u32::<DISP>(off)`: one 32-bit load at `thread pointer + off + DISP`;
+//! - `own_area_offset()` / `dead_area_offset()`: where ktl's own area and the
+//!   never-registered "dead" area sit, relative to the thread pointer;
+//! - `hot_offset(slot)` / `set_hot_offset(slot, off)`: the process-wide
+//!   offsets that the fast accessors read, one per [`Slot`].
+//!
+//! ## ktl's thread-local block
+//!
+//! Each back end defines, in assembly, one thread-local block of
+//! [`BLOCK_SIZE`] bytes aligned to [`BLOCK_ALIGN`]:
+//!
+//! | offset | size | what |
+//! |---|---|---|
+//! | 0 | [`OWN_AREA_CAPACITY`] | ktl's own `struct rseq`, registered only when ktl owns the area |
+//! | [`DEAD_AREA`] | 32 | an area that is never registered, whose `cpu_id` stays -1 |
+//!
+//! Both areas start with `cpu_id` = -1 ([`crate::abi::RSEQ_CPU_ID_UNINITIALIZED`])
+//! in the thread-local initialization image. The kernel writes the own area
+//! only after ktl registers it; nobody ever writes the dead area. That is what
+//! lets every fast accessor run with a single branch: a negative `cpu_id`
+//! sends it to the slow path, whatever the reason.
+//!
+//! The block is defined in assembly, rather than with `thread_local!`, for two
+//! reasons: its offset from the thread pointer must be a link-time constant
+//! (it is part of the hot path before ktl has run any code), and its initial
+//! image must hold the -1 values above.
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_64::*;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub(crate) use aarch64::*;
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("ktl supports x86_64 and aarch64 Linux");
+
+/// Bytes reserved for ktl's own area. Registrations never exceed this length.
+pub(crate) const OWN_AREA_CAPACITY: usize = 128;
+/// Alignment of ktl's thread-local block, and so of its own area.
+pub(crate) const BLOCK_ALIGN: usize = 64;
+/// Offset of the dead area inside the block.
+pub(crate) const DEAD_AREA: usize = OWN_AREA_CAPACITY;
+/// Size of the block.
+pub(crate) const BLOCK_SIZE: usize = DEAD_AREA + 32;
+
+/// The process-wide offsets read by the fast accessors.
+///
+/// Each holds the offset, from the thread pointer, of the area whose field the
+/// accessor reads; the accessor gates on that area's `cpu_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum Slot {
+    /// Area read by `cpu_id()`.
+    Cpu = 0,
+    /// Area read by `node_id()`.
+    Node = 1,
+    /// Area read by `mm_cid()`.
+    Cid = 2,
+}
+
+/// The number of [`Slot`]s.
+pub(crate) const SLOTS: usize = 3;
+
+/// Builds the symbol names of the assembly-defined items. They carry the
+/// crate's major and minor version, so two semver-incompatible copies of ktl
+/// in one program do not clash; each copy then owns its own block.
+macro_rules! ktl_symbol {
+    ($name:literal) => {
+        concat!(
+            "__ktl_",
+            env!("CARGO_PKG_VERSION_MAJOR"),
+            "_",
+            env!("CARGO_PKG_VERSION_MINOR"),
+            "_",
+            $name
+        )
+    };
+}
+pub(crate) use ktl_symbol;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{OFFSET_CPU_ID, RSEQ_CPU_ID_UNINITIALIZED};
+
+    #[test]
+    fn block_is_per_thread_and_starts_unregistered() {
+        let own = own_area_offset();
+        let dead = dead_area_offset();
+        assert_eq!(dead - own, DEAD_AREA as isize);
+        assert_eq!(
+            (thread_pointer() as isize).wrapping_add(own) % BLOCK_ALIGN as isize,
+            0
+        );
+        // SAFETY: both offsets point into this thread's ktl block.
+        let dead_cpu = unsafe { tp_load_u32::<OFFSET_CPU_ID>(dead) };
+        assert_eq!(dead_cpu, RSEQ_CPU_ID_UNINITIALIZED);
+        let tp_main = thread_pointer();
+        let (tp_other, dead_other) = std::thread::spawn(move || {
+            // SAFETY: as above, in the new thread.
+            let v = unsafe { tp_load_u32::<OFFSET_CPU_ID>(dead) };
+            (thread_pointer(), v)
+        })
+        .join()
+        .unwrap();
+        assert_ne!(tp_main, tp_other);
+        assert_eq!(dead_other, RSEQ_CPU_ID_UNINITIALIZED);
+    }
+
+    #[test]
+    fn tp_load_reads_the_thread_pointer_relative_address() {
+        let own = own_area_offset();
+        let addr = (thread_pointer() as isize).wrapping_add(own + DEAD_AREA as isize + 4);
+        // SAFETY: the address is the dead area's cpu_id in this thread's block,
+        // which nobody writes; an atomic load of it is sound.
+        let direct = unsafe { core::sync::atomic::AtomicU32::from_ptr(addr as *mut u32) }
+            .load(core::sync::atomic::Ordering::Relaxed);
+        assert_eq!(direct, RSEQ_CPU_ID_UNINITIALIZED);
+    }
+}

@@ -1,0 +1,213 @@
+//! x86_64: the thread pointer is the FS base, and `%fs:0` holds its own value.
+
+use super::{SLOTS, Slot, ktl_symbol};
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicIsize, Ordering};
+
+// ktl's thread-local block (see the module docs in `arch`), and the table of
+// hot offsets, initialized by the linker to the own area's offset.
+//
+// `.quad sym@tpoff` is an R_X86_64_TPOFF64 relocation: the static linker
+// resolves it to a constant in an executable, and the dynamic loader resolves
+// it at load time in a shared object (which then needs static TLS, like the
+// initial-exec model). Either way the table holds the right offset before any
+// code runs.
+global_asm!(
+    concat!(
+        ".section .tdata.",
+        ktl_symbol!("block"),
+        ",\"awT\",@progbits"
+    ),
+    ".p2align 6",
+    concat!(".globl ", ktl_symbol!("block")),
+    concat!(".hidden ", ktl_symbol!("block")),
+    concat!(".type ", ktl_symbol!("block"), ",@object"),
+    concat!(".size ", ktl_symbol!("block"), ", 160"),
+    concat!(ktl_symbol!("block"), ":"),
+    // Own area: cpu_id_start = 0, cpu_id = -1, the rest 0 (128 bytes).
+    ".long 0, 0xffffffff",
+    ".zero 120",
+    // Dead area: cpu_id_start = 0, cpu_id = -1, the rest 0 (32 bytes).
+    ".long 0, 0xffffffff",
+    ".zero 24",
+    concat!(".section .data.", ktl_symbol!("hot"), ",\"aw\",@progbits"),
+    ".p2align 6",
+    concat!(".globl ", ktl_symbol!("hot")),
+    concat!(".hidden ", ktl_symbol!("hot")),
+    concat!(".type ", ktl_symbol!("hot"), ",@object"),
+    concat!(".size ", ktl_symbol!("hot"), ", 40"),
+    concat!(ktl_symbol!("hot"), ":"),
+    // Slots Cpu, Node and Cid: the own area until the owner is decided.
+    concat!(".quad ", ktl_symbol!("block"), "@tpoff"),
+    concat!(".quad ", ktl_symbol!("block"), "@tpoff"),
+    concat!(".quad ", ktl_symbol!("block"), "@tpoff"),
+    // Constants: the own area and the dead area.
+    concat!(".quad ", ktl_symbol!("block"), "@tpoff"),
+    concat!(".quad ", ktl_symbol!("block"), "@tpoff + 128"),
+    ".text",
+);
+
+const _: () =
+    assert!(super::BLOCK_SIZE == 160 && super::DEAD_AREA == 128 && super::BLOCK_ALIGN == 64);
+
+unsafe extern "C" {
+    /// The table defined above: `SLOTS` hot offsets, then the own and the dead
+    /// area's offsets.
+    #[link_name = ktl_symbol!("hot")]
+    safe static HOT: [AtomicIsize; SLOTS + 2];
+}
+
+/// The thread pointer: the FS base.
+#[inline(always)]
+pub(crate) fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: on x86_64 Linux, %fs:0 always holds the thread pointer itself
+    // (the TCB's self pointer, required by the TLS ABI); the load has no side
+    // effects.
+    unsafe {
+        asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, preserves_flags, readonly));
+    }
+    tp
+}
+
+/// Loads the 32-bit value at `thread pointer + off + DISP` with one
+/// instruction, `mov %fs:DISP(off), %eax`.
+///
+/// This is a volatile-like load: the compiler may neither elide it nor merge
+/// two of them, so a value the kernel changes between two calls is seen.
+///
+/// # Safety
+/// `thread pointer + off + DISP` must be 4-byte aligned and readable memory
+/// of the calling thread for the duration of the load.
+#[inline(always)]
+pub(crate) unsafe fn tp_load_u32<const DISP: usize>(off: isize) -> u32 {
+    let v: u32;
+    // SAFETY: the caller guarantees the address is valid; the asm only reads
+    // it. It is not `pure`, because the kernel changes the value between
+    // calls.
+    unsafe {
+        asm!(
+            "mov {v:e}, dword ptr fs:[{off} + {disp}]",
+            off = in(reg) off,
+            disp = const DISP,
+            v = lateout(reg) v,
+            options(nostack, preserves_flags, readonly),
+        );
+    }
+    v
+}
+
+/// The offset of ktl's own area from the thread pointer (a link-time
+/// constant).
+#[inline(always)]
+pub(crate) fn own_area_offset() -> isize {
+    HOT[SLOTS].load(Ordering::Relaxed)
+}
+
+/// The offset of the dead area from the thread pointer.
+#[inline(always)]
+pub(crate) fn dead_area_offset() -> isize {
+    HOT[SLOTS + 1].load(Ordering::Relaxed)
+}
+
+/// The area offset the fast accessor of `slot` reads.
+///
+/// The load is a `pure` asm block, which lets the compiler keep the offset in
+/// a register across a loop instead of reloading it on every call. That is
+/// sound because every value the table ever holds designates an area of the
+/// calling thread's static TLS (ktl's own area, its dead area, or the C
+/// library's area), so a stale offset is still a valid offset: at worst it
+/// reads an area that is not registered, whose negative `cpu_id` sends the
+/// accessor to its slow path, which answers from the decided state.
+#[inline(always)]
+pub(crate) fn hot_offset(slot: Slot) -> isize {
+    match slot {
+        Slot::Cpu => hot_load::<{ Slot::Cpu as usize * 8 }>(),
+        Slot::Node => hot_load::<{ Slot::Node as usize * 8 }>(),
+        Slot::Cid => hot_load::<{ Slot::Cid as usize * 8 }>(),
+    }
+}
+
+#[inline(always)]
+fn hot_load<const BYTE_OFFSET: usize>() -> isize {
+    let v: isize;
+    // SAFETY: reads one aligned quadword of the HOT table (a single `mov`,
+    // atomic on x86_64, like a relaxed atomic load), which lives for the whole
+    // program. See `hot_offset` for why `pure` is sound.
+    unsafe {
+        asm!(
+            "mov {v}, qword ptr [rip + {hot} + {disp}]",
+            hot = sym HOT,
+            disp = const BYTE_OFFSET,
+            v = lateout(reg) v,
+            options(nostack, preserves_flags, readonly, pure),
+        );
+    }
+    v
+}
+
+/// Points the fast accessor of `slot` at the area at `off`.
+pub(crate) fn set_hot_offset(slot: Slot, off: isize) {
+    HOT[slot as usize].store(off, Ordering::Relaxed);
+}
+
+/// Whether the CPU has the RDPID instruction (CPUID.(EAX=7,ECX=0):ECX bit 22).
+pub(crate) fn has_rdpid() -> bool {
+    // CPUID is available on every x86_64 processor and has no side effects.
+    let leaf0 = core::arch::x86_64::__cpuid(0);
+    if leaf0.eax < 7 {
+        return false;
+    }
+    core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 22) != 0
+}
+
+/// Reads `IA32_TSC_AUX` with RDPID. Linux stores `(node << 12) | cpu` there.
+///
+/// # Safety
+/// The CPU must have RDPID ([`has_rdpid`]).
+#[inline(always)]
+pub(crate) unsafe fn rdpid() -> u64 {
+    let v: u64;
+    // SAFETY: the caller checked that the instruction exists; it only reads a
+    // register.
+    unsafe {
+        asm!("rdpid {}", out(reg) v, options(nostack, nomem, preserves_flags));
+    }
+    v
+}
+
+// Weak references to the C library's rseq symbols, for statically linked
+// programs, where dlsym cannot find them. The static linker resolves a weak
+// reference to the definition when the C library has one, and to 0 otherwise.
+#[cfg(target_feature = "crt-static")]
+global_asm!(
+    ".weak __rseq_offset",
+    ".weak __rseq_size",
+    ".weak __rseq_flags",
+    concat!(
+        ".section .data.rel.ro.",
+        ktl_symbol!("libc_rseq"),
+        ",\"aw\",@progbits"
+    ),
+    ".p2align 3",
+    concat!(".globl ", ktl_symbol!("libc_rseq")),
+    concat!(".hidden ", ktl_symbol!("libc_rseq")),
+    concat!(ktl_symbol!("libc_rseq"), ":"),
+    ".quad __rseq_offset",
+    ".quad __rseq_size",
+    ".quad __rseq_flags",
+    ".text",
+);
+
+#[cfg(target_feature = "crt-static")]
+unsafe extern "C" {
+    #[link_name = ktl_symbol!("libc_rseq")]
+    safe static LIBC_RSEQ: [*const u8; 3];
+}
+
+/// The addresses of `__rseq_offset`, `__rseq_size` and `__rseq_flags`, each
+/// null when the C library does not define it.
+#[cfg(target_feature = "crt-static")]
+pub(crate) fn libc_weak_rseq_symbols() -> [*const u8; 3] {
+    LIBC_RSEQ
+}

@@ -1,0 +1,652 @@
+//! Who owns the KTLS area, and the per-thread registration lifecycle.
+//!
+//! A process has exactly one owner of its rseq areas, decided once, the first
+//! time any thread asks ktl for anything:
+//!
+//! - [`Owner::Libc`]: the C library (glibc 2.35 or later) registered an area
+//!   for every thread. ktl finds it through `__rseq_offset`, `__rseq_size` and
+//!   `__rseq_flags`: with `dlsym` in a dynamically linked program, and with
+//!   weak symbol references in a statically linked one, where `dlsym` cannot
+//!   see them.
+//! - [`Owner::Ktl`]: the C library did not register (the tunable
+//!   `glibc.pthread.rseq=0`, a libc without rseq support, or glibc before
+//!   2.35). ktl then registers its own area in each thread, the first time that
+//!   thread touches ktl, and unregisters it from a thread-local destructor,
+//!   before the thread's TLS is freed.
+//! - [`Owner::Unavailable`]: the kernel has no rseq, a filter blocks it, or the
+//!   registration failed. Every accessor still works, through the fallbacks
+//!   described in [`crate::cpu`].
+//!
+//! ktl never writes a field that the kernel owns, in any mode: its own area
+//! gets its initial values from the thread-local initialization image, before
+//! the kernel knows about it, and is only read afterwards.
+
+use crate::abi::{self, Features, KernelSupport, SyscallStatus};
+use crate::arch::{self, Slot};
+use crate::sys;
+use core::cell::Cell;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// The owner of the process's rseq areas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The C library registered every thread's area; ktl only reads it.
+    Libc,
+    /// ktl registers an area for each thread that uses it.
+    Ktl(KtlReason),
+    /// No thread has a usable area; ktl uses its fallbacks.
+    Unavailable(Unavailable),
+}
+
+/// Why ktl, not the C library, owns the areas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KtlReason {
+    /// The C library has rseq support but did not register
+    /// (`__rseq_size` is 0): the tunable `glibc.pthread.rseq=0`, or its own
+    /// registration failed at start-up.
+    LibcDisabled,
+    /// The C library exports no `__rseq_*` symbols: musl, or glibc before 2.35.
+    LibcWithoutRseq,
+}
+
+/// Why no area is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The kernel has no rseq system call (`ENOSYS`): a kernel before 4.18,
+    /// qemu-user, valgrind, gVisor, or a filter that imitates them.
+    NoSyscall,
+    /// A filter (in practice seccomp) blocks the system call; holds the errno
+    /// of the probe (0 if the probe unexpectedly succeeded).
+    Blocked(i32),
+    /// The system call exists but registering ktl's area failed with this
+    /// errno, typically because another library already registered a
+    /// different area for the thread (`EINVAL` or `EBUSY`).
+    RegistrationFailed(i32),
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Libc => f.write_str("libc"),
+            Owner::Ktl(_) => f.write_str("ktl"),
+            Owner::Unavailable(_) => f.write_str("unavailable"),
+        }
+    }
+}
+
+impl fmt::Display for KtlReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KtlReason::LibcDisabled => {
+                "the C library supports rseq but did not register (__rseq_size is 0; \
+                 for example GLIBC_TUNABLES=glibc.pthread.rseq=0)"
+            }
+            KtlReason::LibcWithoutRseq => {
+                "the C library has no rseq support (no __rseq_offset/__rseq_size symbols)"
+            }
+        })
+    }
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Unavailable::NoSyscall => f.write_str("the kernel has no rseq system call (ENOSYS)"),
+            Unavailable::Blocked(0) => {
+                f.write_str("rseq(NULL, 0, 0, 0) unexpectedly succeeded; treating rseq as blocked")
+            }
+            Unavailable::Blocked(errno) => write!(
+                f,
+                "a filter blocks the rseq system call ({})",
+                sys::errno_name(errno)
+            ),
+            Unavailable::RegistrationFailed(errno) => write!(
+                f,
+                "registering ktl's area failed ({}); another library may own this thread's area",
+                sys::errno_name(errno)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// How ktl found the C library's `__rseq_*` symbols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymbolLookup {
+    /// `dlsym(RTLD_DEFAULT, ...)`, in a dynamically linked program.
+    Dlsym,
+    /// Weak references resolved by the static linker, in a statically linked
+    /// program.
+    WeakSymbols,
+}
+
+/// What the C library exports about its rseq registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LibcRseq {
+    /// `__rseq_offset`: the area's offset from the thread pointer.
+    pub offset: isize,
+    /// `__rseq_size` as exported (its meaning changed between glibc versions;
+    /// see [`libc_active_size`]).
+    pub size: u32,
+    /// `__rseq_flags`.
+    pub flags: u32,
+    /// How ktl found the symbols.
+    pub lookup: SymbolLookup,
+}
+
+/// The process's KTLS layout: what [`layout`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Who owns the areas.
+    pub owner: Owner,
+    /// Offset of the area from the thread pointer, the same in every thread;
+    /// `None` when the areas are unavailable.
+    pub offset: Option<isize>,
+    /// The length the areas are registered with (0 when unavailable).
+    pub registered_len: u32,
+    /// Whether `registered_len` was confirmed by the kernel. ktl owns its
+    /// registrations, so it knows; for the C library's, ktl confirms the length
+    /// with a registration attempt that the kernel refuses with `EBUSY` only
+    /// when area, length and signature all match.
+    pub registered_len_confirmed: bool,
+    /// The active feature size: how many bytes of the area the kernel keeps
+    /// up to date for this registration.
+    pub active_size: u32,
+    /// The alignment the kernel requires of areas longer than 32 bytes.
+    pub align: u32,
+    /// The fields the kernel keeps up to date.
+    pub features: Features,
+    /// What the kernel offers.
+    pub kernel: KernelSupport,
+    /// What the C library exports, if it has rseq support.
+    pub libc: Option<LibcRseq>,
+}
+
+/// Registration counters of the process (ktl-owned registrations only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Threads whose area ktl registered.
+    pub registered: u64,
+    /// Threads whose area ktl unregistered at thread exit.
+    pub unregistered: u64,
+    /// Registration attempts the kernel refused.
+    pub register_failures: u64,
+    /// Unregistrations the kernel refused (always 0 unless something else
+    /// tampered with the registration).
+    pub unregister_failures: u64,
+}
+
+static REGISTERED: AtomicU64 = AtomicU64::new(0);
+static UNREGISTERED: AtomicU64 = AtomicU64::new(0);
+static REGISTER_FAILURES: AtomicU64 = AtomicU64::new(0);
+static UNREGISTER_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// The registration counters: with [`Owner::Ktl`], `registered -
+/// unregistered` is the number of live threads that have used ktl.
+pub fn stats() -> Stats {
+    Stats {
+        registered: REGISTERED.load(Ordering::Relaxed),
+        unregistered: UNREGISTERED.load(Ordering::Relaxed),
+        register_failures: REGISTER_FAILURES.load(Ordering::Relaxed),
+        unregister_failures: UNREGISTER_FAILURES.load(Ordering::Relaxed),
+    }
+}
+
+/// The active size of the C library's registration, from `__rseq_size` and
+/// the kernel's feature size.
+///
+/// `__rseq_size` changed meaning over glibc's history: 32 in 2.35 to 2.39, 20
+/// in 2.40 (and in some distributions' backports), and the real feature size
+/// from 2.41 on. The rule that works for all of them: 0 means the library did
+/// not register; 20 or 32 means a 32-byte registration, of which the kernel
+/// keeps `min(32, feature size)` bytes up to date; any other value is exact.
+pub fn libc_active_size(rseq_size: u32, kernel_feature_size: u32) -> u32 {
+    match rseq_size {
+        0 => 0,
+        20 | 32 => kernel_feature_size.min(abi::ORIG_RSEQ_SIZE),
+        n => n,
+    }
+}
+
+/// The length ktl registers its own area with: `max(32, feature size)`, so a
+/// kernel that has them gives the optimized mode and the newer fields. When
+/// that does not fit ktl's reserved block (or its alignment), the 32-byte
+/// original ABI, which every kernel accepts.
+pub fn ktl_registration_len(kernel: &KernelSupport) -> u32 {
+    let want = kernel.feature_size.max(abi::ORIG_RSEQ_SIZE);
+    if want as usize <= arch::OWN_AREA_CAPACITY && kernel.align as usize <= arch::BLOCK_ALIGN {
+        want
+    } else {
+        abi::ORIG_RSEQ_SIZE
+    }
+}
+
+/// The process's layout. The first call decides the owner (and, when ktl
+/// owns the areas, registers the calling thread's); later calls return the
+/// cached answer.
+pub fn layout() -> Layout {
+    decision().layout
+}
+
+/// The decided state: the layout plus what the hot paths need.
+struct Decision {
+    layout: Layout,
+}
+
+static DECISION: OnceLock<Decision> = OnceLock::new();
+
+fn decision() -> &'static Decision {
+    DECISION.get_or_init(|| {
+        let d = decide();
+        // A thread that reads a hot offset before this store reads its own,
+        // unregistered area and comes here, where it waits for the decision.
+        publish_hot_offsets(&d.layout);
+        d
+    })
+}
+
+fn decide() -> Decision {
+    let kernel = KernelSupport::probe();
+    let libc = libc_rseq();
+    let base = Layout {
+        owner: Owner::Unavailable(Unavailable::NoSyscall),
+        offset: None,
+        registered_len: 0,
+        registered_len_confirmed: false,
+        active_size: 0,
+        align: kernel.align,
+        features: Features::empty(),
+        kernel,
+        libc,
+    };
+
+    if let Some(l) = libc.filter(|l| l.size > 0) {
+        // The C library registered (at least the main thread). Even when a
+        // filter now blocks the probe, its areas are live where registration
+        // succeeded; threads where it failed see a negative cpu_id and take
+        // the fallback.
+        let active = libc_active_size(l.size, kernel.feature_size);
+        let (len, confirmed) = confirm_libc_len(l.offset, l.size, kernel.feature_size);
+        return Decision {
+            layout: Layout {
+                owner: Owner::Libc,
+                offset: Some(l.offset),
+                registered_len: len,
+                registered_len_confirmed: confirmed,
+                active_size: active,
+                features: Features::for_size(active),
+                ..base
+            },
+        };
+    }
+
+    let owner_reason = if libc.is_some() {
+        KtlReason::LibcDisabled
+    } else {
+        KtlReason::LibcWithoutRseq
+    };
+    match kernel.syscall {
+        SyscallStatus::Absent => {
+            return Decision {
+                layout: Layout {
+                    owner: Owner::Unavailable(Unavailable::NoSyscall),
+                    ..base
+                },
+            };
+        }
+        SyscallStatus::Blocked(errno) => {
+            return Decision {
+                layout: Layout {
+                    owner: Owner::Unavailable(Unavailable::Blocked(errno)),
+                    ..base
+                },
+            };
+        }
+        SyscallStatus::Available => {}
+    }
+
+    let len = ktl_registration_len(&kernel);
+    let active = kernel.feature_size.min(len);
+    // Register the deciding thread now: if that fails, nothing will work in
+    // the other threads either (another library owns the areas, or a filter
+    // refuses registrations), and the owner is Unavailable.
+    match register_current_thread(len) {
+        // `None`: the deciding thread is past its TLS destructors and can no
+        // longer register; the other threads still can.
+        Ok(()) | Err(None) => Decision {
+            layout: Layout {
+                owner: Owner::Ktl(owner_reason),
+                offset: Some(arch::own_area_offset()),
+                registered_len: len,
+                registered_len_confirmed: true,
+                active_size: active,
+                features: Features::for_size(active),
+                ..base
+            },
+        },
+        Err(Some(errno)) => Decision {
+            layout: Layout {
+                owner: Owner::Unavailable(Unavailable::RegistrationFailed(errno)),
+                ..base
+            },
+        },
+    }
+}
+
+/// Points each fast accessor at the area it must read for `layout`.
+fn publish_hot_offsets(layout: &Layout) {
+    let dead = arch::dead_area_offset();
+    let area = layout.offset.unwrap_or(dead);
+    let pick = |f: Features| {
+        if layout.features.contains(f) {
+            area
+        } else {
+            dead
+        }
+    };
+    arch::set_hot_offset(Slot::Node, pick(Features::NODE_ID));
+    arch::set_hot_offset(Slot::Cid, pick(Features::MM_CID));
+    arch::set_hot_offset(Slot::Cpu, pick(Features::CPU_ID));
+}
+
+/// The calling thread's live area, as an offset from the thread pointer, or
+/// `None` when this thread has none (ktl then uses its fallbacks).
+///
+/// With [`Owner::Ktl`] this registers the calling thread's area on first use.
+/// This is the slow path behind every accessor; it costs a few loads once the
+/// thread is set up.
+pub fn thread_area() -> Option<isize> {
+    let d = decision();
+    let off = d.layout.offset?;
+    if let Owner::Ktl(_) = d.layout.owner {
+        if !ensure_thread_registered(d.layout.registered_len) {
+            return None;
+        }
+    }
+    // SAFETY: `off` is the area's offset from the thread pointer in every
+    // thread: glibc's static TLS offset, or ktl's own block; both are mapped
+    // for the life of the thread.
+    let cpu = unsafe { arch::tp_load_u32::<{ abi::OFFSET_CPU_ID }>(off) };
+    ((cpu as i32) >= 0).then_some(off)
+}
+
+/// Address of the calling thread's area at `off`.
+fn area_ptr(off: isize) -> *mut u8 {
+    (arch::thread_pointer() as isize).wrapping_add(off) as *mut u8
+}
+
+/// Confirms the length of the C library's registration, in the calling thread,
+/// and returns `(length, confirmed)`.
+///
+/// Registering again with the identical area, length and signature fails with
+/// `EBUSY` and changes nothing; any other length fails with `EINVAL`. The
+/// attempt is made only when the thread's area is registered (its `cpu_id` is
+/// not negative), so it can never create a registration.
+fn confirm_libc_len(offset: isize, rseq_size: u32, feature_size: u32) -> (u32, bool) {
+    let guess = rseq_size.max(abi::ORIG_RSEQ_SIZE);
+    // SAFETY: `offset` is the C library's area in this thread's static TLS.
+    let cpu = unsafe { arch::tp_load_u32::<{ abi::OFFSET_CPU_ID }>(offset) };
+    if (cpu as i32) < 0 {
+        return (guess, false);
+    }
+    let mut candidates = [
+        guess,
+        abi::ORIG_RSEQ_SIZE,
+        feature_size.max(abi::ORIG_RSEQ_SIZE),
+    ];
+    candidates.sort_unstable();
+    let mut prev = 0;
+    for len in candidates {
+        if len == prev {
+            continue;
+        }
+        prev = len;
+        // SAFETY: the thread already has a registration (cpu_id >= 0), and
+        // the kernel refuses every registration while one is live: with EBUSY
+        // for identical arguments, EINVAL or EPERM otherwise. Nothing is
+        // registered or written.
+        match unsafe { sys::rseq(area_ptr(offset), len, 0, abi::RSEQ_SIG) } {
+            Err(libc::EBUSY) => return (len, true),
+            Err(_) => continue,
+            Ok(()) => {
+                // Impossible while a registration is live; undo it at once so
+                // ktl never owns an area it did not decide to own.
+                // SAFETY: the registration just made has exactly these
+                // arguments.
+                let _ = unsafe {
+                    sys::rseq(
+                        area_ptr(offset),
+                        len,
+                        abi::RSEQ_FLAG_UNREGISTER,
+                        abi::RSEQ_SIG,
+                    )
+                };
+                return (guess, false);
+            }
+        }
+    }
+    (guess, false)
+}
+
+/// Per-thread registration state of ktl's own area.
+struct ThreadRegistration {
+    /// 0: not attempted; 1: registered; 2: failed.
+    state: Cell<u8>,
+    /// The registered length, for the unregistration.
+    len: Cell<u32>,
+}
+
+const NOT_ATTEMPTED: u8 = 0;
+const REGISTERED_STATE: u8 = 1;
+const FAILED: u8 = 2;
+
+impl Drop for ThreadRegistration {
+    fn drop(&mut self) {
+        if self.state.get() != REGISTERED_STATE {
+            return;
+        }
+        // Runs from the thread's TLS destructors, before its static TLS (which
+        // holds the area) is freed or reused. Unregister with exactly the
+        // registered length and signature.
+        // SAFETY: the arguments are those of this thread's live registration.
+        let r = unsafe {
+            sys::rseq(
+                area_ptr(arch::own_area_offset()),
+                self.len.get(),
+                abi::RSEQ_FLAG_UNREGISTER,
+                abi::RSEQ_SIG,
+            )
+        };
+        self.state.set(FAILED);
+        match r {
+            Ok(()) => UNREGISTERED.fetch_add(1, Ordering::Relaxed),
+            Err(_) => UNREGISTER_FAILURES.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+thread_local! {
+    static REGISTRATION: ThreadRegistration = const {
+        ThreadRegistration { state: Cell::new(NOT_ATTEMPTED), len: Cell::new(0) }
+    };
+}
+
+/// Registers ktl's area for the calling thread, once. Returns whether the
+/// thread has a live ktl registration. After the thread's TLS destructors
+/// have run, returns `false` and never registers again.
+fn ensure_thread_registered(len: u32) -> bool {
+    REGISTRATION
+        .try_with(|r| match r.state.get() {
+            REGISTERED_STATE => true,
+            FAILED => false,
+            _ => register_with(r, len).is_ok(),
+        })
+        .unwrap_or(false)
+}
+
+/// Registers the calling thread's area: `Err(Some(errno))` when the kernel
+/// refuses, `Err(None)` when the thread's TLS is already torn down.
+fn register_current_thread(len: u32) -> Result<(), Option<i32>> {
+    REGISTRATION
+        .try_with(|r| match r.state.get() {
+            REGISTERED_STATE => Ok(()),
+            _ => register_with(r, len).map_err(Some),
+        })
+        .unwrap_or(Err(None))
+}
+
+fn register_with(r: &ThreadRegistration, len: u32) -> Result<(), i32> {
+    let ptr = area_ptr(arch::own_area_offset());
+    // SAFETY: the area is ktl's own thread-local block: `len` bytes (at most
+    // OWN_AREA_CAPACITY) at an address aligned to BLOCK_ALIGN (64, at least
+    // the kernel's alignment, checked by `ktl_registration_len`). It stays
+    // mapped and unused by anything else until the destructor of
+    // `REGISTRATION`, which is now armed, unregisters it. User space never
+    // writes its kernel-owned fields.
+    let result = unsafe { sys::rseq(ptr, len, 0, abi::RSEQ_SIG) };
+    match result {
+        Ok(()) => {
+            r.len.set(len);
+            r.state.set(REGISTERED_STATE);
+            REGISTERED.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            r.state.set(FAILED);
+            REGISTER_FAILURES.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
+}
+
+/// Finds the C library's `__rseq_*` symbols.
+#[cfg(not(target_feature = "crt-static"))]
+fn libc_rseq() -> Option<LibcRseq> {
+    let lookup = |name: &core::ffi::CStr| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
+        // searches the loaded objects' symbol tables.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let offset = lookup(c"__rseq_offset")?;
+    let size = lookup(c"__rseq_size")?;
+    let flags = lookup(c"__rseq_flags");
+    // SAFETY: glibc defines these symbols as `const ptrdiff_t __rseq_offset`,
+    // `const unsigned int __rseq_size` and `const unsigned int __rseq_flags`,
+    // set before any user code runs and never changed afterwards.
+    unsafe {
+        Some(read_libc_symbols(
+            offset.cast_const().cast(),
+            size.cast_const().cast(),
+            flags.map(|p| p.cast_const().cast()),
+            SymbolLookup::Dlsym,
+        ))
+    }
+}
+
+/// Finds the C library's `__rseq_*` symbols in a statically linked program.
+#[cfg(target_feature = "crt-static")]
+fn libc_rseq() -> Option<LibcRseq> {
+    let [offset, size, flags] = arch::libc_weak_rseq_symbols();
+    if offset.is_null() || size.is_null() {
+        return None;
+    }
+    let flags = (!flags.is_null()).then_some(flags.cast());
+    // SAFETY: the static linker resolved these weak references to glibc's
+    // definitions (see `read_libc_symbols`); null means absent, handled above.
+    unsafe {
+        Some(read_libc_symbols(
+            offset.cast(),
+            size.cast(),
+            flags,
+            SymbolLookup::WeakSymbols,
+        ))
+    }
+}
+
+/// Reads the three symbols.
+///
+/// # Safety
+/// Each pointer must point to the C library's symbol of that name.
+unsafe fn read_libc_symbols(
+    offset: *const isize,
+    size: *const u32,
+    flags: Option<*const u32>,
+    lookup: SymbolLookup,
+) -> LibcRseq {
+    // SAFETY: the caller passes pointers to the live, initialized symbols.
+    unsafe {
+        LibcRseq {
+            offset: offset.read(),
+            size: size.read(),
+            flags: flags.map_or(0, |p| p.read()),
+            lookup,
+        }
+    }
+}
+
+/// The C library's name and version, such as `("glibc", "2.36")`, when ktl
+/// can tell.
+pub fn libc_version() -> Option<(&'static str, String)> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: gnu_get_libc_version returns a pointer to a static
+        // NUL-terminated string.
+        let v = unsafe { core::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        Some(("glibc", v.to_string_lossy().into_owned()))
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libc_size_rule() {
+        assert_eq!(libc_active_size(0, 28), 0);
+        assert_eq!(libc_active_size(32, 20), 20);
+        assert_eq!(libc_active_size(32, 28), 28);
+        assert_eq!(libc_active_size(20, 28), 28);
+        assert_eq!(libc_active_size(20, 33), 32);
+        assert_eq!(libc_active_size(28, 28), 28);
+        assert_eq!(libc_active_size(33, 33), 33);
+    }
+
+    #[test]
+    fn registration_len_rule() {
+        let k = |feature_size, align| KernelSupport {
+            feature_size,
+            align,
+            from_auxv: true,
+            syscall: SyscallStatus::Available,
+        };
+        assert_eq!(ktl_registration_len(&k(20, 32)), 32);
+        assert_eq!(ktl_registration_len(&k(28, 32)), 32);
+        assert_eq!(ktl_registration_len(&k(33, 64)), 33);
+        assert_eq!(ktl_registration_len(&k(100, 64)), 100);
+        // Larger than the reserved block, or a stricter alignment: 32 bytes.
+        assert_eq!(ktl_registration_len(&k(200, 64)), 32);
+        assert_eq!(ktl_registration_len(&k(40, 128)), 32);
+    }
+
+    #[test]
+    fn messages_name_the_errno() {
+        assert!(
+            Unavailable::Blocked(libc::EPERM)
+                .to_string()
+                .contains("EPERM")
+        );
+        assert!(
+            Unavailable::RegistrationFailed(libc::EINVAL)
+                .to_string()
+                .contains("EINVAL")
+        );
+        assert!(Unavailable::NoSyscall.to_string().contains("ENOSYS"));
+    }
+}

@@ -1,0 +1,42 @@
+//! Kernel thread-local storage (KTLS) for Rust.
+//!
+//! Linux shares a small per-thread memory area with user space: the rseq area.
+//! The kernel keeps facts about the thread in it (the current CPU, the NUMA
+//! node, a compact concurrency id), and uses it to run restartable sequences.
+//! ktl is the runtime half of the KTLS design: it finds out who owns the area
+//! in this process, registers one where nobody did, and gives fast, safe
+//! accessors that work on every kernel from 4.18 on, in every C library
+//! configuration and sandbox, with observable fallbacks.
+//!
+//! ```
+//! let layout = ktl::layout();
+//! println!("owner: {}, offset: {:?}", layout.owner, layout.offset);
+//! let cpu = ktl::cpu_id();      // one thread-pointer-relative load
+//! let node = ktl::node_id();
+//! let cid = ktl::mm_cid();
+//! # let _ = (cpu, node, cid);
+//! ```
+//!
+//! The modules:
+//! - [`abi`]: the kernel ABI (`struct rseq`, `struct rseq_cs`, constants) and
+//!   what the running kernel supports;
+//! - [`area`]: the owner of the areas and the per-thread registration;
+//! - [`cpu`]: the accessors and their fallbacks;
+//! - [`vdso`]: the vDSO parser and vDSO `getcpu`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("ktl is Linux-only: the rseq area is a Linux kernel ABI");
+
+pub mod abi;
+mod arch;
+pub mod area;
+pub mod cpu;
+mod sys;
+pub mod vdso;
+
+pub use abi::Features;
+pub use area::{Layout, Owner, layout};
+pub use cpu::{cpu_id, mm_cid, node_id};
+pub use sys::Errno;

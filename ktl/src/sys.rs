@@ -1,0 +1,104 @@
+//! Thin wrappers over the system calls and libc calls ktl makes.
+//!
+//! Each wrapper returns `Err(errno)` instead of touching `errno` for the caller,
+//! and documents its man page. Nothing here keeps state.
+
+use core::ffi::{c_int, c_long, c_void};
+
+/// Reads the calling thread's `errno`.
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// `getauxval(3)`: `None` when the entry is absent.
+pub(crate) fn getauxval(tag: u64) -> Option<u64> {
+    // glibc's getauxval reports a missing entry as 0 with errno ENOENT, but an
+    // entry may be 0 too; the entries ktl reads are never 0 when present.
+    // SAFETY: getauxval only reads the process's auxiliary vector.
+    let v = unsafe { libc::getauxval(tag as libc::c_ulong) };
+    (v != 0).then_some(v as u64)
+}
+
+/// `rseq(NULL, 0, 0, 0)`: the probe. `Err(EINVAL)` means rseq is present.
+pub(crate) fn rseq_probe() -> Result<(), i32> {
+    // SAFETY: with a null area and zero length the kernel reads and writes no
+    // memory of ours; it only validates the arguments.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rseq,
+            core::ptr::null_mut::<c_void>(),
+            0u32,
+            0 as c_int,
+            0u32,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(last_errno()) }
+}
+
+/// `rseq(area, len, flags, sig)`.
+///
+/// # Safety
+/// With `flags == 0`, `area` must point to `len` bytes that stay valid, are
+/// not reused, and hold no kernel-owned value written by user space, until
+/// the calling thread unregisters them or exits. With
+/// `RSEQ_FLAG_UNREGISTER`, the arguments must be those of the live
+/// registration.
+pub(crate) unsafe fn rseq(area: *mut u8, len: u32, flags: i32, sig: u32) -> Result<(), i32> {
+    // SAFETY: forwarded to the caller's contract above.
+    let ret = unsafe { libc::syscall(libc::SYS_rseq, area, len, flags as c_int, sig) };
+    if ret == 0 { Ok(()) } else { Err(last_errno()) }
+}
+
+/// The `getcpu(2)` system call itself, not the vDSO or libc function:
+/// `(cpu, node)`.
+pub(crate) fn getcpu_syscall() -> Result<(u32, u32), i32> {
+    let mut cpu = 0u32;
+    let mut node = 0u32;
+    // SAFETY: the kernel writes one u32 to each of the two valid pointers; the
+    // third (the legacy cache) may be null.
+    let ret: c_long = unsafe {
+        libc::syscall(
+            libc::SYS_getcpu,
+            &mut cpu as *mut u32,
+            &mut node as *mut u32,
+            core::ptr::null_mut::<c_void>(),
+        )
+    };
+    if ret == 0 {
+        Ok((cpu, node))
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// The symbolic name of an errno value, for messages (`"EPERM"`), or its
+/// number when ktl does not know it.
+pub(crate) fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSYS => "ENOSYS",
+        libc::EACCES => "EACCES",
+        libc::ENOMEM => "ENOMEM",
+        libc::EAGAIN => "EAGAIN",
+        _ => return format!("errno {errno}"),
+    };
+    name.to_owned()
+}
+
+/// An error number from a system call, with its symbolic name in `Display`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl core::fmt::Display for Errno {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let text = std::io::Error::from_raw_os_error(self.0);
+        write!(f, "{} ({})", errno_name(self.0), text.kind())
+    }
+}
+
+impl std::error::Error for Errno {}

@@ -1,0 +1,686 @@
+//! The vDSO: finding it, looking up its symbols, and calling its `getcpu`.
+//!
+//! The kernel maps a small ELF shared object, the vDSO, into every process
+//! and passes its address in the auxiliary vector (`AT_SYSINFO_EHDR`). Its
+//! functions, such as `getcpu` and `clock_gettime`, run in user space without
+//! entering the kernel.
+//!
+//! [`Vdso::get`] finds and parses the process's vDSO once; [`getcpu`] calls
+//! the vDSO's `getcpu` through a cached function pointer. The ELF parsing
+//! itself is safe code working on a byte slice ([`Image`]), so it can be
+//! tested and fuzzed on any bytes through [`Vdso::parse`].
+
+mod elf;
+#[cfg(test)]
+mod test_util;
+
+pub use elf::Image;
+
+use core::ffi::{c_int, c_void};
+use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// The vDSO symbol version of the current architecture: `"LINUX_2.6"` on
+/// x86_64, `"LINUX_2.6.39"` on aarch64.
+#[cfg(target_arch = "x86_64")]
+pub const VERSION: &str = "LINUX_2.6";
+/// The vDSO symbol version of the current architecture: `"LINUX_2.6"` on
+/// x86_64, `"LINUX_2.6.39"` on aarch64.
+#[cfg(target_arch = "aarch64")]
+pub const VERSION: &str = "LINUX_2.6.39";
+
+/// The vDSO's `getcpu` symbol name on this architecture: `"__vdso_getcpu"`
+/// on x86_64, `"__kernel_getcpu"` on aarch64 (where only recent kernels, if
+/// any, provide it; [`getcpu_fn`] then returns `None`).
+#[cfg(target_arch = "x86_64")]
+pub const GETCPU: &str = "__vdso_getcpu";
+/// The vDSO's `getcpu` symbol name on this architecture: `"__vdso_getcpu"`
+/// on x86_64, `"__kernel_getcpu"` on aarch64 (where only recent kernels, if
+/// any, provide it; [`getcpu_fn`] then returns `None`).
+#[cfg(target_arch = "aarch64")]
+pub const GETCPU: &str = "__kernel_getcpu";
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("ktl::vdso knows the vDSO symbols of x86_64 and aarch64 only");
+
+/// Signature of vDSO getcpu: `int getcpu(unsigned *cpu, unsigned *node,
+/// void *unused)`. It stores the current CPU and NUMA node through the
+/// non-null pointers and returns 0 on success.
+pub type GetcpuFn = unsafe extern "C" fn(*mut u32, *mut u32, *mut c_void) -> c_int;
+
+/// The smallest page size of the supported architectures. The vDSO mapping
+/// starts on a page boundary and is at least one page long, so its first
+/// `MIN_PAGE_SIZE` bytes are always readable.
+const MIN_PAGE_SIZE: usize = 4096;
+
+/// The largest vDSO image accepted. Real ones are a few pages.
+const MAX_IMAGE_LEN: usize = 1 << 20;
+
+/// The size of the ELF64 header.
+const EHDR_SIZE: usize = 64;
+
+/// Errors from parsing a vDSO image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VdsoError {
+    /// The auxiliary vector has no `AT_SYSINFO_EHDR`: the process has no vDSO.
+    NotPresent,
+    /// The image is shorter than its headers say.
+    Truncated,
+    /// The image does not start with the ELF magic bytes.
+    BadMagic,
+    /// The image is not a 64-bit ELF file.
+    NotElf64,
+    /// The image is not little-endian.
+    NotLittleEndian,
+    /// The image is not a shared object (`ET_DYN`).
+    NotSharedObject,
+    /// The program header table is malformed (wrong entry size, offsets that
+    /// overflow, or not in the first page of the mapping).
+    BadProgramHeaders,
+    /// There is no `PT_LOAD` segment.
+    NoLoadSegment,
+    /// The image is larger than 1 MiB.
+    TooLarge,
+    /// There is no `PT_DYNAMIC` segment.
+    NoDynamic,
+    /// The dynamic section is outside the image or has no `DT_NULL` end.
+    BadDynamic,
+    /// The dynamic section lacks `DT_SYMTAB` or `DT_STRTAB`.
+    NoSymbolTable,
+    /// The dynamic section has neither `DT_HASH` nor `DT_GNU_HASH`.
+    NoHashTable,
+    /// The hash table is outside the image or inconsistent.
+    BadHashTable,
+    /// The symbol table is outside the image or has the wrong entry size.
+    BadSymbolTable,
+    /// The string table is outside the image.
+    BadStringTable,
+    /// The symbol version tables are outside the image.
+    BadVersionTable,
+}
+
+impl fmt::Display for VdsoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VdsoError::NotPresent => "the process has no vDSO (no AT_SYSINFO_EHDR)",
+            VdsoError::Truncated => "the vDSO image is shorter than its headers say",
+            VdsoError::BadMagic => "the vDSO image is not an ELF file (bad magic)",
+            VdsoError::NotElf64 => "the vDSO image is not a 64-bit ELF file",
+            VdsoError::NotLittleEndian => "the vDSO image is not little-endian",
+            VdsoError::NotSharedObject => "the vDSO image is not a shared object (ET_DYN)",
+            VdsoError::BadProgramHeaders => "the vDSO program header table is malformed",
+            VdsoError::NoLoadSegment => "the vDSO image has no PT_LOAD segment",
+            VdsoError::TooLarge => "the vDSO image is larger than 1 MiB",
+            VdsoError::NoDynamic => "the vDSO image has no PT_DYNAMIC segment",
+            VdsoError::BadDynamic => "the vDSO dynamic section is out of bounds or unterminated",
+            VdsoError::NoSymbolTable => "the vDSO dynamic section lacks DT_SYMTAB or DT_STRTAB",
+            VdsoError::NoHashTable => {
+                "the vDSO dynamic section has neither DT_HASH nor DT_GNU_HASH"
+            }
+            VdsoError::BadHashTable => "the vDSO hash table is out of bounds or inconsistent",
+            VdsoError::BadSymbolTable => "the vDSO symbol table is out of bounds or malformed",
+            VdsoError::BadStringTable => "the vDSO string table is out of bounds",
+            VdsoError::BadVersionTable => "the vDSO symbol version tables are out of bounds",
+        })
+    }
+}
+
+impl std::error::Error for VdsoError {}
+
+/// A parsed vDSO image.
+///
+/// The process's vDSO ([`Vdso::get`]) lives for the whole process, so this
+/// holds the image as a `'static` slice and only offsets into it.
+#[derive(Debug)]
+pub struct Vdso {
+    image: Image<'static>,
+}
+
+impl Vdso {
+    /// The process's vDSO, parsed once (cached in a [`OnceLock`]), or why it
+    /// is unavailable.
+    pub fn get() -> Result<&'static Vdso, VdsoError> {
+        static VDSO: OnceLock<Result<Vdso, VdsoError>> = OnceLock::new();
+        VDSO.get_or_init(find).as_ref().map_err(|&error| error)
+    }
+
+    /// Parses an image held in memory (for tests and fuzzing). The result
+    /// can only look up symbol offsets within `image`
+    /// ([`Image::symbol_offset`]); nothing in it can be called.
+    pub fn parse(image: &[u8]) -> Result<Image<'_>, VdsoError> {
+        Image::parse(image)
+    }
+
+    /// The address of the function `name` at `version` in the process's
+    /// vDSO, or `None` if there is no such symbol.
+    pub fn symbol(&self, name: &str, version: &str) -> Option<usize> {
+        let offset = self.image.symbol_offset(name, version)?;
+        self.base().checked_add(offset)
+    }
+
+    /// The base address of the image in memory (`AT_SYSINFO_EHDR`).
+    pub fn base(&self) -> usize {
+        self.image.bytes().as_ptr().addr()
+    }
+}
+
+/// A slice of `len` bytes of the vDSO mapping at `base`.
+///
+/// # Safety
+///
+/// `base..base + len` must be inside the vDSO mapping, which is readable and
+/// never written or unmapped while the process runs.
+unsafe fn vdso_bytes(base: usize, len: usize) -> &'static [u8] {
+    let ptr = core::ptr::with_exposed_provenance::<u8>(base);
+    // SAFETY: the caller guarantees that these `len` bytes are readable and
+    // unchanging for the rest of the process (hence `'static`). `u8` needs
+    // no alignment, and a range inside one mapping is never longer than
+    // `isize::MAX` bytes.
+    unsafe { core::slice::from_raw_parts(ptr, len) }
+}
+
+/// Finds and parses the process's vDSO.
+fn find() -> Result<Vdso, VdsoError> {
+    // SAFETY: `getauxval` only reads the auxiliary vector that libc saved at
+    // startup; it is thread-safe and has no preconditions.
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+    let base = usize::try_from(base).map_err(|_| VdsoError::NotPresent)?;
+    if base == 0 {
+        return Err(VdsoError::NotPresent);
+    }
+
+    // The mapping's length is not in the auxiliary vector: it follows from
+    // the ELF headers. Read the ELF header, then the program header table,
+    // both inside the first page, then the whole image they describe.
+
+    // SAFETY: the kernel maps the vDSO before the process starts, at `base`
+    // (page aligned), readable, at least one page long, and never changes or
+    // unmaps it; `EHDR_SIZE` is less than `MIN_PAGE_SIZE`, so these bytes are
+    // in the first page.
+    let ehdr = unsafe { vdso_bytes(base, EHDR_SIZE) };
+    let headers_len = elf::headers_len(ehdr)?;
+    if headers_len > MIN_PAGE_SIZE {
+        return Err(VdsoError::BadProgramHeaders);
+    }
+    // SAFETY: as above: `headers_len` was just checked to be at most
+    // `MIN_PAGE_SIZE`, so these bytes are in the first page.
+    let headers = unsafe { vdso_bytes(base, headers_len) };
+    let len = elf::image_len(headers)?;
+    if len > MAX_IMAGE_LEN {
+        return Err(VdsoError::TooLarge);
+    }
+    // SAFETY: the kernel maps the whole vDSO image file, rounded up to whole
+    // pages, at `base`, and it stays mapped, readable and unchanged for the
+    // life of the process. `len` is the end of the ELF header, the program
+    // header table or a `PT_LOAD` segment's file bytes, whichever is last,
+    // as the kernel's own image describes them; all of those are inside the
+    // image file.
+    let image = unsafe { vdso_bytes(base, len) };
+    Ok(Vdso {
+        image: Image::parse(image)?,
+    })
+}
+
+/// [`GETCPU_ADDR`] before the first lookup.
+const NOT_LOOKED_UP: usize = 0;
+/// [`GETCPU_ADDR`] when the vDSO or its getcpu is missing.
+const ABSENT: usize = 1;
+
+/// The address of the vDSO getcpu, [`NOT_LOOKED_UP`] or [`ABSENT`].
+static GETCPU_ADDR: AtomicUsize = AtomicUsize::new(NOT_LOOKED_UP);
+
+/// The vDSO getcpu function, looked up once and cached.
+///
+/// `None` if the process has no vDSO or the vDSO has no [`GETCPU`] at
+/// [`VERSION`].
+#[inline]
+pub fn getcpu_fn() -> Option<GetcpuFn> {
+    // Relaxed is enough: the cached value is all that is shared. The code it
+    // points to was mapped before the process started.
+    let mut addr = GETCPU_ADDR.load(Ordering::Relaxed);
+    if addr == NOT_LOOKED_UP {
+        addr = lookup_getcpu();
+        GETCPU_ADDR.store(addr, Ordering::Relaxed);
+    }
+    if addr == ABSENT {
+        return None;
+    }
+    let ptr = core::ptr::with_exposed_provenance::<c_void>(addr);
+    // SAFETY: `addr` was stored by `lookup_getcpu`: it is the address of the
+    // vDSO's getcpu function, whose C signature `GetcpuFn` declares, in an
+    // executable mapping that lasts as long as the process. Function and
+    // data pointers have the same size and representation on the supported
+    // targets.
+    Some(unsafe { core::mem::transmute::<*const c_void, GetcpuFn>(ptr) })
+}
+
+/// Looks up the vDSO getcpu: its address, or [`ABSENT`].
+#[cold]
+#[inline(never)]
+fn lookup_getcpu() -> usize {
+    match Vdso::get()
+        .ok()
+        .and_then(|vdso| vdso.symbol(GETCPU, VERSION))
+    {
+        // The image starts at a nonzero page boundary, so a symbol address
+        // is never one of the two markers; check anyway.
+        Some(addr) if addr > ABSENT => addr,
+        _ => ABSENT,
+    }
+}
+
+/// Calls vDSO getcpu: `Some((cpu, node))` on success, `None` if the vDSO or
+/// the symbol is missing or the call fails.
+///
+/// After the first call this is one load of a cached function pointer and
+/// one indirect call.
+#[inline]
+pub fn getcpu() -> Option<(u32, u32)> {
+    let getcpu = getcpu_fn()?;
+    let mut cpu = 0;
+    let mut node = 0;
+    // SAFETY: `getcpu` is the vDSO getcpu (see `getcpu_fn`). It writes one
+    // `u32` through each of the first two pointers, which point to live
+    // locals, and ignores the third (the old `getcpu_cache`), which may be
+    // null.
+    let ret = unsafe { getcpu(&mut cpu, &mut node, core::ptr::null_mut()) };
+    (ret == 0).then_some((cpu, node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::XorShift;
+    use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    const CLOCK_GETTIME: &str = "__vdso_clock_gettime";
+    #[cfg(target_arch = "aarch64")]
+    const CLOCK_GETTIME: &str = "__kernel_clock_gettime";
+
+    fn vdso() -> &'static Vdso {
+        Vdso::get().expect("this machine has a vDSO")
+    }
+
+    /// A copy of the process's vDSO image.
+    fn image_copy() -> Vec<u8> {
+        vdso().image.bytes().to_vec()
+    }
+
+    #[test]
+    fn get_finds_the_vdso() {
+        let vdso = vdso();
+        // SAFETY: no preconditions.
+        let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
+        assert_eq!(vdso.base(), base);
+        assert_eq!(base % MIN_PAGE_SIZE, 0);
+        let len = vdso.image.bytes().len();
+        assert!(len > EHDR_SIZE && len <= MAX_IMAGE_LEN, "{len}");
+        // Cached: the same object every time.
+        assert!(core::ptr::eq(vdso, Vdso::get().unwrap()));
+    }
+
+    #[test]
+    fn finds_known_symbols() {
+        let vdso = vdso();
+        let end = vdso.base() + vdso.image.bytes().len();
+        for name in [GETCPU, CLOCK_GETTIME] {
+            if cfg!(target_arch = "aarch64") && name == GETCPU {
+                continue;
+            }
+            let addr = vdso.symbol(name, VERSION).expect(name);
+            assert!(addr > vdso.base() && addr < end, "{name}: {addr:#x}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn weak_aliases_match() {
+        let vdso = vdso();
+        let getcpu = vdso.symbol("__vdso_getcpu", "LINUX_2.6").unwrap();
+        assert_eq!(vdso.symbol("getcpu", "LINUX_2.6"), Some(getcpu));
+        let clock_gettime = vdso.symbol("__vdso_clock_gettime", "LINUX_2.6").unwrap();
+        assert_eq!(
+            vdso.symbol("clock_gettime", "LINUX_2.6"),
+            Some(clock_gettime)
+        );
+        assert_ne!(getcpu, clock_gettime);
+    }
+
+    #[test]
+    fn wrong_version_is_not_found() {
+        let vdso = vdso();
+        assert_eq!(vdso.symbol(CLOCK_GETTIME, "LINUX_9.9"), None);
+        assert_eq!(vdso.symbol(CLOCK_GETTIME, ""), None);
+        assert_eq!(
+            vdso.symbol(CLOCK_GETTIME, &VERSION[..VERSION.len() - 1]),
+            None
+        );
+        // The version definitions themselves are absolute object symbols.
+        assert_eq!(vdso.symbol(VERSION, VERSION), None);
+    }
+
+    #[test]
+    fn unknown_name_is_not_found() {
+        let vdso = vdso();
+        assert_eq!(vdso.symbol("__vdso_no_such_function", VERSION), None);
+        assert_eq!(vdso.symbol("", VERSION), None);
+        assert_eq!(vdso.symbol(&CLOCK_GETTIME[1..], VERSION), None);
+        assert_eq!(vdso.symbol(&format!("{CLOCK_GETTIME}\0"), VERSION), None);
+    }
+
+    #[test]
+    fn vdso_clock_gettime_agrees_with_libc() {
+        type ClockGettimeFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> c_int;
+        let addr = vdso().symbol(CLOCK_GETTIME, VERSION).unwrap();
+        let ptr = core::ptr::with_exposed_provenance::<c_void>(addr);
+        // SAFETY: the vDSO clock_gettime has this C signature.
+        let clock_gettime = unsafe { core::mem::transmute::<*const c_void, ClockGettimeFn>(ptr) };
+        let now = |f: &dyn Fn(*mut libc::timespec) -> c_int| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            assert_eq!(f(&mut ts), 0);
+            (ts.tv_sec, ts.tv_nsec)
+        };
+        // SAFETY (both): a valid clock id and a pointer to a live timespec.
+        let before = now(&|ts| unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts) });
+        let during = now(&|ts| unsafe { clock_gettime(libc::CLOCK_MONOTONIC, ts) });
+        let after = now(&|ts| unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts) });
+        assert!(
+            before <= during && during <= after,
+            "{before:?} {during:?} {after:?}"
+        );
+    }
+
+    #[test]
+    fn getcpu_fn_is_the_cached_symbol() {
+        let expected = vdso().symbol(GETCPU, VERSION);
+        if cfg!(target_arch = "x86_64") {
+            assert!(expected.is_some());
+        }
+        let found = getcpu_fn().map(|f| f as usize);
+        assert_eq!(found, expected);
+        assert_eq!(getcpu_fn().map(|f| f as usize), expected);
+        assert_eq!(getcpu().is_some(), expected.is_some());
+    }
+
+    /// The CPUs this thread may run on.
+    fn allowed_cpus() -> Vec<usize> {
+        // SAFETY: cpu_set_t is plain data; all zeroes is an empty set.
+        let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+        // SAFETY: `set` is a live cpu_set_t of the size passed.
+        let ret = unsafe { libc::sched_getaffinity(0, size_of_val(&set), &mut set) };
+        assert_eq!(ret, 0);
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `cpu` is below CPU_SETSIZE.
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    }
+
+    /// Pins the calling thread to `cpu`.
+    fn pin(cpu: usize) {
+        // SAFETY: as in `allowed_cpus`.
+        let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: `set` is a live cpu_set_t of the size passed.
+        let ret = unsafe { libc::sched_setaffinity(0, size_of_val(&set), &set) };
+        assert_eq!(ret, 0, "pinning to cpu {cpu}");
+    }
+
+    fn getcpu_syscall() -> (u32, u32) {
+        let mut cpu = 0u32;
+        let mut node = 0u32;
+        // SAFETY: getcpu writes one u32 through each of the two pointers.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_getcpu,
+                &mut cpu as *mut u32,
+                &mut node as *mut u32,
+                core::ptr::null_mut::<c_void>(),
+            )
+        };
+        assert_eq!(ret, 0);
+        (cpu, node)
+    }
+
+    #[test]
+    fn getcpu_matches_syscall_on_every_cpu() {
+        if cfg!(target_arch = "x86_64") {
+            assert!(getcpu_fn().is_some(), "x86_64 has vDSO getcpu");
+        } else if getcpu_fn().is_none() {
+            return;
+        }
+        // A thread of its own, so the pinning ends with it.
+        std::thread::spawn(|| {
+            let cpus = allowed_cpus();
+            assert!(!cpus.is_empty());
+            for cpu in cpus {
+                pin(cpu);
+                let syscall = getcpu_syscall();
+                assert_eq!(syscall.0 as usize, cpu);
+                assert_eq!(getcpu(), Some(syscall), "cpu {cpu}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn parse_a_copy_of_the_image() {
+        let vdso = vdso();
+        let copy = image_copy();
+        let image = Vdso::parse(&copy).unwrap();
+        assert_eq!(image.symbol_count(), vdso.image.symbol_count());
+        assert!(image.is_versioned());
+        let offset = image.symbol_offset(CLOCK_GETTIME, VERSION).unwrap();
+        assert_eq!(
+            Some(vdso.base() + offset),
+            vdso.symbol(CLOCK_GETTIME, VERSION)
+        );
+
+        // Trailing bytes change nothing.
+        let mut longer = copy.clone();
+        longer.resize(copy.len() + 4096, 0xa5);
+        let image = Vdso::parse(&longer).unwrap();
+        assert_eq!(image.symbol_offset(CLOCK_GETTIME, VERSION), Some(offset));
+    }
+
+    #[test]
+    fn renamed_version_is_found_by_its_new_name() {
+        let mut copy = image_copy();
+        let name = VERSION.as_bytes();
+        let mut renamed = 0;
+        for at in 0..copy.len() - name.len() {
+            // Only whole strings: the name with a NUL after it.
+            if copy[at..].starts_with(name) && copy[at + name.len()] == 0 {
+                *copy[at..at + name.len()].last_mut().unwrap() = b'X';
+                renamed += 1;
+            }
+        }
+        assert!(renamed >= 1);
+        let mut new_name = VERSION.to_string();
+        new_name.pop();
+        new_name.push('X');
+        let image = Vdso::parse(&copy).unwrap();
+        let real = vdso().symbol(CLOCK_GETTIME, VERSION).unwrap() - vdso().base();
+        assert_eq!(image.symbol_offset(CLOCK_GETTIME, VERSION), None);
+        assert_eq!(image.symbol_offset(CLOCK_GETTIME, &new_name), Some(real));
+    }
+
+    #[test]
+    fn empty_image() {
+        assert_eq!(Vdso::parse(&[]).unwrap_err(), VdsoError::Truncated);
+    }
+
+    #[test]
+    fn every_prefix_is_truncated() {
+        let copy = image_copy();
+        let lengths = (0..copy.len())
+            .step_by(64)
+            .chain((1..64).map(|d| copy.len() - d));
+        for len in lengths {
+            assert_eq!(
+                Vdso::parse(&copy[..len]).unwrap_err(),
+                VdsoError::Truncated,
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_corruptions() {
+        let copy = image_copy();
+        let with = |off: usize, bytes: &[u8]| {
+            let mut changed = copy.clone();
+            changed[off..off + bytes.len()].copy_from_slice(bytes);
+            Vdso::parse(&changed).map(|_| ())
+        };
+        assert_eq!(with(1, b"X"), Err(VdsoError::BadMagic));
+        assert_eq!(with(4, &[1]), Err(VdsoError::NotElf64));
+        assert_eq!(with(5, &[2]), Err(VdsoError::NotLittleEndian));
+        assert_eq!(
+            with(16, &2u16.to_le_bytes()),
+            Err(VdsoError::NotSharedObject)
+        );
+        // e_phnum, e_phentsize, e_phoff.
+        assert_eq!(with(56, &u16::MAX.to_le_bytes()), Err(VdsoError::Truncated));
+        assert_eq!(with(56, &0u16.to_le_bytes()), Err(VdsoError::NoLoadSegment));
+        assert_eq!(
+            with(54, &64u16.to_le_bytes()),
+            Err(VdsoError::BadProgramHeaders)
+        );
+        assert_eq!(
+            with(32, &u64::MAX.to_le_bytes()),
+            Err(VdsoError::BadProgramHeaders)
+        );
+        assert_eq!(
+            with(32, &(1u64 << 32).to_le_bytes()),
+            Err(VdsoError::Truncated)
+        );
+    }
+
+    #[test]
+    fn dynamic_corruptions() {
+        let copy = image_copy();
+        let headers = &copy[..elf::headers_len(&copy).unwrap()];
+        assert_eq!(elf::image_len(headers), Ok(copy.len()));
+        let phoff = u64::from_le_bytes(copy[32..40].try_into().unwrap()) as usize;
+        let phnum = u16::from_le_bytes(copy[56..58].try_into().unwrap()) as usize;
+        let dynamic = (0..phnum)
+            .map(|i| phoff + 56 * i)
+            .find(|&at| copy[at..at + 4] == 2u32.to_le_bytes())
+            .expect("PT_DYNAMIC");
+        let dyn_offset = u64::from_le_bytes(copy[dynamic + 8..dynamic + 16].try_into().unwrap());
+        let dyn_size = u64::from_le_bytes(copy[dynamic + 32..dynamic + 40].try_into().unwrap());
+
+        let with = |changes: &[(usize, u64)]| {
+            let mut changed = copy.clone();
+            for &(off, value) in changes {
+                changed[off..off + 8].copy_from_slice(&value.to_le_bytes());
+            }
+            Vdso::parse(&changed).map(|_| ())
+        };
+        // p_filesz or p_offset of PT_DYNAMIC out of bounds.
+        assert_eq!(
+            with(&[(dynamic + 32, u64::MAX)]),
+            Err(VdsoError::BadDynamic)
+        );
+        assert_eq!(with(&[(dynamic + 32, 1 << 40)]), Err(VdsoError::BadDynamic));
+        assert_eq!(with(&[(dynamic + 8, u64::MAX)]), Err(VdsoError::BadDynamic));
+        // The PT_DYNAMIC turned into a PT_NULL.
+        let mut changed = copy.clone();
+        changed[dynamic..dynamic + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(Vdso::parse(&changed).unwrap_err(), VdsoError::NoDynamic);
+
+        // Each dynamic entry's value set to huge numbers, in turn.
+        let entries = (dyn_offset..dyn_offset + dyn_size).step_by(16);
+        let mut failures = 0;
+        for entry in entries {
+            let entry = entry as usize;
+            let tag = u64::from_le_bytes(copy[entry..entry + 8].try_into().unwrap());
+            let expected = match tag {
+                5 | 10 => Err(VdsoError::BadStringTable),
+                6 | 11 => Err(VdsoError::BadSymbolTable),
+                4 | 0x6fff_fef5 => Err(VdsoError::BadHashTable),
+                0x6fff_fff0 | 0x6fff_fffc => Err(VdsoError::BadVersionTable),
+                _ => continue,
+            };
+            for value in [u64::MAX, 1 << 32, copy.len() as u64 * 2] {
+                let result = with(&[(entry + 8, value)]);
+                // DT_GNU_HASH is unused when DT_HASH is present.
+                if tag == 0x6fff_fef5 && result.is_ok() {
+                    continue;
+                }
+                assert_eq!(result, expected, "tag {tag:#x} = {value:#x}");
+                failures += 1;
+            }
+        }
+        assert!(failures >= 15, "{failures}");
+    }
+
+    #[test]
+    fn random_corruption() {
+        let good = image_copy();
+        let mut rng = XorShift::new(0x0123_4567_89ab_cdef);
+        let mut parsed = 0;
+        for round in 0..4_000 {
+            let mut bytes = good.clone();
+            let count = 1 + round % 8;
+            if round % 2 == 0 {
+                // The tables are near the start of the image.
+                let window = bytes.len().min(4096);
+                rng.corrupt(&mut bytes[..window], count);
+            } else {
+                rng.corrupt(&mut bytes, count);
+            }
+            // Sometimes truncated too.
+            let len = if round % 5 == 0 {
+                rng.below(bytes.len() + 1)
+            } else {
+                bytes.len()
+            };
+            let bytes = &bytes[..len];
+            if let Ok(image) = Vdso::parse(bytes) {
+                parsed += 1;
+                for name in [GETCPU, CLOCK_GETTIME, "getcpu"] {
+                    if let Some(offset) = image.symbol_offset(name, VERSION) {
+                        assert!(offset < bytes.len());
+                    }
+                }
+            }
+        }
+        assert!(parsed > 100, "{parsed}");
+    }
+
+    #[test]
+    fn errors_display() {
+        let all = [
+            VdsoError::NotPresent,
+            VdsoError::Truncated,
+            VdsoError::BadMagic,
+            VdsoError::NotElf64,
+            VdsoError::NotLittleEndian,
+            VdsoError::NotSharedObject,
+            VdsoError::BadProgramHeaders,
+            VdsoError::NoLoadSegment,
+            VdsoError::TooLarge,
+            VdsoError::NoDynamic,
+            VdsoError::BadDynamic,
+            VdsoError::NoSymbolTable,
+            VdsoError::NoHashTable,
+            VdsoError::BadHashTable,
+            VdsoError::BadSymbolTable,
+            VdsoError::BadStringTable,
+            VdsoError::BadVersionTable,
+        ];
+        let texts: std::collections::HashSet<String> = all.iter().map(|e| e.to_string()).collect();
+        assert_eq!(texts.len(), all.len());
+        assert!(texts.iter().all(|t| t.starts_with("the ")));
+        let boxed: Box<dyn std::error::Error> = Box::new(VdsoError::TooLarge);
+        assert_eq!(boxed.to_string(), "the vDSO image is larger than 1 MiB");
+    }
+}

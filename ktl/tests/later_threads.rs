@@ -1,0 +1,88 @@
+//! A seccomp filter installed after start-up blocks rseq for the threads
+//! created afterwards, the way some sandboxes and emulators behave. The first
+//! thread keeps its area; the later ones must fall back and still be right.
+//!
+//! The scenario runs in a fresh process (this test binary re-executed), so
+//! the filter and the owner decision do not leak into other tests.
+//!
+//! Only the ktl-owned case can be tested: when glibc owns the areas and a new
+//! thread's registration fails, glibc itself aborts the process ("Fatal glibc
+//! error: rseq registration failed") before any of the thread's code runs.
+
+#[path = "support/affinity.rs"]
+mod affinity;
+#[path = "support/seccomp.rs"]
+mod seccomp;
+
+use affinity::{allowed_cpus, pin};
+
+use ktl::cpu::Source;
+use std::process::Command;
+
+const CHILD_ENV: &str = "KTL_LATER_THREADS_CHILD";
+
+/// The child's body: the first thread uses ktl, then the filter goes in for
+/// every thread, then new threads must fall back correctly.
+fn child(expect_owner: &str) {
+    assert_eq!(ktl::layout().owner.to_string(), expect_owner);
+    assert_eq!(
+        ktl::cpu::sources().cpu_id,
+        Source::Area,
+        "the first thread has its area"
+    );
+    let program = seccomp::deny_rseq_program(libc::EPERM);
+    // SAFETY: a valid program that outlives the call.
+    unsafe { seccomp::install(&program, true) }.expect("install the seccomp filter");
+    let failures_before = ktl::area::stats().register_failures;
+    for cpu in allowed_cpus() {
+        std::thread::spawn(move || {
+            pin(cpu);
+            assert_eq!(ktl::cpu_id() as usize, cpu, "fallback cpu_id on CPU {cpu}");
+            let (_, node) = ktl::cpu::getcpu_syscall().unwrap();
+            assert_eq!(ktl::node_id(), node);
+            let s = ktl::cpu::sources();
+            assert_eq!(
+                s.cpu_id,
+                Source::VdsoGetcpu,
+                "a later thread has no area: {s:?}"
+            );
+            assert_eq!(s.mm_cid, Source::CpuId);
+        })
+        .join()
+        .expect("later thread");
+    }
+    // The main thread still has its area.
+    assert_eq!(ktl::cpu::sources().cpu_id, Source::Area);
+    assert!(
+        ktl::area::stats().register_failures > failures_before,
+        "the refused registrations are counted"
+    );
+}
+
+fn run_child(expect_owner: &str) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, expect_owner)
+        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+}
+
+/// Runs the scenario only when re-executed by one of the tests below.
+#[test]
+fn child_entry() {
+    if let Ok(owner) = std::env::var(CHILD_ENV) {
+        child(&owner);
+    }
+}
+
+#[test]
+fn ktl_owned_later_threads_fall_back() {
+    run_child("ktl");
+}

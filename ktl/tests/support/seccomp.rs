@@ -1,0 +1,84 @@
+//! Test support: a seccomp filter that makes the rseq system call fail.
+//!
+//! Shared by the ktl and ktl-cli test suites (included with `#[path]`).
+
+#![allow(dead_code)]
+
+/// `AUDIT_ARCH_*` of the architecture the tests run on.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+
+fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// A filter program: `rseq` fails with `errno`, everything else is allowed.
+pub fn deny_rseq_program(errno: i32) -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    vec![
+        // Load seccomp_data.arch; allow anything from another ABI.
+        stmt(BPF_LD | BPF_W | BPF_ABS, 4),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 1, 0),
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        // Load seccomp_data.nr.
+        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_rseq as u32, 0, 1),
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (errno as u32 & 0xffff)),
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// Installs `program` for the calling thread (and, with `all_threads`, every
+/// thread of the process). Only makes system calls, so it may run between
+/// `fork` and `exec`.
+///
+/// # Safety
+/// `program` must be a valid filter, alive for the call.
+pub unsafe fn install(program: &[libc::sock_filter], all_threads: bool) -> std::io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut _,
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let flags: libc::c_ulong = if all_threads {
+        1 /* SECCOMP_FILTER_FLAG_TSYNC */
+    } else {
+        0
+    };
+    // SAFETY: `prog` points to a valid program that outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            1, /* SECCOMP_SET_MODE_FILTER */
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
