@@ -53,16 +53,34 @@ use core::sync::atomic::{AtomicU8, Ordering};
 /// ```
 #[inline]
 pub fn cpu_id() -> u32 {
-    let off = arch::hot_offset(Slot::Cpu);
+    match hot_field::<OFFSET_CPU_ID>(Slot::Cpu) {
+        Some(cpu) => cpu,
+        None => cpu_id_slow(),
+    }
+}
+
+/// The fast path shared by the accessors: the field at byte `FIELD` of the
+/// area that `slot` designates, or `None` when that area is not live in the
+/// calling thread (its `cpu_id` is negative).
+///
+/// One load of the slot's offset, one thread-pointer-relative load of
+/// `cpu_id` (plus one of the field itself, unless the field is `cpu_id`), and
+/// one branch.
+#[inline(always)]
+fn hot_field<const FIELD: usize>(slot: Slot) -> Option<u32> {
+    let off = arch::hot_offset(slot);
     // SAFETY: a hot offset always designates an area in the calling thread's
     // static TLS: the C library's area, ktl's own area, or ktl's dead area.
     // All are mapped for the life of the thread and 32-byte aligned.
     let cpu = unsafe { arch::tp_load_u32::<OFFSET_CPU_ID>(off) };
-    if (cpu as i32) >= 0 {
-        cpu
-    } else {
-        cpu_id_slow()
+    if (cpu as i32) < 0 {
+        return None;
     }
+    if FIELD == OFFSET_CPU_ID {
+        return Some(cpu);
+    }
+    // SAFETY: the same area; FIELD is one of its first 32 bytes.
+    Some(unsafe { arch::tp_load_u32::<FIELD>(off) })
 }
 
 /// The NUMA node of the CPU the calling thread runs on.
@@ -73,14 +91,9 @@ pub fn cpu_id() -> u32 {
 /// ```
 #[inline]
 pub fn node_id() -> u32 {
-    let off = arch::hot_offset(Slot::Node);
-    // SAFETY: as in `cpu_id`; the offset designates an area of this thread.
-    let gate = unsafe { arch::tp_load_u32::<OFFSET_CPU_ID>(off) };
-    if (gate as i32) >= 0 {
-        // SAFETY: the same area; node_id is inside its first 32 bytes.
-        unsafe { arch::tp_load_u32::<OFFSET_NODE_ID>(off) }
-    } else {
-        node_id_slow()
+    match hot_field::<OFFSET_NODE_ID>(Slot::Node) {
+        Some(node) => node,
+        None => node_id_slow(),
     }
 }
 
@@ -97,14 +110,9 @@ pub fn node_id() -> u32 {
 /// ```
 #[inline]
 pub fn mm_cid() -> u32 {
-    let off = arch::hot_offset(Slot::Cid);
-    // SAFETY: as in `cpu_id`; the offset designates an area of this thread.
-    let gate = unsafe { arch::tp_load_u32::<OFFSET_CPU_ID>(off) };
-    if (gate as i32) >= 0 {
-        // SAFETY: the same area; mm_cid is inside its first 32 bytes.
-        unsafe { arch::tp_load_u32::<OFFSET_MM_CID>(off) }
-    } else {
-        mm_cid_slow()
+    match hot_field::<OFFSET_MM_CID>(Slot::Cid) {
+        Some(cid) => cid,
+        None => mm_cid_slow(),
     }
 }
 

@@ -117,38 +117,3 @@ pub(crate) fn has_rdpid() -> bool {
 pub(crate) unsafe fn rdpid() -> u64 {
     0
 }
-
-// Weak references to the C library's rseq symbols, for statically linked
-// programs (see the x86_64 back end).
-#[cfg(target_feature = "crt-static")]
-global_asm!(
-    ".weak __rseq_offset",
-    ".weak __rseq_size",
-    ".weak __rseq_flags",
-    concat!(
-        ".section .data.rel.ro.",
-        ktl_symbol!("libc_rseq"),
-        ",\"aw\",%progbits"
-    ),
-    ".p2align 3",
-    concat!(".globl ", ktl_symbol!("libc_rseq")),
-    concat!(".hidden ", ktl_symbol!("libc_rseq")),
-    concat!(ktl_symbol!("libc_rseq"), ":"),
-    ".xword __rseq_offset",
-    ".xword __rseq_size",
-    ".xword __rseq_flags",
-    ".text",
-);
-
-#[cfg(target_feature = "crt-static")]
-unsafe extern "C" {
-    #[link_name = ktl_symbol!("libc_rseq")]
-    safe static LIBC_RSEQ: [*const u8; 3];
-}
-
-/// The addresses of `__rseq_offset`, `__rseq_size` and `__rseq_flags`, each
-/// null when the C library does not define it.
-#[cfg(target_feature = "crt-static")]
-pub(crate) fn libc_weak_rseq_symbols() -> [*const u8; 3] {
-    LIBC_RSEQ
-}

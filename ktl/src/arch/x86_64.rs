@@ -175,39 +175,3 @@ pub(crate) unsafe fn rdpid() -> u64 {
     }
     v
 }
-
-// Weak references to the C library's rseq symbols, for statically linked
-// programs, where dlsym cannot find them. The static linker resolves a weak
-// reference to the definition when the C library has one, and to 0 otherwise.
-#[cfg(target_feature = "crt-static")]
-global_asm!(
-    ".weak __rseq_offset",
-    ".weak __rseq_size",
-    ".weak __rseq_flags",
-    concat!(
-        ".section .data.rel.ro.",
-        ktl_symbol!("libc_rseq"),
-        ",\"aw\",@progbits"
-    ),
-    ".p2align 3",
-    concat!(".globl ", ktl_symbol!("libc_rseq")),
-    concat!(".hidden ", ktl_symbol!("libc_rseq")),
-    concat!(ktl_symbol!("libc_rseq"), ":"),
-    ".quad __rseq_offset",
-    ".quad __rseq_size",
-    ".quad __rseq_flags",
-    ".text",
-);
-
-#[cfg(target_feature = "crt-static")]
-unsafe extern "C" {
-    #[link_name = ktl_symbol!("libc_rseq")]
-    safe static LIBC_RSEQ: [*const u8; 3];
-}
-
-/// The addresses of `__rseq_offset`, `__rseq_size` and `__rseq_flags`, each
-/// null when the C library does not define it.
-#[cfg(target_feature = "crt-static")]
-pub(crate) fn libc_weak_rseq_symbols() -> [*const u8; 3] {
-    LIBC_RSEQ
-}
