@@ -30,6 +30,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`ktl info | head`), as Unix tools do,
+    // instead of panicking in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE has no
+    // preconditions; no other thread exists yet.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Info(args)) => info::run(&args),
