@@ -162,12 +162,22 @@ mod tests {
 
     #[test]
     fn tp_load_reads_the_thread_pointer_relative_address() {
-        let own = own_area_offset();
-        let addr = (thread_pointer() as isize).wrapping_add(own + DEAD_AREA as isize + 4);
-        // SAFETY: the address is the dead area's cpu_id in this thread's block,
-        // which nobody writes; an atomic load of it is sound.
-        let direct = unsafe { core::sync::atomic::AtomicU32::from_ptr(addr as *mut u32) }
-            .load(core::sync::atomic::Ordering::Relaxed);
-        assert_eq!(direct, RSEQ_CPU_ID_UNINITIALIZED);
+        use core::sync::atomic::{AtomicU32, Ordering};
+        let dead = dead_area_offset();
+        let direct = |disp: isize| {
+            let addr = (thread_pointer() as isize).wrapping_add(dead + disp);
+            // SAFETY: the address is inside the dead area of this thread's
+            // block, which nobody writes; an atomic load of it is sound.
+            unsafe { AtomicU32::from_ptr(addr as *mut u32) }.load(Ordering::Relaxed)
+        };
+        // The dead area holds cpu_id_start = 0 and cpu_id = -1: the two loads
+        // must tell the displacements apart, and agree with plain loads.
+        // SAFETY (all three): inside this thread's dead area.
+        let start = unsafe { tp_load_u32::<0>(dead) };
+        let cpu = unsafe { tp_load_u32::<OFFSET_CPU_ID>(dead) };
+        let cpu_by_offset = unsafe { tp_load_u32::<0>(dead + OFFSET_CPU_ID as isize) };
+        assert_eq!((start, cpu), (0, RSEQ_CPU_ID_UNINITIALIZED));
+        assert_eq!(cpu_by_offset, cpu);
+        assert_eq!((direct(0), direct(4)), (start, cpu));
     }
 }
