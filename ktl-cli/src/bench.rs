@@ -1,10 +1,11 @@
 //! `ktl bench`: measures the per-thread accessors against their alternatives.
 //!
 //! The framework is small and meant to grow. A [`Row`] is a named operation
-//! in a group, or the reason it cannot run on this machine. For each row that
-//! can run, [`measure`] calibrates an iteration count once, so that one sample
-//! takes about `--sample-ms`, runs one untimed sample as a warm-up, then takes
-//! `--samples` timed samples.
+//! in a group, or the reason it cannot run on this machine. For the rows that
+//! can run, [`measure_all`] calibrates an iteration count per row, so that one
+//! sample takes about `--sample-ms`, runs one untimed sample of each as a
+//! warm-up, then takes `--samples` rounds of timed samples, one sample of
+//! every row per round.
 //!
 //! Two loop shapes are available (`--shape`):
 //! - `call` (the default): each iteration makes one call and adds its result
