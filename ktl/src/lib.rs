@@ -22,6 +22,7 @@
 //!   what the running kernel supports;
 //! - [`area`]: the owner of the areas and the per-thread registration;
 //! - [`cpu`]: the accessors and their fallbacks;
+//! - [`rseq`]: restartable sequences (per-CPU operations);
 //! - [`vdso`]: the vDSO parser and vDSO `getcpu`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -33,6 +34,7 @@ pub mod abi;
 mod arch;
 pub mod area;
 pub mod cpu;
+pub mod rseq;
 mod sys;
 pub mod vdso;
 

@@ -117,3 +117,135 @@ pub(crate) fn has_rdpid() -> bool {
 pub(crate) unsafe fn rdpid() -> u64 {
     0
 }
+
+// Restartable sequences (see the x86_64 back end for the structure). AArch64
+// has no memory-to-memory moves, so the section needs scratch registers;
+// since an `asm!` with `label` operands may not have outputs, x10 and x11 are
+// saved on the stack before the section and restored on every exit: after
+// the commit, in the abort handler and on the compare-failure path. The
+// stack depth is the same at every instruction of the section, so the abort
+// handler always restores the right slot. The signature before the abort
+// handler is `brk #0x45e0` (0xd428bc00), which traps if reached by mistake.
+
+/// Adds `count` to `*v` while the index field at byte `FIELD` of the area at
+/// `area` still equals `value`.
+///
+/// # Safety
+/// `area` must be the offset from the thread pointer of the calling thread's
+/// registered rseq area; `v` must be valid for reads and writes of an `i64`
+/// and 8-byte aligned. The block uses 16 bytes of stack.
+#[inline(always)]
+pub(crate) unsafe fn rseq_add<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    count: i64,
+) -> Result<(), crate::rseq::Failure> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: the caller guarantees a registered area and a valid `v`; the
+    // block follows the rseq ABI and restores x10, x11 and sp on every exit.
+    unsafe {
+        asm!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 6f, 7f - 6f, 8f",
+            ".popsection",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"",
+            ".quad 3b",
+            ".popsection",
+            "stp x10, x11, [sp, #-16]!",
+            "adrp x10, 3b",
+            "add x10, x10, :lo12:3b",
+            "str x10, [x0, #8]",
+            "6:",
+            "ldr w10, [x0, #{field}]",
+            "cmp w10, w1",
+            "b.ne 8f",
+            "ldr x10, [x2]",
+            "add x10, x10, x3",
+            "str x10, [x2]",
+            "7:",
+            "ldp x10, x11, [sp], #16",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".inst 0xd428bc00",
+            "8:",
+            "ldp x10, x11, [sp], #16",
+            "b {abort}",
+            ".popsection",
+            field = const FIELD,
+            in("x0") area,
+            in("w1") value,
+            in("x2") v,
+            in("x3") count,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+        );
+    }
+    Ok(())
+}
+
+/// Stores `newv` into `*v` if `*v == expect`, while the index field at byte
+/// `FIELD` still equals `value`.
+///
+/// # Safety
+/// As for [`rseq_add`].
+#[inline(always)]
+pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    expect: i64,
+    newv: i64,
+) -> Result<(), crate::rseq::Failure> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 6f, 7f - 6f, 8f",
+            ".popsection",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"",
+            ".quad 3b",
+            ".popsection",
+            ".pushsection __rseq_exit_point_array, \"awR\"",
+            ".quad 6f, 9f",
+            ".popsection",
+            "stp x10, x11, [sp, #-16]!",
+            "adrp x10, 3b",
+            "add x10, x10, :lo12:3b",
+            "str x10, [x0, #8]",
+            "6:",
+            "ldr w10, [x0, #{field}]",
+            "cmp w10, w1",
+            "b.ne 8f",
+            "ldr x10, [x2]",
+            "cmp x10, x3",
+            "b.ne 9f",
+            "str x4, [x2]",
+            "7:",
+            "ldp x10, x11, [sp], #16",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".inst 0xd428bc00",
+            "8:",
+            "ldp x10, x11, [sp], #16",
+            "b {abort}",
+            "9:",
+            "ldp x10, x11, [sp], #16",
+            "b {cmpfail}",
+            ".popsection",
+            field = const FIELD,
+            in("x0") area,
+            in("w1") value,
+            in("x2") v,
+            in("x3") expect,
+            in("x4") newv,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}

@@ -175,3 +175,137 @@ pub(crate) unsafe fn rdpid() -> u64 {
     }
     v
 }
+
+// Restartable sequences.
+//
+// Each operation is one `asm!` block that
+// 1. emits its descriptor (`struct rseq_cs`) into `__rseq_cs`, a pointer to
+//    it into `__rseq_cs_ptr_array`, and its non-abort exits into
+//    `__rseq_exit_point_array` (both retained against `--gc-sections`, for
+//    debuggers and checkpointing tools);
+// 2. stores the descriptor's address into the area's `rseq_cs` with
+//    `push [ptr array entry]; pop %fs:rseq_cs`: an `asm!` with `label`
+//    operands may not have outputs, so it has no scratch register, and the
+//    critical section must start right after that store (were there an
+//    instruction between them, a preemption there would find the IP outside
+//    the section, and the kernel would clear `rseq_cs` before the section
+//    ran unprotected);
+// 3. runs the critical section: compare the area's index field with the value
+//    the caller read, do the work, commit with one final store;
+// 4. places the abort handler in `__rseq_failure`, preceded by the signature
+//    encoded as `ud1 0x53053053(%rip),%edi`, so a stray jump to it traps.
+//
+// Every input is an `in` operand in a fixed register that the block never
+// changes, so a restart after an abort sees the same inputs. Aborts and failed
+// compares leave through `label` operands. No `pure`, `nomem` or `readonly`:
+// the block writes memory and its effect depends on when it runs.
+
+/// Adds `count` to `*v` in a critical section that commits only while the
+/// index field at byte `FIELD` of the area at `area` still equals `value`.
+///
+/// # Safety
+/// `area` must be the offset from the thread pointer of the calling thread's
+/// registered rseq area; `v` must be valid for reads and writes of an `i64`
+/// and 8-byte aligned. The block pushes one word on the stack.
+#[inline(always)]
+pub(crate) unsafe fn rseq_add<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    count: i64,
+) -> Result<(), crate::rseq::Failure> {
+    // SAFETY: the caller guarantees a registered area and a valid `v`; the
+    // block follows the rseq ABI described above and leaves the stack as it
+    // found it.
+    unsafe {
+        asm!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 6f, 7f - 6f, 8f",
+            ".popsection",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"",
+            "5:",
+            ".quad 3b",
+            ".popsection",
+            "push qword ptr [rip + 5b]",
+            "pop qword ptr fs:[rdi + 8]",
+            "6:",
+            "cmp dword ptr fs:[rdi + {field}], edx",
+            "jne 8f",
+            "add qword ptr [rsi], rcx",
+            "7:",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "8:",
+            "jmp {abort}",
+            ".popsection",
+            field = const FIELD,
+            in("rdi") area,
+            in("edx") value,
+            in("rsi") v,
+            in("rcx") count,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+        );
+    }
+    Ok(())
+}
+
+/// Stores `newv` into `*v` if `*v == expect`, in a critical section that
+/// commits only while the index field at byte `FIELD` still equals `value`.
+///
+/// # Safety
+/// As for [`rseq_add`].
+#[inline(always)]
+pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    expect: i64,
+    newv: i64,
+) -> Result<(), crate::rseq::Failure> {
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 6f, 7f - 6f, 8f",
+            ".popsection",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"",
+            "5:",
+            ".quad 3b",
+            ".popsection",
+            ".pushsection __rseq_exit_point_array, \"awR\"",
+            ".quad 6f, {cmpfail}",
+            ".popsection",
+            "push qword ptr [rip + 5b]",
+            "pop qword ptr fs:[rdi + 8]",
+            "6:",
+            "cmp dword ptr fs:[rdi + {field}], edx",
+            "jne 8f",
+            "cmp qword ptr [rsi], rcx",
+            "jne {cmpfail}",
+            "mov qword ptr [rsi], r8",
+            "7:",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "8:",
+            "jmp {abort}",
+            ".popsection",
+            field = const FIELD,
+            in("rdi") area,
+            in("edx") value,
+            in("rsi") v,
+            in("rcx") expect,
+            in("r8") newv,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}

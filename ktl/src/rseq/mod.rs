@@ -1,0 +1,211 @@
+//! Restartable sequences: per-CPU updates with plain loads and stores.
+//!
+//! A restartable sequence is a short critical section that the kernel aborts
+//! when the thread is preempted, migrated or signalled before its final store
+//! (the commit). Code that only ever touches CPU `n`'s data from a sequence
+//! that checks it still runs on CPU `n` therefore needs no lock and no atomic
+//! instruction.
+//!
+//! An operation has two steps:
+//!
+//! 1. [`start`] reads the current index, the CPU number (`cpu_id_start`) or
+//!    the concurrency id (`mm_cid`), as chosen with [`Index`]. The caller uses
+//!    it to pick its per-CPU slot.
+//! 2. The operation runs as one critical section that first checks the index
+//!    is unchanged, then works on the slot and commits. It reports success, a
+//!    failed compare ([`Failure::CompareFailed`]), or an abort
+//!    ([`Failure::Aborted`]: the index changed or the kernel interrupted the
+//!    section); after an abort the caller starts again. [`retry`] runs that
+//!    loop.
+//!
+//! The operations are `unsafe`: their callers promise that a slot is only
+//! ever modified by operations indexed by the slot's number, so that the
+//! section's plain load and store cannot race. The safe per-CPU data
+//! structures build on that promise.
+//!
+//! This module is the first step of the complete operation set: it has
+//! [`add`] and [`cmpeqv_storev`], on x86_64 and aarch64.
+
+use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_CPU_ID_START, OFFSET_MM_CID};
+use crate::{arch, area};
+use core::cell::Cell;
+use core::fmt;
+
+/// The per-thread number that indexes per-CPU data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Index {
+    /// The CPU the thread runs on (`cpu_id_start`, checked against `cpu_id`).
+    /// Below the number of possible CPUs.
+    CpuId,
+    /// The compact concurrency id (`mm_cid`, Linux 6.3+). Below the number
+    /// of CPUs the process may use, so arrays indexed by it can be smaller.
+    MmCid,
+}
+
+/// Why an operation did not commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The kernel aborted the section (preemption, migration or a signal),
+    /// or the index had already changed: start again.
+    Aborted,
+    /// The operation's compare did not match; nothing was stored.
+    CompareFailed,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Failure::Aborted => "the restartable sequence was aborted",
+            Failure::CompareFailed => "the compare failed; nothing was stored",
+        })
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The start of an operation: the index value read, and the area it was
+/// read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    index: Index,
+    value: u32,
+    area: isize,
+}
+
+impl Start {
+    /// The index value: the CPU number or the concurrency id.
+    pub fn value(self) -> u32 {
+        self.value
+    }
+
+    /// Which index this is.
+    pub fn index(self) -> Index {
+        self.index
+    }
+}
+
+/// Reads the current index for an operation, or `None` when the calling
+/// thread has no live rseq area (the caller then needs a fallback), or when
+/// `index` is [`Index::MmCid`] and the kernel lacks `mm_cid`.
+#[inline]
+pub fn start(index: Index) -> Option<Start> {
+    let area = area::thread_area()?;
+    let value = match index {
+        // SAFETY: `thread_area` returns this thread's live area.
+        Index::CpuId => unsafe { arch::tp_load_u32::<OFFSET_CPU_ID_START>(area) },
+        Index::MmCid => {
+            if !area::layout().features.contains(Features::MM_CID) {
+                return None;
+            }
+            // SAFETY: as above.
+            unsafe { arch::tp_load_u32::<OFFSET_MM_CID>(area) }
+        }
+    };
+    Some(Start { index, value, area })
+}
+
+/// Adds `count` to `*v`, in one critical section: a plain load, add and
+/// store, committed only if the thread still runs with `start`'s index.
+///
+/// # Safety
+///
+/// - `start` must come from [`start`] in the calling thread;
+/// - `v` must be valid for reads and writes of an `i64` and 8-byte aligned;
+/// - every write to `*v` while other threads may access it must be made by
+///   an operation of this module started with the same index value, so that
+///   only one thread at a time (the one running with that index) can be
+///   inside a section that writes it.
+#[inline]
+pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
+    delay_before();
+    // SAFETY: forwarded to the caller's contract; `start.area` is this
+    // thread's registered area.
+    unsafe {
+        match start.index {
+            Index::CpuId => arch::rseq_add::<OFFSET_CPU_ID>(start.area, start.value, v, count),
+            Index::MmCid => arch::rseq_add::<OFFSET_MM_CID>(start.area, start.value, v, count),
+        }
+    }
+}
+
+/// Stores `newv` into `*v` if `*v == expect`, in one critical section
+/// committed only if the thread still runs with `start`'s index.
+///
+/// # Safety
+///
+/// The same contract as [`add`].
+#[inline]
+pub unsafe fn cmpeqv_storev(
+    start: Start,
+    v: *mut i64,
+    expect: i64,
+    newv: i64,
+) -> Result<(), Failure> {
+    delay_before();
+    // SAFETY: as in `add`.
+    unsafe {
+        match start.index {
+            Index::CpuId => {
+                arch::rseq_cmpeqv_storev::<OFFSET_CPU_ID>(start.area, start.value, v, expect, newv)
+            }
+            Index::MmCid => {
+                arch::rseq_cmpeqv_storev::<OFFSET_MM_CID>(start.area, start.value, v, expect, newv)
+            }
+        }
+    }
+}
+
+thread_local! {
+    static ABORTS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs an operation until it does not abort.
+///
+/// `op` gets a fresh [`Start`] on every attempt. Returns `None` when the
+/// calling thread has no live area (see [`start`]); otherwise the first
+/// result that is not [`Failure::Aborted`]. Aborts are counted per thread
+/// ([`aborts`]).
+///
+/// ```
+/// use ktl::rseq::{self, Index};
+/// let mut slots = vec![0i64; 4096];
+/// let base = slots.as_mut_ptr();
+/// let done = rseq::retry(Index::CpuId, |s| {
+///     // SAFETY: only rseq operations indexed by CPU write these slots,
+///     // and `s.value()` is below the 4096 slots.
+///     unsafe { rseq::add(s, base.add(s.value() as usize), 1) }
+/// });
+/// if let Some(result) = done {
+///     result.unwrap();
+///     assert_eq!(slots.iter().sum::<i64>(), 1);
+/// }
+/// ```
+pub fn retry<T>(
+    index: Index,
+    mut op: impl FnMut(Start) -> Result<T, Failure>,
+) -> Option<Result<T, Failure>> {
+    loop {
+        let s = start(index)?;
+        match op(s) {
+            Err(Failure::Aborted) => {
+                let _ = ABORTS.try_with(|a| a.set(a.get() + 1));
+            }
+            other => return Some(other),
+        }
+    }
+}
+
+/// How many aborts [`retry`] has seen in the calling thread.
+pub fn aborts() -> u64 {
+    ABORTS.try_with(Cell::get).unwrap_or(0)
+}
+
+#[cfg(feature = "delay-injection")]
+pub mod delay;
+
+#[cfg(feature = "delay-injection")]
+use delay::before as delay_before;
+
+#[cfg(not(feature = "delay-injection"))]
+#[inline(always)]
+fn delay_before() {}

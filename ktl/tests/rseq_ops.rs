@@ -1,0 +1,290 @@
+//! The restartable-sequence operations: exact totals under contention,
+//! aborts that really happen (signals and preemption of two threads pinned to
+//! one CPU), compare failures, both indexes, `fork`, and the sections the
+//! binary must carry.
+
+#[path = "support/affinity.rs"]
+mod affinity;
+
+use affinity::{allowed_cpus, pin};
+use ktl::rseq::{self, Failure, Index};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+/// Slots for any CPU number or concurrency id this machine can produce.
+const SLOTS: usize = 4096;
+
+fn slots() -> Arc<Vec<AtomicI64>> {
+    Arc::new((0..SLOTS).map(|_| AtomicI64::new(0)).collect())
+}
+
+fn total(slots: &[AtomicI64]) -> i64 {
+    slots.iter().map(|s| s.load(Ordering::Relaxed)).sum()
+}
+
+/// Adds 1 to this thread's slot with `rseq::add`, `n` times; returns the
+/// thread's abort count.
+fn add_loop(slots: &[AtomicI64], index: Index, n: u64) -> u64 {
+    for _ in 0..n {
+        rseq::retry(index, |s| {
+            let slot = &slots[s.value() as usize];
+            // SAFETY: every write to the slots goes through rseq operations
+            // indexed by `index`, and `value()` is below SLOTS.
+            unsafe { rseq::add(s, slot.as_ptr(), 1) }
+        })
+        .expect("a live area")
+        .expect("add never fails a compare");
+    }
+    rseq::aborts()
+}
+
+/// Whether the calling thread has a live area for `index`. Without one (an
+/// emulator without rseq, a kernel without mm_cid) the test is skipped, and
+/// says why.
+fn has_area(test: &str, index: Index) -> bool {
+    let live = rseq::start(index).is_some();
+    if !live {
+        let owner = ktl::layout().owner;
+        eprintln!("SKIPPED {test}: no live rseq area for {index:?} (owner: {owner})");
+    }
+    live
+}
+
+extern "C" fn on_signal(_: libc::c_int) {}
+
+/// Installs an empty SIGUSR1 handler.
+fn install_handler() {
+    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+#[test]
+fn two_threads_on_one_cpu_abort_and_lose_nothing() {
+    if !has_area(
+        "two_threads_on_one_cpu_abort_and_lose_nothing",
+        Index::CpuId,
+    ) {
+        return;
+    }
+    install_handler();
+    let cpu = allowed_cpus()[0];
+    let slots = slots();
+    let done = Arc::new(AtomicBool::new(false));
+    // Each worker adds in rounds until it has seen an abort (or a generous
+    // cap), and reports how many it added.
+    const ROUND: u64 = 200_000;
+    const MAX_ROUNDS: u64 = 200;
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let slots = slots.clone();
+            std::thread::spawn(move || {
+                pin(cpu);
+                let mut added = 0;
+                let mut aborts = 0;
+                for _ in 0..MAX_ROUNDS {
+                    aborts = add_loop(&slots, Index::CpuId, ROUND);
+                    added += ROUND;
+                    if aborts > 0 && added >= 10 * ROUND {
+                        break;
+                    }
+                }
+                (added, aborts)
+            })
+        })
+        .collect();
+    // Signal both workers until they finish: a signal delivered inside a
+    // critical section aborts it, as does a preemption by the other worker.
+    let targets: Vec<libc::pthread_t> = workers.iter().map(|w| w.as_pthread_t()).collect();
+    let d = done.clone();
+    let signaller = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !d.load(Ordering::Relaxed) {
+            for &t in &targets {
+                // SAFETY: the workers are joined only after this thread has
+                // stopped (it is joined first, below).
+                unsafe { libc::pthread_kill(t, libc::SIGUSR1) };
+                sent += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+        sent
+    });
+    // Wait for both workers to finish without joining them (the signaller
+    // still holds their pthread_t), then stop the signaller, then join.
+    while !workers.iter().all(|w| w.is_finished()) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    done.store(true, Ordering::Relaxed);
+    let sent = signaller.join().unwrap();
+    let (mut added, mut aborts) = (0, 0);
+    for w in workers {
+        let (a, b) = w.join().unwrap();
+        added += a;
+        aborts += b;
+    }
+    assert_eq!(total(&slots), added as i64, "no update may be lost");
+    assert_eq!(
+        slots[cpu].load(Ordering::Relaxed),
+        added as i64,
+        "all on the pinned CPU's slot"
+    );
+    assert!(
+        aborts > 0,
+        "{added} adds and {sent} signals caused no abort"
+    );
+    eprintln!("{aborts} aborts in {added} adds, {sent} signals");
+}
+
+#[test]
+fn unpinned_threads_sum_exactly_with_both_indexes() {
+    for index in [Index::CpuId, Index::MmCid] {
+        if !has_area("unpinned_threads_sum_exactly_with_both_indexes", index) {
+            continue;
+        }
+        let slots = slots();
+        const N: u64 = 500_000;
+        let threads = 4 * allowed_cpus().len();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let slots = slots.clone();
+                std::thread::spawn(move || add_loop(&slots, index, N))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(total(&slots), threads as i64 * N as i64, "{index:?}");
+        if index == Index::MmCid {
+            let used = slots
+                .iter()
+                .rposition(|s| s.load(Ordering::Relaxed) != 0)
+                .unwrap_or(0);
+            assert!(used < allowed_cpus().len(), "mm_cid slot {used} used");
+        }
+    }
+}
+
+#[test]
+fn compare_and_store_counts_exactly() {
+    if !has_area("compare_and_store_counts_exactly", Index::CpuId) {
+        return;
+    }
+    let slots = slots();
+    const N: u64 = 200_000;
+    let threads = 2 * allowed_cpus().len();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let slots = slots.clone();
+            std::thread::spawn(move || {
+                let mut failed_compares = 0u64;
+                for _ in 0..N {
+                    loop {
+                        let r = rseq::retry(Index::CpuId, |s| {
+                            let slot = &slots[s.value() as usize];
+                            let seen = slot.load(Ordering::Relaxed);
+                            // SAFETY: as in `add_loop`.
+                            unsafe { rseq::cmpeqv_storev(s, slot.as_ptr(), seen, seen + 1) }
+                        })
+                        .expect("a live area");
+                        match r {
+                            Ok(()) => break,
+                            Err(Failure::CompareFailed) => failed_compares += 1,
+                            Err(Failure::Aborted) => unreachable!("retry absorbs aborts"),
+                        }
+                    }
+                }
+                failed_compares
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(total(&slots), threads as i64 * N as i64);
+}
+
+#[test]
+fn a_failed_compare_stores_nothing() {
+    if !has_area("a_failed_compare_stores_nothing", Index::CpuId) {
+        return;
+    }
+    std::thread::spawn(|| {
+        let cpu = allowed_cpus()[0];
+        pin(cpu);
+        let slots = slots();
+        slots[cpu].store(41, Ordering::Relaxed);
+        let r = rseq::retry(Index::CpuId, |s| {
+            // SAFETY: only this thread writes the slots.
+            unsafe { rseq::cmpeqv_storev(s, slots[s.value() as usize].as_ptr(), 40, 99) }
+        });
+        assert_eq!(r, Some(Err(Failure::CompareFailed)));
+        assert_eq!(slots[cpu].load(Ordering::Relaxed), 41);
+        let r = rseq::retry(Index::CpuId, |s| {
+            // SAFETY: as above.
+            unsafe { rseq::cmpeqv_storev(s, slots[s.value() as usize].as_ptr(), 41, 99) }
+        });
+        assert_eq!(r, Some(Ok(())));
+        assert_eq!(slots[cpu].load(Ordering::Relaxed), 99);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn operations_work_in_a_fork_child() {
+    if !has_area("operations_work_in_a_fork_child", Index::CpuId) {
+        return;
+    }
+    let slots = slots();
+    add_loop(&slots, Index::CpuId, 10);
+    // SAFETY: the child only runs rseq operations and reads memory, then
+    // leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        add_loop(&slots, Index::CpuId, 1000);
+        let ok = total(&slots) == 1010;
+        // SAFETY: leaves the child at once.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status}"
+    );
+    assert_eq!(total(&slots), 10, "the child's updates stay in the child");
+}
+
+#[test]
+fn the_binary_carries_the_rseq_sections() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("readelf")
+        .arg("-SW")
+        .arg(&exe)
+        .output()
+        .expect("run readelf");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for section in [
+        "__rseq_cs",
+        "__rseq_cs_ptr_array",
+        "__rseq_exit_point_array",
+        "__rseq_failure",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().any(|w| w == section)),
+            "{section} missing from {}",
+            exe.display()
+        );
+    }
+}
