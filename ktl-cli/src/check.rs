@@ -245,26 +245,7 @@ fn check_pinned(cpus: &[usize], how: Spawner) -> CheckResult {
 
 /// The number of possible NUMA nodes (1 when sysfs does not say).
 fn possible_nodes() -> usize {
-    std::fs::read_to_string("/sys/devices/system/node/possible")
-        .ok()
-        .and_then(|s| parse_last_in_range_list(&s))
-        .map_or(1, |last| last + 1)
-}
-
-/// The number of possible CPUs, from sysfs.
-fn possible_cpus() -> Option<usize> {
-    std::fs::read_to_string("/sys/devices/system/cpu/possible")
-        .ok()
-        .and_then(|s| parse_last_in_range_list(&s))
-        .map(|last| last + 1)
-}
-
-/// The largest number in a sysfs range list such as `0-3,8-11`.
-fn parse_last_in_range_list(s: &str) -> Option<usize> {
-    s.trim()
-        .split(',')
-        .filter_map(|part| part.rsplit('-').next()?.trim().parse::<usize>().ok())
-        .max()
+    ktl::cpu::possible_nodes().map_or(1, |n| n as usize)
 }
 
 /// node_id() equals the kernel's node for each pinned CPU, and is a possible node.
@@ -311,7 +292,7 @@ fn check_mm_cid(cpus: &[usize]) -> CheckResult {
         (cpus.len(), "allowed CPUs")
     } else {
         (
-            possible_cpus().unwrap_or(usize::MAX),
+            ktl::cpu::possible_cpus().map_or(usize::MAX, |n| n as usize),
             "possible CPUs (mm_cid falls back to the CPU number)",
         )
     };
@@ -528,18 +509,5 @@ fn check_churn(args: &CheckArgs) -> CheckResult {
         name: "thread_churn",
         pass: problems.is_empty(),
         detail,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_last_in_range_list;
-
-    #[test]
-    fn range_lists() {
-        assert_eq!(parse_last_in_range_list("0-1\n"), Some(1));
-        assert_eq!(parse_last_in_range_list("0\n"), Some(0));
-        assert_eq!(parse_last_in_range_list("0-3,8-11"), Some(11));
-        assert_eq!(parse_last_in_range_list(""), None);
     }
 }

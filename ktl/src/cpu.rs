@@ -326,3 +326,58 @@ pub fn rdpid() -> Option<(u32, u32)> {
     let aux = unsafe { arch::rdpid() };
     Some(((aux & 0xfff) as u32, ((aux >> 12) & 0xfffff) as u32))
 }
+
+/// The number of possible CPUs: one past the highest CPU number in
+/// `/sys/devices/system/cpu/possible` (read once), or `None` when it cannot be
+/// read. Every CPU number the kernel reports is below it, so it sizes arrays
+/// indexed by [`cpu_id`] (and by [`mm_cid`], whose values are smaller).
+///
+/// ```
+/// if let Some(n) = ktl::cpu::possible_cpus() {
+///     assert!(ktl::cpu_id() < n);
+/// }
+/// ```
+pub fn possible_cpus() -> Option<u32> {
+    static POSSIBLE: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *POSSIBLE.get_or_init(|| {
+        let list = std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?;
+        parse_cpu_list_end(&list)
+    })
+}
+
+/// The number of possible NUMA nodes: one past the highest node number in
+/// `/sys/devices/system/node/possible` (read once), or `None` when it cannot
+/// be read (kernels built without NUMA support have no such file; they have
+/// one node, 0). Every value of [`node_id`] is below it.
+pub fn possible_nodes() -> Option<u32> {
+    static POSSIBLE: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *POSSIBLE.get_or_init(|| {
+        let list = std::fs::read_to_string("/sys/devices/system/node/possible").ok()?;
+        parse_cpu_list_end(&list)
+    })
+}
+
+/// One past the highest CPU in a kernel CPU list such as `"0-3,8-11\n"`.
+fn parse_cpu_list_end(list: &str) -> Option<u32> {
+    let mut end = None;
+    for range in list.trim().split(',') {
+        let last = range.rsplit('-').next()?.trim().parse::<u32>().ok()?;
+        end = end.max(Some(last.checked_add(1)?));
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list_end("0\n"), Some(1));
+        assert_eq!(parse_cpu_list_end("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list_end("0-3,8-11"), Some(12));
+        assert_eq!(parse_cpu_list_end("0,5"), Some(6));
+        assert_eq!(parse_cpu_list_end(""), None);
+        assert_eq!(parse_cpu_list_end("x"), None);
+    }
+}

@@ -202,6 +202,7 @@ pub fn aborts() -> u64 {
 
 #[cfg(feature = "delay-injection")]
 pub mod delay;
+pub mod fence;
 
 #[cfg(feature = "delay-injection")]
 use delay::before as delay_before;
