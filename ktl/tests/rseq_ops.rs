@@ -1,7 +1,9 @@
-//! The restartable-sequence operations: exact totals under contention,
-//! aborts that really happen (signals and preemption of two threads pinned to
-//! one CPU), compare failures, both indexes, `fork`, and the sections the
-//! binary must carry.
+//! The restartable-sequence operations: exact totals under contention for
+//! every operation (counters, per-CPU lists, bounded buffers filled by a
+//! second-word store or by a copy, with both commit orderings), aborts that
+//! really happen (signals and preemption of two threads pinned to one CPU),
+//! compare failures, both indexes, `fork`, and the sections the binary must
+//! carry.
 
 #[path = "support/affinity.rs"]
 mod affinity;
@@ -287,4 +289,306 @@ fn the_binary_carries_the_rseq_sections() {
             exe.display()
         );
     }
+}
+
+/// Runs `f(thread_number)` on `threads` threads at once and collects the
+/// results.
+fn on_threads<T: Send + 'static>(
+    threads: usize,
+    f: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || f(t))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// A list node. `next` is not the first field, so the pop's offset operand
+/// is exercised with a non-zero offset.
+#[repr(C)]
+struct Node {
+    id: usize,
+    next: std::sync::atomic::AtomicPtr<Node>,
+}
+
+#[test]
+fn list_pop_and_push_keep_every_node() {
+    if !has_area("list_pop_and_push_keep_every_node", Index::CpuId) {
+        return;
+    }
+    const NODES: usize = 1000;
+    const ROUNDS: usize = 50_000;
+    let heads = slots(); // one list head per CPU, as pointer-sized words
+    let nodes: &'static [Node] = Box::leak(
+        (0..NODES)
+            .map(|id| Node {
+                id,
+                next: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    // All nodes start on the first allowed CPU's list.
+    let first = allowed_cpus()[0];
+    for n in nodes {
+        n.next.store(
+            heads[first].load(Ordering::Relaxed) as *mut Node,
+            Ordering::Relaxed,
+        );
+        heads[first].store(n as *const Node as i64, Ordering::Relaxed);
+    }
+    let next_offset = std::mem::offset_of!(Node, next) as isize;
+    let threads = 2 * allowed_cpus().len();
+    let h = heads.clone();
+    let empty_pops: u64 = on_threads(threads, move |_| {
+        let mut empty = 0u64;
+        for _ in 0..ROUNDS {
+            // Pop from this CPU's list.
+            let popped = rseq::retry(Index::CpuId, |s| {
+                let head = h[s.value() as usize].as_ptr() as *mut *mut u8;
+                // SAFETY: the heads are written only by rseq operations
+                // indexed by CPU, and nodes are 'static.
+                unsafe { rseq::cmpnev_storeoffp_load(s, head, std::ptr::null_mut(), next_offset) }
+            })
+            .unwrap();
+            let node = match popped {
+                Ok(p) => p as *const Node,
+                Err(Failure::CompareFailed) => {
+                    empty += 1;
+                    continue;
+                }
+                Err(Failure::Aborted) => unreachable!(),
+            };
+            // Push it onto the list of the CPU we run on now.
+            loop {
+                let r = rseq::retry(Index::CpuId, |s| {
+                    let head = &h[s.value() as usize];
+                    let old = head.load(Ordering::Relaxed);
+                    // SAFETY: this thread owns the popped node.
+                    unsafe { (*node).next.store(old as *mut Node, Ordering::Relaxed) };
+                    // SAFETY: as above.
+                    unsafe { rseq::cmpeqv_storev(s, head.as_ptr(), old, node as i64) }
+                })
+                .unwrap();
+                if r.is_ok() {
+                    break;
+                }
+            }
+        }
+        empty
+    })
+    .into_iter()
+    .sum();
+    // Walk every list: each node exactly once.
+    let mut seen = vec![false; NODES];
+    for head in heads.iter() {
+        let mut p = head.load(Ordering::Relaxed) as *const Node;
+        while !p.is_null() {
+            // SAFETY: the lists hold 'static nodes and all threads are done.
+            let n = unsafe { &*p };
+            assert!(!seen[n.id], "node {} twice", n.id);
+            seen[n.id] = true;
+            p = n.next.load(Ordering::Relaxed);
+        }
+    }
+    assert!(seen.iter().all(|&s| s), "a node was lost");
+    eprintln!("{empty_pops} pops found their CPU's list empty");
+}
+
+#[test]
+fn offset_deref_add_counts_exactly() {
+    if !has_area("offset_deref_add_counts_exactly", Index::CpuId) {
+        return;
+    }
+    const N: u64 = 200_000;
+    // Per CPU: a pointer to a pair of counters; the add goes to the second.
+    let counters = Arc::new(
+        (0..2 * SLOTS)
+            .map(|_| AtomicI64::new(0))
+            .collect::<Vec<_>>(),
+    );
+    let ptrs: Arc<Vec<AtomicI64>> = Arc::new(
+        (0..SLOTS)
+            .map(|i| AtomicI64::new(counters[2 * i].as_ptr() as i64))
+            .collect(),
+    );
+    let threads = 2 * allowed_cpus().len();
+    let p = ptrs.clone();
+    on_threads(threads, move |_| {
+        for _ in 0..N {
+            rseq::retry(Index::CpuId, |s| {
+                let ptr = p[s.value() as usize].as_ptr() as *mut *mut u8;
+                // SAFETY: the counters are written only by rseq operations
+                // indexed by CPU; the pointers stay valid (Arc kept below).
+                unsafe { rseq::offset_deref_addv(s, ptr, 8, 1) }
+            })
+            .unwrap()
+            .unwrap();
+        }
+    });
+    let sum_second: i64 = counters
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum();
+    let sum_first: i64 = counters
+        .iter()
+        .step_by(2)
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!((sum_first, sum_second), (0, threads as i64 * N as i64));
+}
+
+#[test]
+fn compare_two_words_then_store() {
+    if !has_area("compare_two_words_then_store", Index::CpuId) {
+        return;
+    }
+    std::thread::spawn(|| {
+        let cpu = allowed_cpus()[0];
+        pin(cpu);
+        let v = slots();
+        let v2 = AtomicI64::new(2);
+        v[cpu].store(1, Ordering::Relaxed);
+        let attempt = |e1: i64, e2: i64| {
+            rseq::retry(Index::CpuId, |s| {
+                // SAFETY: only this thread writes the slots.
+                unsafe {
+                    rseq::cmpeqv_cmpeqv_storev(
+                        s,
+                        v[s.value() as usize].as_ptr(),
+                        e1,
+                        v2.as_ptr(),
+                        e2,
+                        9,
+                    )
+                }
+            })
+            .unwrap()
+        };
+        assert_eq!(attempt(1, 3), Err(Failure::CompareFailed));
+        assert_eq!(attempt(0, 2), Err(Failure::CompareFailed));
+        assert_eq!(v[cpu].load(Ordering::Relaxed), 1);
+        assert_eq!(attempt(1, 2), Ok(()));
+        assert_eq!(v[cpu].load(Ordering::Relaxed), 9);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Per-CPU buffers for the buffer tests: a length word and the items.
+struct Buffers {
+    cap: usize,
+    len: Vec<AtomicI64>,
+    items: Vec<AtomicI64>,
+}
+
+impl Buffers {
+    fn new(cap: usize) -> Arc<Buffers> {
+        let cpus = allowed_cpus().iter().max().unwrap() + 1;
+        Arc::new(Buffers {
+            cap,
+            len: (0..cpus).map(|_| AtomicI64::new(0)).collect(),
+            items: (0..cpus * cap).map(|_| AtomicI64::new(-1)).collect(),
+        })
+    }
+
+    /// Every item in every buffer, sorted.
+    fn contents(&self) -> Vec<i64> {
+        let mut all = Vec::new();
+        for (cpu, len) in self.len.iter().enumerate() {
+            let n = len.load(Ordering::Acquire) as usize;
+            all.extend((0..n).map(|i| self.items[cpu * self.cap + i].load(Ordering::Relaxed)));
+        }
+        all.sort_unstable();
+        all
+    }
+}
+
+/// Pushes `threads x per_thread` distinct items with `push`, then checks that
+/// the buffers hold exactly those items.
+fn buffer_test(push: fn(&Buffers, rseq::Start, i64) -> Result<(), Failure>) {
+    const PER_THREAD: i64 = 20_000;
+    let threads = 2 * allowed_cpus().len();
+    let buffers = Buffers::new(threads * PER_THREAD as usize);
+    let b = buffers.clone();
+    on_threads(threads, move |t| {
+        for i in 0..PER_THREAD {
+            let item = t as i64 * PER_THREAD + i;
+            loop {
+                match rseq::retry(Index::CpuId, |s| push(&b, s, item)).unwrap() {
+                    Ok(()) => break,
+                    Err(Failure::CompareFailed) => continue,
+                    Err(Failure::Aborted) => unreachable!(),
+                }
+            }
+        }
+    });
+    let expected: Vec<i64> = (0..threads as i64 * PER_THREAD).collect();
+    assert_eq!(buffers.contents(), expected, "every item exactly once");
+}
+
+fn push_trystore(
+    b: &Buffers,
+    s: rseq::Start,
+    item: i64,
+    commit: rseq::Commit,
+) -> Result<(), Failure> {
+    let cpu = s.value() as usize;
+    let len = &b.len[cpu];
+    let seen = len.load(Ordering::Relaxed);
+    let slot = &b.items[cpu * b.cap + seen as usize];
+    // SAFETY: lengths and items are written only by rseq operations indexed
+    // by CPU; `seen` is below the capacity (sized for every item).
+    unsafe {
+        rseq::cmpeqv_trystorev_storev(s, len.as_ptr(), seen, slot.as_ptr(), item, seen + 1, commit)
+    }
+}
+
+fn push_memcpy(
+    b: &Buffers,
+    s: rseq::Start,
+    item: i64,
+    commit: rseq::Commit,
+) -> Result<(), Failure> {
+    let cpu = s.value() as usize;
+    let len = &b.len[cpu];
+    let seen = len.load(Ordering::Relaxed);
+    let slot = &b.items[cpu * b.cap + seen as usize];
+    let bytes = item.to_ne_bytes();
+    // SAFETY: as in `push_trystore`; the slot holds 8 bytes.
+    unsafe {
+        rseq::cmpeqv_trymemcpy_storev(
+            s,
+            len.as_ptr(),
+            seen,
+            slot.as_ptr().cast(),
+            &bytes,
+            seen + 1,
+            commit,
+        )
+    }
+}
+
+#[test]
+fn buffer_push_with_trystore_loses_nothing() {
+    if !has_area("buffer_push_with_trystore_loses_nothing", Index::CpuId) {
+        return;
+    }
+    buffer_test(|b, s, item| push_trystore(b, s, item, rseq::Commit::Relaxed));
+    buffer_test(|b, s, item| push_trystore(b, s, item, rseq::Commit::Release));
+}
+
+#[test]
+fn buffer_push_with_memcpy_loses_nothing() {
+    if !has_area("buffer_push_with_memcpy_loses_nothing", Index::CpuId) {
+        return;
+    }
+    buffer_test(|b, s, item| push_memcpy(b, s, item, rseq::Commit::Relaxed));
+    buffer_test(|b, s, item| push_memcpy(b, s, item, rseq::Commit::Release));
 }

@@ -6,7 +6,7 @@
 //! into a constant in an executable. A zero delta means "the own area", so the
 //! table is valid before any code has run.
 
-use super::{SLOTS, Slot, ktl_symbol};
+use super::{SLOTS, Slot, ktl_symbol, rseq_cs_tables, rseq_exit_point};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicIsize, Ordering};
 
@@ -127,6 +127,60 @@ pub(crate) unsafe fn rdpid() -> u64 {
 // handler always restores the right slot. The signature before the abort
 // handler is `brk #0x45e0` (0xd428bc00), which traps if reached by mistake.
 
+/// Saves the scratch registers x10 and x11 on the stack, stores the
+/// descriptor's address into the area's `rseq_cs` (the area's address is in
+/// x0), and enters the section at label 6, whose first instructions compare
+/// the index field with `value` (in w1), leaving for the abort handler if it
+/// changed.
+macro_rules! rseq_cs_enter {
+    () => {
+        concat!(
+            "stp x10, x11, [sp, #-16]!\n",
+            "adrp x10, 3b\n",
+            "add x10, x10, :lo12:3b\n",
+            "str x10, [x0, #8]\n",
+            "6:\n",
+            "ldr w10, [x0, #{field}]\n",
+            "cmp w10, w1\n",
+            "b.ne 8f\n",
+        )
+    };
+}
+
+/// Ends the section at label 7 and restores x10 and x11; then, in
+/// `__rseq_failure`, the signature (`brk #0x45e0`, which traps if reached by
+/// mistake), the abort handler (label 8) and, with `cmpfail`, the
+/// compare-failure exit (label 9), each restoring x10 and x11 first.
+macro_rules! rseq_cs_leave {
+    () => {
+        concat!(
+            "7:\n",
+            "ldp x10, x11, [sp], #16\n",
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".inst 0xd428bc00\n",
+            "8:\n",
+            "ldp x10, x11, [sp], #16\n",
+            "b {abort}\n",
+            ".popsection\n",
+        )
+    };
+    (cmpfail) => {
+        concat!(
+            "7:\n",
+            "ldp x10, x11, [sp], #16\n",
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".inst 0xd428bc00\n",
+            "8:\n",
+            "ldp x10, x11, [sp], #16\n",
+            "b {abort}\n",
+            "9:\n",
+            "ldp x10, x11, [sp], #16\n",
+            "b {cmpfail}\n",
+            ".popsection\n",
+        )
+    };
+}
+
 /// Adds `count` to `*v` while the index field at byte `FIELD` of the area at
 /// `area` still equals `value`.
 ///
@@ -146,34 +200,12 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
     // block follows the rseq ABI and restores x10, x11 and sp on every exit.
     unsafe {
         asm!(
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 6f, 7f - 6f, 8f",
-            ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"awR\"",
-            ".quad 3b",
-            ".popsection",
-            "stp x10, x11, [sp, #-16]!",
-            "adrp x10, 3b",
-            "add x10, x10, :lo12:3b",
-            "str x10, [x0, #8]",
-            "6:",
-            "ldr w10, [x0, #{field}]",
-            "cmp w10, w1",
-            "b.ne 8f",
+            rseq_cs_tables!(),
+            rseq_cs_enter!(),
             "ldr x10, [x2]",
             "add x10, x10, x3",
             "str x10, [x2]",
-            "7:",
-            "ldp x10, x11, [sp], #16",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".inst 0xd428bc00",
-            "8:",
-            "ldp x10, x11, [sp], #16",
-            "b {abort}",
-            ".popsection",
+            rseq_cs_leave!(),
             field = const FIELD,
             in("x0") area,
             in("w1") value,
@@ -202,47 +234,252 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
     // SAFETY: as in `rseq_add`.
     unsafe {
         asm!(
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 6f, 7f - 6f, 8f",
-            ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"awR\"",
-            ".quad 3b",
-            ".popsection",
-            ".pushsection __rseq_exit_point_array, \"awR\"",
-            ".quad 6f, 9f",
-            ".popsection",
-            "stp x10, x11, [sp, #-16]!",
-            "adrp x10, 3b",
-            "add x10, x10, :lo12:3b",
-            "str x10, [x0, #8]",
-            "6:",
-            "ldr w10, [x0, #{field}]",
-            "cmp w10, w1",
-            "b.ne 8f",
+            rseq_cs_tables!(),
+            rseq_exit_point!("9f"),
+            rseq_cs_enter!(),
             "ldr x10, [x2]",
             "cmp x10, x3",
             "b.ne 9f",
             "str x4, [x2]",
-            "7:",
-            "ldp x10, x11, [sp], #16",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".inst 0xd428bc00",
-            "8:",
-            "ldp x10, x11, [sp], #16",
-            "b {abort}",
-            "9:",
-            "ldp x10, x11, [sp], #16",
-            "b {cmpfail}",
-            ".popsection",
+            rseq_cs_leave!(cmpfail),
             field = const FIELD,
             in("x0") area,
             in("w1") value,
             in("x2") v,
             in("x3") expect,
             in("x4") newv,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}
+
+// The rest of the operation set follows the same scheme: x10 and x11 are the
+// scratch registers, saved before the section and restored on every exit.
+
+/// Pops from a per-CPU list (see the x86_64 back end).
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    v: *mut *mut u8,
+    expectnot: *mut u8,
+    voffp: isize,
+    load: *mut *mut u8,
+) -> Result<(), crate::rseq::Failure> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("9f"),
+            rseq_cs_enter!(),
+            "ldr x10, [x2]",
+            "cmp x10, x3",
+            "b.eq 9f",
+            "str x10, [x5]",
+            "ldr x11, [x10, x4]",
+            "str x11, [x2]",
+            rseq_cs_leave!(cmpfail),
+            field = const FIELD,
+            in("x0") area,
+            in("w1") value,
+            in("x2") v,
+            in("x3") expectnot,
+            in("x4") voffp,
+            in("x5") load,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}
+
+/// Loads `*ptr` and adds `inc` at byte offset `off` from it.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    ptr: *mut *mut u8,
+    off: isize,
+    inc: i64,
+) -> Result<(), crate::rseq::Failure> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+
+            rseq_cs_enter!(),
+            "ldr x10, [x2]",
+            "add x10, x10, x3",
+            "ldr x11, [x10]",
+            "add x11, x11, x4",
+            "str x11, [x10]",
+            rseq_cs_leave!(),
+            field = const FIELD,
+            in("x0") area,
+            in("w1") value,
+            in("x2") ptr,
+            in("x3") off,
+            in("x4") inc,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+        );
+    }
+    Ok(())
+}
+
+/// Stores `newv` into `*v` if `*v == expect` and `*v2 == expect2`.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    expect: i64,
+    v2: *const i64,
+    expect2: i64,
+    newv: i64,
+) -> Result<(), crate::rseq::Failure> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("9f"),
+            rseq_cs_enter!(),
+            "ldr x10, [x2]",
+            "cmp x10, x3",
+            "b.ne 9f",
+            "ldr x10, [x4]",
+            "cmp x10, x5",
+            "b.ne 9f",
+            "str x6, [x2]",
+            rseq_cs_leave!(cmpfail),
+            field = const FIELD,
+            in("x0") area,
+            in("w1") value,
+            in("x2") v,
+            in("x3") expect,
+            in("x4") v2,
+            in("x5") expect2,
+            in("x6") newv,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}
+
+/// If `*v == expect`, stores `newv2` into `*v2`, then commits `*v = newv`,
+/// with `stlr` when `RELEASE`.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELEASE: bool>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    expect: i64,
+    v2: *mut i64,
+    newv2: i64,
+    newv: i64,
+) -> Result<(), crate::rseq::Failure> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("9f"),
+            rseq_cs_enter!(),
+            "ldr x10, [x2]",
+            "cmp x10, x3",
+            "b.ne 9f",
+            "str x5, [x4]",
+            ".if {release}",
+            "stlr x6, [x2]",
+            ".else",
+            "str x6, [x2]",
+            ".endif",
+            rseq_cs_leave!(cmpfail),
+            field = const FIELD,
+            release = const RELEASE as u8,
+            in("x0") area,
+            in("w1") value,
+            in("x2") v,
+            in("x3") expect,
+            in("x4") v2,
+            in("x5") newv2,
+            in("x6") newv,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}
+
+/// If `*v == expect`, copies `len` bytes from `src` to `dst`, then commits
+/// `*v = newv`, with `stlr` when `RELEASE`.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELEASE: bool>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    expect: i64,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+    newv: i64,
+) -> Result<(), crate::rseq::Failure> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("9f"),
+            rseq_cs_enter!(),
+            "ldr x10, [x2]",
+            "cmp x10, x3",
+            "b.ne 9f",
+            "mov x10, #0",
+            "2:",
+            "cmp x10, x6",
+            "b.hs 4f",
+            "ldrb w11, [x5, x10]",
+            "strb w11, [x4, x10]",
+            "add x10, x10, #1",
+            "b 2b",
+            "4:",
+            ".if {release}",
+            "stlr x7, [x2]",
+            ".else",
+            "str x7, [x2]",
+            ".endif",
+            rseq_cs_leave!(cmpfail),
+            field = const FIELD,
+            release = const RELEASE as u8,
+            in("x0") area,
+            in("w1") value,
+            in("x2") v,
+            in("x3") expect,
+            in("x4") dst,
+            in("x5") src,
+            in("x6") len,
+            in("x7") newv,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
             cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
         );

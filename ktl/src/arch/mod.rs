@@ -90,6 +90,45 @@ macro_rules! ktl_symbol {
 }
 pub(crate) use ktl_symbol;
 
+/// The tables of one restartable sequence, for an `asm!` template: its
+/// descriptor (`struct rseq_cs`, label 3) in `__rseq_cs`, for a section that
+/// starts at label 6, commits just before label 7 and aborts to label 8; and
+/// a pointer to it (label 5) in `__rseq_cs_ptr_array`, retained against
+/// `--gc-sections` for debuggers.
+macro_rules! rseq_cs_tables {
+    () => {
+        concat!(
+            ".pushsection __rseq_cs, \"aw\"\n",
+            ".balign 32\n",
+            "3:\n",
+            ".long 0, 0\n",
+            ".quad 6f, 7f - 6f, 8f\n",
+            ".popsection\n",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
+            "5:\n",
+            ".quad 3b\n",
+            ".popsection\n",
+        )
+    };
+}
+pub(crate) use rseq_cs_tables;
+
+/// Records an exit of the section (other than the fall-through commit and
+/// the abort) in `__rseq_exit_point_array`, as (start, exit) pairs for
+/// checkpointing tools.
+macro_rules! rseq_exit_point {
+    ($exit:literal) => {
+        concat!(
+            ".pushsection __rseq_exit_point_array, \"awR\"\n",
+            ".quad 6f, ",
+            $exit,
+            "\n",
+            ".popsection\n",
+        )
+    };
+}
+pub(crate) use rseq_exit_point;
+
 // Weak references to the C library's rseq symbols, for statically linked
 // programs, where dlsym cannot find them. The static linker resolves a weak
 // reference to the definition when the C library has one, and to 0

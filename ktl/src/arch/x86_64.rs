@@ -1,6 +1,6 @@
 //! x86_64: the thread pointer is the FS base, and `%fs:0` holds its own value.
 
-use super::{SLOTS, Slot, ktl_symbol};
+use super::{SLOTS, Slot, ktl_symbol, rseq_cs_tables, rseq_exit_point};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicIsize, Ordering};
 
@@ -200,6 +200,43 @@ pub(crate) unsafe fn rdpid() -> u64 {
 // compares leave through `label` operands. No `pure`, `nomem` or `readonly`:
 // the block writes memory and its effect depends on when it runs.
 
+/// Stores the descriptor's address (label 5's pointer-array entry) into the
+/// area's `rseq_cs` and enters the section at label 6, whose first
+/// instruction compares the index field with `value` (in `%edx`), leaving for
+/// the abort handler if it changed. The area's offset is in `%rdi`.
+///
+/// `push [entry]; pop %fs:rseq_cs` needs no register: an `asm!` with `label`
+/// operands may have no outputs, so it has no scratch register, and the
+/// section must start right after that store (with an instruction between
+/// them, a preemption there would find the IP outside the section, and the
+/// kernel would clear `rseq_cs`, leaving the section unprotected).
+macro_rules! rseq_cs_enter {
+    () => {
+        concat!(
+            "push qword ptr [rip + 5b]\n",
+            "pop qword ptr fs:[rdi + 8]\n",
+            "6:\n",
+            "cmp dword ptr fs:[rdi + {field}], edx\n",
+            "jne 8f\n",
+        )
+    };
+}
+
+/// Opens `__rseq_failure` with the signature, encoded as the instruction
+/// `ud1 0x53053053(%rip),%edi` so that a stray jump traps, followed by the
+/// abort handler's label 8. The caller adds the handler's body and closes the
+/// section.
+macro_rules! rseq_abort_handler {
+    () => {
+        concat!(
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long 0x53053053\n",
+            "8:\n",
+        )
+    };
+}
+
 /// Adds `count` to `*v` in a critical section that commits only while the
 /// index field at byte `FIELD` of the area at `area` still equals `value`.
 ///
@@ -219,27 +256,11 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
     // found it.
     unsafe {
         asm!(
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 6f, 7f - 6f, 8f",
-            ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"awR\"",
-            "5:",
-            ".quad 3b",
-            ".popsection",
-            "push qword ptr [rip + 5b]",
-            "pop qword ptr fs:[rdi + 8]",
-            "6:",
-            "cmp dword ptr fs:[rdi + {field}], edx",
-            "jne 8f",
+            rseq_cs_tables!(),
+            rseq_cs_enter!(),
             "add qword ptr [rsi], rcx",
             "7:",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
-            "8:",
+            rseq_abort_handler!(),
             "jmp {abort}",
             ".popsection",
             field = const FIELD,
@@ -269,32 +290,14 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
     // SAFETY: as in `rseq_add`.
     unsafe {
         asm!(
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 6f, 7f - 6f, 8f",
-            ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"awR\"",
-            "5:",
-            ".quad 3b",
-            ".popsection",
-            ".pushsection __rseq_exit_point_array, \"awR\"",
-            ".quad 6f, {cmpfail}",
-            ".popsection",
-            "push qword ptr [rip + 5b]",
-            "pop qword ptr fs:[rdi + 8]",
-            "6:",
-            "cmp dword ptr fs:[rdi + {field}], edx",
-            "jne 8f",
+            rseq_cs_tables!(),
+            rseq_exit_point!("{cmpfail}"),
+            rseq_cs_enter!(),
             "cmp qword ptr [rsi], rcx",
             "jne {cmpfail}",
             "mov qword ptr [rsi], r8",
             "7:",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
-            "8:",
+            rseq_abort_handler!(),
             "jmp {abort}",
             ".popsection",
             field = const FIELD,
@@ -303,6 +306,264 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
             in("rsi") v,
             in("rcx") expect,
             in("r8") newv,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}
+
+/// Pops from a per-CPU list: if the head `*v` is not `expectnot`, writes it
+/// to `*load` and commits `*v = *(head + voffp)`.
+///
+/// `%rax` serves as scratch; it is saved on the stack before the section and
+/// restored on every exit (the stack depth is the same at every instruction
+/// of the section, so the abort handler restores the right slot).
+///
+/// # Safety
+/// As for [`rseq_add`]; `load` must be valid for a pointer-sized write, and
+/// every node reachable from `*v` valid for a read at `voffp`.
+#[inline(always)]
+pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    v: *mut *mut u8,
+    expectnot: *mut u8,
+    voffp: isize,
+    load: *mut *mut u8,
+) -> Result<(), crate::rseq::Failure> {
+    // SAFETY: as in `rseq_add`; %rax is saved and restored on every exit.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("9f"),
+            "push rax",
+            rseq_cs_enter!(),
+            "mov rax, qword ptr [rsi]",
+            "cmp rax, rcx",
+            "je 9f",
+            "mov qword ptr [r9], rax",
+            "mov rax, qword ptr [rax + r8]",
+            "mov qword ptr [rsi], rax",
+            "7:",
+            "pop rax",
+            rseq_abort_handler!(),
+            "pop rax",
+            "jmp {abort}",
+            "9:",
+            "pop rax",
+            "jmp {cmpfail}",
+            ".popsection",
+            field = const FIELD,
+            in("rdi") area,
+            in("edx") value,
+            in("rsi") v,
+            in("rcx") expectnot,
+            in("r8") voffp,
+            in("r9") load,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}
+
+/// Loads the pointer `*ptr` and adds `inc` to the `i64` at byte offset `off`
+/// from it, committing with that add.
+///
+/// # Safety
+/// As for [`rseq_add`]; `*ptr + off` must be valid for an aligned `i64`
+/// read and write.
+#[inline(always)]
+pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    ptr: *mut *mut u8,
+    off: isize,
+    inc: i64,
+) -> Result<(), crate::rseq::Failure> {
+    // SAFETY: as in `rseq_cmpnev_storeoffp_load`.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            "push rax",
+            rseq_cs_enter!(),
+            "mov rax, qword ptr [rsi]",
+            "add qword ptr [rax + r8], rcx",
+            "7:",
+            "pop rax",
+            rseq_abort_handler!(),
+            "pop rax",
+            "jmp {abort}",
+            ".popsection",
+            field = const FIELD,
+            in("rdi") area,
+            in("edx") value,
+            in("rsi") ptr,
+            in("r8") off,
+            in("rcx") inc,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+        );
+    }
+    Ok(())
+}
+
+/// Stores `newv` into `*v` if `*v == expect` and `*v2 == expect2`.
+///
+/// # Safety
+/// As for [`rseq_add`]; `v2` must be valid for an aligned `i64` read.
+#[inline(always)]
+pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    expect: i64,
+    v2: *const i64,
+    expect2: i64,
+    newv: i64,
+) -> Result<(), crate::rseq::Failure> {
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("{cmpfail}"),
+            rseq_cs_enter!(),
+            "cmp qword ptr [rsi], rcx",
+            "jne {cmpfail}",
+            "cmp qword ptr [r8], r9",
+            "jne {cmpfail}",
+            "mov qword ptr [rsi], r10",
+            "7:",
+            rseq_abort_handler!(),
+            "jmp {abort}",
+            ".popsection",
+            field = const FIELD,
+            in("rdi") area,
+            in("edx") value,
+            in("rsi") v,
+            in("rcx") expect,
+            in("r8") v2,
+            in("r9") expect2,
+            in("r10") newv,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}
+
+/// If `*v == expect`, stores `newv2` into `*v2` (a speculative store, which
+/// may happen even when the section then aborts) and commits `*v = newv`.
+///
+/// x86-64 stores are never reordered with older stores, so the release
+/// variant is the same code as the relaxed one.
+///
+/// # Safety
+/// As for [`rseq_add`]; `v2` must be valid for an aligned `i64` write.
+#[inline(always)]
+pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELEASE: bool>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    expect: i64,
+    v2: *mut i64,
+    newv2: i64,
+    newv: i64,
+) -> Result<(), crate::rseq::Failure> {
+    // SAFETY: as in `rseq_add`.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("{cmpfail}"),
+            rseq_cs_enter!(),
+            "cmp qword ptr [rsi], rcx",
+            "jne {cmpfail}",
+            "mov qword ptr [r8], r9",
+            "mov qword ptr [rsi], r10",
+            "7:",
+            rseq_abort_handler!(),
+            "jmp {abort}",
+            ".popsection",
+            field = const FIELD,
+            in("rdi") area,
+            in("edx") value,
+            in("rsi") v,
+            in("rcx") expect,
+            in("r8") v2,
+            in("r9") newv2,
+            in("r10") newv,
+            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+        );
+    }
+    Ok(())
+}
+
+/// If `*v == expect`, copies `len` bytes from `src` to `dst` (speculative
+/// stores) and commits `*v = newv`.
+///
+/// `%rax` and `%r11` serve as scratch, saved on the stack around the section
+/// and restored on every exit. The release variant is the same code on
+/// x86-64 (see [`rseq_cmpeqv_trystorev_storev`]).
+///
+/// # Safety
+/// As for [`rseq_add`]; `src` must be valid for `len` bytes of reads and
+/// `dst` for `len` bytes of writes. Keep `len` small: the copy runs inside
+/// the critical section, which restarts from the beginning on every abort.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELEASE: bool>(
+    area: isize,
+    value: u32,
+    v: *mut i64,
+    expect: i64,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+    newv: i64,
+) -> Result<(), crate::rseq::Failure> {
+    // SAFETY: as in `rseq_cmpnev_storeoffp_load`; %rax and %r11 are saved
+    // and restored on every exit.
+    unsafe {
+        asm!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("9f"),
+            "push rax",
+            "push r11",
+            rseq_cs_enter!(),
+            "cmp qword ptr [rsi], rcx",
+            "jne 9f",
+            "xor r11d, r11d",
+            "2:",
+            "cmp r11, r10",
+            "jae 4f",
+            "mov al, byte ptr [r9 + r11]",
+            "mov byte ptr [r8 + r11], al",
+            "inc r11",
+            "jmp 2b",
+            "4:",
+            "mov qword ptr [rsi], r12",
+            "7:",
+            "pop r11",
+            "pop rax",
+            rseq_abort_handler!(),
+            "pop r11",
+            "pop rax",
+            "jmp {abort}",
+            "9:",
+            "pop r11",
+            "pop rax",
+            "jmp {cmpfail}",
+            ".popsection",
+            field = const FIELD,
+            in("rdi") area,
+            in("edx") value,
+            in("rsi") v,
+            in("rcx") expect,
+            in("r8") dst,
+            in("r9") src,
+            in("r10") len,
+            in("r12") newv,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
             cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
         );

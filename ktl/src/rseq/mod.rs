@@ -23,8 +23,17 @@
 //! section's plain load and store cannot race. The safe per-CPU data
 //! structures build on that promise.
 //!
-//! This module is the first step of the complete operation set: it has
-//! [`add`] and [`cmpeqv_storev`], on x86_64 and aarch64.
+//! The operations, each one critical section on x86_64 and aarch64:
+//!
+//! | operation | does |
+//! |---|---|
+//! | [`cmpeqv_storev`] | store if a word matches |
+//! | [`add`] | add to a word |
+//! | [`cmpnev_storeoffp_load`] | pop from a per-CPU list |
+//! | [`offset_deref_addv`] | load a pointer, add at an offset from it |
+//! | [`cmpeqv_cmpeqv_storev`] | compare two words, then store |
+//! | [`cmpeqv_trystorev_storev`] | compare, store a second word, commit (relaxed or release) |
+//! | [`cmpeqv_trymemcpy_storev`] | compare, copy a small buffer, commit (relaxed or release) |
 
 use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_CPU_ID_START, OFFSET_MM_CID};
 use crate::{arch, area};
@@ -104,8 +113,29 @@ pub fn start(index: Index) -> Option<Start> {
     Some(Start { index, value, area })
 }
 
-/// Adds `count` to `*v`, in one critical section: a plain load, add and
-/// store, committed only if the thread still runs with `start`'s index.
+/// Runs the architecture's operation `$op` for `$start`'s index: the field
+/// compared in the section is `cpu_id` or `mm_cid`.
+macro_rules! dispatch {
+    ($start:expr, $op:ident $(, $flag:expr)? ; $($arg:expr),* $(,)?) => {
+        match $start.index {
+            Index::CpuId => arch::$op::<OFFSET_CPU_ID $(, $flag)?>($start.area, $start.value, $($arg),*),
+            Index::MmCid => arch::$op::<OFFSET_MM_CID $(, $flag)?>($start.area, $start.value, $($arg),*),
+        }
+    };
+}
+
+/// The memory ordering of an operation's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Commit {
+    /// A plain store.
+    Relaxed,
+    /// A store-release: the speculative stores before it are visible to any
+    /// thread that reads the committed value with acquire ordering.
+    Release,
+}
+
+/// Adds `count` to `*v`, in one critical section committed only if the
+/// thread still runs with `start`'s index.
 ///
 /// # Safety
 ///
@@ -120,16 +150,10 @@ pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> 
     delay_before();
     // SAFETY: forwarded to the caller's contract; `start.area` is this
     // thread's registered area.
-    unsafe {
-        match start.index {
-            Index::CpuId => arch::rseq_add::<OFFSET_CPU_ID>(start.area, start.value, v, count),
-            Index::MmCid => arch::rseq_add::<OFFSET_MM_CID>(start.area, start.value, v, count),
-        }
-    }
+    unsafe { dispatch!(start, rseq_add; v, count) }
 }
 
-/// Stores `newv` into `*v` if `*v == expect`, in one critical section
-/// committed only if the thread still runs with `start`'s index.
+/// Stores `newv` into `*v` if `*v == expect`, in one critical section.
 ///
 /// # Safety
 ///
@@ -143,13 +167,139 @@ pub unsafe fn cmpeqv_storev(
 ) -> Result<(), Failure> {
     delay_before();
     // SAFETY: as in `add`.
+    unsafe { dispatch!(start, rseq_cmpeqv_storev; v, expect, newv) }
+}
+
+/// Pops from a per-CPU list whose head is `*head`: if the head is not
+/// `expectnot` (usually null, the empty list), returns it and makes the
+/// pointer stored at byte `next_offset` of it the new head.
+///
+/// Fails with [`Failure::CompareFailed`] when the head equals `expectnot`.
+///
+/// # Safety
+///
+/// The contract of [`add`] for `*head`; in addition, every node reachable
+/// from `*head` must stay valid for a pointer-sized read at `next_offset`
+/// while it is on the list.
+#[inline]
+pub unsafe fn cmpnev_storeoffp_load(
+    start: Start,
+    head: *mut *mut u8,
+    expectnot: *mut u8,
+    next_offset: isize,
+) -> Result<*mut u8, Failure> {
+    delay_before();
+    let mut popped: *mut u8 = core::ptr::null_mut();
+    // SAFETY: as in `add`; `popped` is a local the section may write.
     unsafe {
-        match start.index {
-            Index::CpuId => {
-                arch::rseq_cmpeqv_storev::<OFFSET_CPU_ID>(start.area, start.value, v, expect, newv)
+        dispatch!(start, rseq_cmpnev_storeoffp_load; head, expectnot, next_offset, &mut popped)?;
+    }
+    Ok(popped)
+}
+
+/// Loads the pointer `*ptr` and adds `inc` to the `i64` at byte offset
+/// `offset` from it, in one critical section (the add is the commit).
+///
+/// # Safety
+///
+/// The contract of [`add`] for `*ptr` and for the `i64` at `*ptr + offset`.
+#[inline]
+pub unsafe fn offset_deref_addv(
+    start: Start,
+    ptr: *mut *mut u8,
+    offset: isize,
+    inc: i64,
+) -> Result<(), Failure> {
+    delay_before();
+    // SAFETY: as in `add`.
+    unsafe { dispatch!(start, rseq_offset_deref_addv; ptr, offset, inc) }
+}
+
+/// Stores `newv` into `*v` if `*v == expect` and `*v2 == expect2`.
+///
+/// # Safety
+///
+/// The contract of [`add`] for `*v`; `v2` must be valid for an aligned `i64`
+/// read (other threads may write it only with atomic stores).
+#[inline]
+pub unsafe fn cmpeqv_cmpeqv_storev(
+    start: Start,
+    v: *mut i64,
+    expect: i64,
+    v2: *const i64,
+    expect2: i64,
+    newv: i64,
+) -> Result<(), Failure> {
+    delay_before();
+    // SAFETY: as in `add`.
+    unsafe { dispatch!(start, rseq_cmpeqv_cmpeqv_storev; v, expect, v2, expect2, newv) }
+}
+
+/// If `*v == expect`, stores `newv2` into `*v2`, then commits `*v = newv`
+/// with the ordering `commit`.
+///
+/// The store to `*v2` is speculative: it may happen even when the section
+/// then aborts, so `*v2` must be a location that only matters once `*v`
+/// says so (for example the slot past the end of a per-CPU buffer whose
+/// length is `*v`).
+///
+/// # Safety
+///
+/// The contract of [`add`] for `*v` and `*v2`.
+#[inline]
+pub unsafe fn cmpeqv_trystorev_storev(
+    start: Start,
+    v: *mut i64,
+    expect: i64,
+    v2: *mut i64,
+    newv2: i64,
+    newv: i64,
+    commit: Commit,
+) -> Result<(), Failure> {
+    delay_before();
+    // SAFETY: as in `add`.
+    unsafe {
+        match commit {
+            Commit::Relaxed => {
+                dispatch!(start, rseq_cmpeqv_trystorev_storev, false; v, expect, v2, newv2, newv)
             }
-            Index::MmCid => {
-                arch::rseq_cmpeqv_storev::<OFFSET_MM_CID>(start.area, start.value, v, expect, newv)
+            Commit::Release => {
+                dispatch!(start, rseq_cmpeqv_trystorev_storev, true; v, expect, v2, newv2, newv)
+            }
+        }
+    }
+}
+
+/// If `*v == expect`, copies `src` to `dst` (speculative stores, as in
+/// [`cmpeqv_trystorev_storev`]), then commits `*v = newv` with the ordering
+/// `commit`.
+///
+/// The copy runs inside the critical section and restarts on every abort:
+/// keep it small (a few cache lines).
+///
+/// # Safety
+///
+/// The contract of [`add`] for `*v` and for the `src.len()` bytes at `dst`.
+#[inline]
+pub unsafe fn cmpeqv_trymemcpy_storev(
+    start: Start,
+    v: *mut i64,
+    expect: i64,
+    dst: *mut u8,
+    src: &[u8],
+    newv: i64,
+    commit: Commit,
+) -> Result<(), Failure> {
+    delay_before();
+    let (s, n) = (src.as_ptr(), src.len());
+    // SAFETY: as in `add`; `src` is a live slice of `n` bytes.
+    unsafe {
+        match commit {
+            Commit::Relaxed => {
+                dispatch!(start, rseq_cmpeqv_trymemcpy_storev, false; v, expect, dst, s, n, newv)
+            }
+            Commit::Release => {
+                dispatch!(start, rseq_cmpeqv_trymemcpy_storev, true; v, expect, dst, s, n, newv)
             }
         }
     }
