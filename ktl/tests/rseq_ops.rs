@@ -592,3 +592,92 @@ fn buffer_push_with_memcpy_loses_nothing() {
     buffer_test(|b, s, item| push_memcpy(b, s, item, rseq::Commit::Relaxed));
     buffer_test(|b, s, item| push_memcpy(b, s, item, rseq::Commit::Release));
 }
+
+/// Slots shared with the signal handler below.
+static HANDLER_SLOTS: std::sync::OnceLock<Arc<Vec<AtomicI64>>> = std::sync::OnceLock::new();
+static HANDLER_ADDS: AtomicI64 = AtomicI64::new(0);
+
+extern "C" fn add_in_handler(_: libc::c_int) {
+    if let Some(slots) = HANDLER_SLOTS.get() {
+        // The same operation as the interrupted thread's, from the handler:
+        // the handler's section nests inside the interrupted one, which the
+        // kernel aborts when the signal is delivered.
+        let r = rseq::retry(Index::CpuId, |s| {
+            // SAFETY: the slots are written only by rseq operations indexed
+            // by CPU.
+            unsafe { rseq::add(s, slots[s.value() as usize].as_ptr(), 1) }
+        });
+        if let Some(Ok(())) = r {
+            HANDLER_ADDS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn an_operation_in_a_signal_handler_that_interrupted_it() {
+    if !has_area(
+        "an_operation_in_a_signal_handler_that_interrupted_it",
+        Index::CpuId,
+    ) {
+        return;
+    }
+    let slots = HANDLER_SLOTS.get_or_init(slots).clone();
+    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = add_in_handler as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
+    }
+    const N: u64 = 2_000_000;
+    let s = slots.clone();
+    let worker = std::thread::spawn(move || add_loop(&s, Index::CpuId, N));
+    let target = worker.as_pthread_t();
+    let mut sent = 0;
+    while !worker.is_finished() {
+        // SAFETY: the worker is joined only after this loop.
+        unsafe { libc::pthread_kill(target, libc::SIGUSR2) };
+        sent += 1;
+        std::thread::sleep(std::time::Duration::from_micros(10));
+    }
+    let aborts = worker.join().unwrap();
+    let in_handler = HANDLER_ADDS.load(Ordering::Relaxed);
+    assert!(in_handler > 0, "{sent} signals, no add in the handler");
+    assert_eq!(
+        total(&slots),
+        N as i64 + in_handler,
+        "no update lost between thread and handler"
+    );
+    eprintln!("{in_handler} adds in handlers, {aborts} aborts, {sent} signals");
+}
+
+#[test]
+fn operations_in_a_thread_created_by_c() {
+    if !has_area("operations_in_a_thread_created_by_c", Index::CpuId) {
+        return;
+    }
+    static C_SLOTS: std::sync::OnceLock<Arc<Vec<AtomicI64>>> = std::sync::OnceLock::new();
+    extern "C" fn body(_: *mut libc::c_void) -> *mut libc::c_void {
+        if let Some(slots) = C_SLOTS.get() {
+            add_loop(slots, Index::CpuId, 100_000);
+        }
+        std::ptr::null_mut()
+    }
+    let slots = C_SLOTS.get_or_init(slots).clone();
+    let mut threads = Vec::new();
+    for _ in 0..4 {
+        let mut t: libc::pthread_t = 0;
+        // SAFETY: `body` has the C signature and ignores its argument.
+        assert_eq!(
+            unsafe { libc::pthread_create(&mut t, std::ptr::null(), body, std::ptr::null_mut()) },
+            0
+        );
+        threads.push(t);
+    }
+    for t in threads {
+        // SAFETY: joins a thread created above.
+        assert_eq!(unsafe { libc::pthread_join(t, std::ptr::null_mut()) }, 0);
+    }
+    assert_eq!(total(&slots), 400_000);
+}

@@ -37,8 +37,8 @@
 
 use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_CPU_ID_START, OFFSET_MM_CID};
 use crate::{arch, area};
-use core::cell::Cell;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The per-thread number that indexes per-CPU data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -306,7 +306,9 @@ pub unsafe fn cmpeqv_trymemcpy_storev(
 }
 
 thread_local! {
-    static ABORTS: Cell<u64> = const { Cell::new(0) };
+    // An atomic, not a Cell: a signal handler running an operation may count
+    // an abort while the interrupted code is counting one.
+    static ABORTS: AtomicU64 = const { AtomicU64::new(0) };
 }
 
 /// Runs an operation until it does not abort.
@@ -338,7 +340,7 @@ pub fn retry<T>(
         let s = start(index)?;
         match op(s) {
             Err(Failure::Aborted) => {
-                let _ = ABORTS.try_with(|a| a.set(a.get() + 1));
+                let _ = ABORTS.try_with(|a| a.fetch_add(1, Ordering::Relaxed));
             }
             other => return Some(other),
         }
@@ -347,7 +349,7 @@ pub fn retry<T>(
 
 /// How many aborts [`retry`] has seen in the calling thread.
 pub fn aborts() -> u64 {
-    ABORTS.try_with(Cell::get).unwrap_or(0)
+    ABORTS.try_with(|a| a.load(Ordering::Relaxed)).unwrap_or(0)
 }
 
 #[cfg(feature = "delay-injection")]
