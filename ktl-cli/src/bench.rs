@@ -1,11 +1,47 @@
-//! `ktl bench`: measures the per-thread accessors against their alternatives.
+//! `ktl bench`: measures the per-thread accessors and the restartable
+//! sequences against their alternatives.
 //!
 //! The framework is small and meant to grow. A [`Row`] is a named operation
 //! in a group, or the reason it cannot run on this machine. For the rows that
 //! can run, [`measure_all`] calibrates an iteration count per row, so that one
 //! sample takes about `--sample-ms`, runs one untimed sample of each as a
 //! warm-up, then takes `--samples` rounds of timed samples, one sample of
-//! every row per round.
+//! every row per round (every group's rows take part in the same rounds).
+//!
+//! Two groups of rows:
+//! - `cpu`: `ktl::cpu_id()` and the other accessors, the raw load they are
+//!   held to, and the other ways to learn the CPU (glibc, vDSO, system call,
+//!   RDPID).
+//! - `rseq`: a per-CPU counter incremented with restartable sequences
+//!   ([`ktl::rseq::add`], and [`ktl::rseq::cmpeqv_storev`] on a value read
+//!   just before), against the same increment with an atomic instruction.
+//!   The per-CPU counter is an array of `AtomicI64`, one per possible CPU,
+//!   each on its own 128-byte pair of cache lines. Each operation goes
+//!   through [`ktl::rseq::retry`], so the cost of reading the CPU number is
+//!   part of it. The rows need a live rseq area in the benchmarking thread;
+//!   without one they are listed as "n/a".
+//!
+//! The `2 threads` rows run the loop in two threads at once: the benchmarking
+//! thread and a helper thread that the row spawns once and drives sample by
+//! sample. The helper blocks between samples; at the start of a sample the
+//! two threads meet in a short spin, the benchmarking thread reads the clock
+//! and releases the helper, both run the sample's iteration count, and the
+//! clock is read again once both have finished. The time per operation is
+//! that wall time divided by the iterations of *one* thread (times the calls
+//! per iteration): what one operation costs a thread while another thread
+//! hammers the same counter. The rseq row's threads update their own CPUs'
+//! slots (no line is shared); the atomic row's threads share one `AtomicU64`,
+//! the classic contended counter. The threads are not pinned: on a machine
+//! with two CPUs or more the scheduler keeps them on different CPUs nearly
+//! all the time, and when it does not, the rseq sections abort and restart
+//! and the shared counter's line stays in one cache (both are part of what
+//! is measured).
+//!
+//! Every `rseq` row checks its result: its loops count the operations they
+//! perform (calibration and warm-up included), and after the samples the
+//! slots (or the atomic) must sum to that count exactly. A mismatch is a
+//! correctness failure, not noise: the report is printed, the mismatch named,
+//! and `ktl bench` returns an error.
 //!
 //! Two loop shapes are available (`--shape`):
 //! - `call` (the default): each iteration makes one call and adds its result
@@ -16,14 +52,23 @@
 //!   results with `wrapping_add`; the sum goes through `black_box` at the end
 //!   of the sample. Independent calls then overlap in the out-of-order core,
 //!   and the loop approaches the processor's issue rate: the raw load costs
-//!   about one cycle, and every extra instruction of a row shows.
+//!   about one cycle, and every extra instruction of a row shows. (The
+//!   counter rows' calls are not independent: each updates the same word.)
 //!
 //! The report gives, per row, the median, minimum and maximum time per call
-//! and the spread, `(max - min) / median`. Below the table come the two
-//! comparisons the project promises, computed from the medians of the same
-//! run: `ktl::cpu_id()` costs at most 1.5x the raw thread-pointer-relative
-//! load, and is at least 4x faster than glibc's `sched_getcpu`. A failed
-//! comparison is reported, never turned into an error: machines are noisy.
+//! and the spread, `(max - min) / median`, and a ratio to the group's
+//! baseline row (`ktl::cpu_id()` in `cpu`, the uncontended `fetch_add` in
+//! `rseq`). Below the table come the comparisons the project promises,
+//! computed from the medians of the same run:
+//! - `ktl::cpu_id()` costs at most 1.5x the raw thread-pointer-relative load;
+//! - `ktl::cpu_id()` is at least 4x faster than glibc's `sched_getcpu`;
+//! - `rseq add` with 2 threads is at least 5x faster per operation than a
+//!   shared `AtomicU64::fetch_add` with 2 threads;
+//! - a single-thread `rseq add` costs at most half an uncontended
+//!   `fetch_add`.
+//!
+//! A failed comparison is reported, never turned into an error: machines are
+//! noisy.
 //!
 //! The JSON form (`--json`) follows the schema `ktl-bench/1`:
 //!
@@ -43,9 +88,16 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ktl::cpu::Source;
+use ktl::rseq::{Failure, Index, Start};
 use serde::Serialize;
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::hint::black_box;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The JSON schema name and version.
@@ -59,6 +111,17 @@ const RAW_LOAD: &str = "raw %fs load (limit)";
 
 /// The name of the glibc row.
 const GLIBC: &str = "glibc sched_getcpu";
+
+/// The `rseq` group's rows.
+const RSEQ_ADD_1: &str = "rseq add (1 thread)";
+const FETCH_ADD_1: &str = "fetch_add uncontended (1 thread)";
+const RSEQ_ADD_2: &str = "rseq add (2 threads)";
+const SHARED_ADD_2: &str = "shared AtomicU64 fetch_add (2 threads)";
+const RSEQ_CAS_1: &str = "rseq cmpeqv_storev (1 thread)";
+const CAS_1: &str = "compare_exchange uncontended (1 thread)";
+
+/// Each group's baseline: the row the ratio column compares against.
+const BASELINES: &[(&str, &str)] = &[("cpu", BASELINE), ("rseq", FETCH_ADD_1)];
 
 /// Calls of the operation per timed iteration in the throughput shape.
 const UNROLL: u64 = 8;
@@ -159,6 +222,9 @@ impl BenchArgs {
 /// elapsed time.
 type TimedLoop = Box<dyn Fn(u64, Shape) -> Duration>;
 
+/// A row's check after its samples: what was verified, or what went wrong.
+type Verify = Box<dyn Fn() -> Result<String, String>>;
+
 /// One line of the benchmark: a named operation, or why it cannot run here.
 pub struct Row {
     /// The name shown in the table and in JSON.
@@ -167,6 +233,9 @@ pub struct Row {
     pub group: String,
     /// The timed loop, or the reason the row is not available.
     op: Result<TimedLoop, String>,
+    /// Run after the row's samples (counting rows: the counters sum to the
+    /// operations performed); an error is a correctness failure.
+    verify: Option<Verify>,
 }
 
 impl Row {
@@ -177,13 +246,21 @@ impl Row {
         T: Into<u64>,
         F: Fn() -> T + 'static,
     {
+        Row::timed(
+            name,
+            group,
+            Box::new(move |iters, shape| run_shape(&op, iters, shape)),
+            None,
+        )
+    }
+
+    /// A row with its own timed loop, and a check to run after its samples.
+    fn timed(name: &str, group: &str, op: TimedLoop, verify: Option<Verify>) -> Row {
         Row {
             name: name.to_owned(),
             group: group.to_owned(),
-            op: Ok(Box::new(move |iters, shape| match shape {
-                Shape::Call => call_loop(&op, iters),
-                Shape::Throughput => timed_loop(&op, iters),
-            })),
+            op: Ok(op),
+            verify,
         }
     }
 
@@ -193,6 +270,7 @@ impl Row {
             name: name.to_owned(),
             group: group.to_owned(),
             op: Err(reason.into()),
+            verify: None,
         }
     }
 
@@ -203,6 +281,16 @@ impl Row {
             let f = f.to_lowercase();
             self.name.to_lowercase().contains(&f) || self.group.to_lowercase().contains(&f)
         })
+    }
+}
+
+/// Runs `iters` iterations of `op` in the loop of `shape` and returns the
+/// elapsed time.
+#[inline(always)]
+fn run_shape<T: Into<u64>>(op: &impl Fn() -> T, iters: u64, shape: Shape) -> Duration {
+    match shape {
+        Shape::Call => call_loop(op, iters),
+        Shape::Throughput => timed_loop(op, iters),
     }
 }
 
@@ -258,9 +346,16 @@ fn glibc_sched_getcpu() -> i32 {
     unsafe { libc::sched_getcpu() }
 }
 
-/// The rows of this version, in order: ktl's accessors, the limit, then the
-/// alternatives. Rows that cannot run here carry their reason.
+/// The rows of this version, in order: the `cpu` group, then the `rseq`
+/// group. Rows that cannot run here carry their reason.
 pub fn rows() -> Vec<Row> {
+    let mut rows = cpu_rows();
+    rows.extend(rseq_rows());
+    rows
+}
+
+/// The `cpu` group: ktl's accessors, the limit, then the alternatives.
+fn cpu_rows() -> Vec<Row> {
     const G: &str = "cpu";
     // Decide the owner and register this thread's area (when ktl owns the
     // areas) before anything is timed.
@@ -321,6 +416,416 @@ pub fn rows() -> Vec<Row> {
     rows
 }
 
+/// A value alone on a 128-byte aligned block: a pair of cache lines, which
+/// the adjacent-line prefetcher treats as one unit, so that no two values
+/// share either line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+/// One CPU's counter.
+type Slot = Padded<AtomicI64>;
+
+/// A per-CPU counter: `n` zeroed slots.
+fn slots(n: usize) -> Arc<[Slot]> {
+    (0..n).map(|_| Slot::default()).collect()
+}
+
+/// The slot of the index `s` was started with, as the pointer the rseq
+/// operations take, or `None` if the index is past the slots (never, when
+/// they are sized by the possible CPUs: a CPU number is below that count).
+#[inline(always)]
+fn slot_ptr(slots: &[Slot], s: Start) -> Option<*mut i64> {
+    slots.get(s.value() as usize).map(|slot| slot.0.as_ptr())
+}
+
+/// Adds 1 to the slot of the current CPU with [`ktl::rseq::add`]: 1 when
+/// done, 0 when not (no live area, or an index past the slots; the count
+/// check then reports it).
+#[inline(always)]
+fn rseq_add_once(slots: &[Slot]) -> u64 {
+    let done = ktl::rseq::retry(Index::CpuId, |s| match slot_ptr(slots, s) {
+        // SAFETY: the rseq contract holds for these slots. Only rseq
+        // operations indexed by CPU (this function and `rseq_cas_once`, each
+        // started with the index they write under) write them; everything
+        // else only reads them. `slot_ptr` returned the slot of `s.value()`,
+        // so the index is below the number of slots, and the pointer is a
+        // live, 8-byte aligned `AtomicI64`'s, valid for `i64` reads and
+        // writes.
+        Some(p) => unsafe { ktl::rseq::add(s, p, 1) }.map(|()| true),
+        None => Ok(false),
+    });
+    u64::from(matches!(done, Some(Ok(true))))
+}
+
+/// Adds 1 to the slot of the current CPU through compare-and-store: reads
+/// the slot, then [`ktl::rseq::cmpeqv_storev`] stores the value plus one if
+/// the slot still holds the value read. 1 when done, 0 when not (as in
+/// [`rseq_add_once`]).
+#[inline(always)]
+fn rseq_cas_once(slots: &[Slot]) -> u64 {
+    loop {
+        let done = ktl::rseq::retry(Index::CpuId, |s| match slots.get(s.value() as usize) {
+            Some(slot) => {
+                let seen = slot.0.load(Ordering::Relaxed);
+                // SAFETY: as in `rseq_add_once`: only rseq operations
+                // indexed by CPU write the slots, and `s.value()` indexes
+                // this live, aligned slot, below the number of slots.
+                unsafe { ktl::rseq::cmpeqv_storev(s, slot.0.as_ptr(), seen, seen.wrapping_add(1)) }
+                    .map(|()| true)
+            }
+            None => Ok(false),
+        });
+        match done {
+            Some(Ok(done)) => return u64::from(done),
+            // Another sequence on this CPU changed the slot between the read
+            // and the section (only when two threads share the CPU): read
+            // again.
+            Some(Err(Failure::CompareFailed)) => continue,
+            // `retry` restarts aborts itself; `None`: no live area.
+            Some(Err(Failure::Aborted)) | None => return 0,
+        }
+    }
+}
+
+/// Adds 1 to `a` through a compare-and-exchange loop; returns the value
+/// replaced.
+#[inline(always)]
+fn cas_once(a: &AtomicU64) -> u64 {
+    let mut seen = a.load(Ordering::Relaxed);
+    loop {
+        match a.compare_exchange(
+            seen,
+            seen.wrapping_add(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(prev) => return prev,
+            Err(now) => seen = now,
+        }
+    }
+}
+
+/// The sum of a per-CPU counter's slots.
+fn slot_sum(slots: &[Slot]) -> i128 {
+    slots
+        .iter()
+        .map(|s| i128::from(s.0.load(Ordering::Relaxed)))
+        .sum()
+}
+
+/// The operations a row's loops have performed, counted outside the timed
+/// part.
+type OpCount = Rc<Cell<u64>>;
+
+/// Wraps a row's timed loop so that every run adds the operations it performs
+/// (`threads` threads running `iters` iterations of the shape's calls) to
+/// `count`.
+fn counted(op: TimedLoop, threads: u64, count: OpCount) -> TimedLoop {
+    Box::new(move |iters, shape| {
+        let elapsed = op(iters, shape);
+        let ops = iters
+            .saturating_mul(shape.calls_per_iter())
+            .saturating_mul(threads);
+        count.set(count.get().saturating_add(ops));
+        elapsed
+    })
+}
+
+/// The check of a counting row: the counters (read by `total`) sum to the
+/// operations performed, and the helper thread (if any) stayed up.
+fn exactness(
+    name: &str,
+    count: OpCount,
+    lost: Option<Rc<Cell<bool>>>,
+    total: impl Fn() -> i128 + 'static,
+) -> Verify {
+    let name = name.to_owned();
+    Box::new(move || {
+        if lost.as_ref().is_some_and(|l| l.get()) {
+            return Err(format!(
+                "{name}: the second thread stopped before the samples finished"
+            ));
+        }
+        let (sum, ops) = (total(), count.get());
+        if sum == i128::from(ops) {
+            Ok(format!("{name}: {ops} operations, counters sum to {sum}"))
+        } else {
+            Err(format!(
+                "{name}: the counters sum to {sum} after {ops} operations"
+            ))
+        }
+    })
+}
+
+/// The work of one thread in a sample of a 2-thread row: runs `iters`
+/// iterations of the row's loop in `shape` (untimed; the sample's clock is
+/// read around both threads).
+type Work = Arc<dyn Fn(u64, Shape) + Send + Sync>;
+
+/// Where the two threads of a 2-thread row meet: each field holds the number
+/// of the last sample that reached the step.
+#[derive(Default)]
+struct Rendezvous {
+    /// The helper has the sample's orders and waits for `go`.
+    ready: AtomicU64,
+    /// The clock is running: start.
+    go: AtomicU64,
+    /// The helper has finished the sample's loop.
+    done: AtomicU64,
+}
+
+/// Spins (yielding now and then) until `cond`, or until `give_up` says the
+/// other thread is gone; returns whether `cond` was met.
+fn spin_until(cond: impl Fn() -> bool, give_up: impl Fn() -> bool) -> bool {
+    let mut spins = 0u32;
+    while !cond() {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1024) {
+            if give_up() {
+                return cond();
+            }
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    true
+}
+
+/// The second thread of a 2-thread row: spawned once, blocked between
+/// samples, and run alongside the benchmarking thread in every sample.
+struct Helper {
+    /// The orders of each sample: iterations, shape and sample number.
+    /// Dropping the sender stops the thread.
+    orders: Option<mpsc::Sender<(u64, Shape, u64)>>,
+    meet: Arc<Rendezvous>,
+    thread: Option<JoinHandle<()>>,
+    /// The number of the last sample.
+    sample: Cell<u64>,
+    /// Set when the thread was gone during a sample.
+    lost: Rc<Cell<bool>>,
+}
+
+impl Helper {
+    /// Spawns the helper, which runs `setup` first; the error says why the
+    /// thread could not start or `setup` failed.
+    fn spawn(work: Work, setup: fn() -> Result<(), String>) -> Result<Helper, String> {
+        let (orders, inbox) = mpsc::channel::<(u64, Shape, u64)>();
+        let (setup_tx, setup_rx) = mpsc::channel();
+        let meet = Arc::new(Rendezvous::default());
+        let their_meet = Arc::clone(&meet);
+        let thread = std::thread::Builder::new()
+            .name("ktl-bench-helper".to_owned())
+            .spawn(move || {
+                let ready = setup();
+                let ok = ready.is_ok();
+                let _ = setup_tx.send(ready);
+                if !ok {
+                    return;
+                }
+                let m = their_meet;
+                while let Ok((iters, shape, n)) = inbox.recv() {
+                    m.ready.store(n, Ordering::Release);
+                    spin_until(|| m.go.load(Ordering::Acquire) == n, || false);
+                    work(iters, shape);
+                    m.done.store(n, Ordering::Release);
+                }
+            })
+            .map_err(|e| format!("cannot start the second thread: {e}"))?;
+        let helper = Helper {
+            orders: Some(orders),
+            meet,
+            thread: Some(thread),
+            sample: Cell::new(0),
+            lost: Rc::new(Cell::new(false)),
+        };
+        match setup_rx.recv() {
+            Ok(Ok(())) => Ok(helper),
+            Ok(Err(reason)) => Err(reason),
+            Err(_) => Err("the second thread stopped while starting".to_owned()),
+        }
+    }
+
+    /// One sample: both threads run `work(iters, shape)`. Returns the wall
+    /// time from the release of the helper until both have finished.
+    fn sample(&self, work: &Work, iters: u64, shape: Shape) -> Duration {
+        let n = self.sample.get() + 1;
+        self.sample.set(n);
+        let gone = || self.thread.as_ref().is_none_or(JoinHandle::is_finished);
+        let sent = self
+            .orders
+            .as_ref()
+            .is_some_and(|o| o.send((iters, shape, n)).is_ok());
+        if !sent || !spin_until(|| self.meet.ready.load(Ordering::Acquire) == n, gone) {
+            self.lost.set(true);
+            return Duration::ZERO;
+        }
+        let start = Instant::now();
+        self.meet.go.store(n, Ordering::Release);
+        work(iters, shape);
+        let finished = spin_until(|| self.meet.done.load(Ordering::Acquire) == n, gone);
+        let elapsed = start.elapsed();
+        if !finished {
+            self.lost.set(true);
+        }
+        elapsed
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.orders = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A 2-thread counting row: `work` in this thread and in a helper thread,
+/// checked against `total` after the samples.
+fn two_thread_row(
+    name: &str,
+    group: &str,
+    work: Work,
+    setup: fn() -> Result<(), String>,
+    total: impl Fn() -> i128 + 'static,
+) -> Row {
+    match Helper::spawn(Arc::clone(&work), setup) {
+        Ok(helper) => {
+            let count = OpCount::default();
+            let lost = Rc::clone(&helper.lost);
+            let run: TimedLoop = Box::new(move |iters, shape| helper.sample(&work, iters, shape));
+            Row::timed(
+                name,
+                group,
+                counted(run, 2, Rc::clone(&count)),
+                Some(exactness(name, count, Some(lost), total)),
+            )
+        }
+        Err(reason) => Row::unavailable(name, group, reason),
+    }
+}
+
+/// A 1-thread counting row, checked against `total` after the samples.
+fn one_thread_row(
+    name: &str,
+    group: &str,
+    run: TimedLoop,
+    total: impl Fn() -> i128 + 'static,
+) -> Row {
+    let count = OpCount::default();
+    Row::timed(
+        name,
+        group,
+        counted(run, 1, Rc::clone(&count)),
+        Some(exactness(name, count, None, total)),
+    )
+}
+
+/// The helper thread of the rseq row needs its own live area.
+fn helper_rseq_setup() -> Result<(), String> {
+    ktl::rseq::start(Index::CpuId)
+        .map(|_| ())
+        .ok_or_else(|| "the second thread has no live rseq area".to_owned())
+}
+
+/// The `rseq` group: per-CPU counters with restartable sequences against
+/// atomics, in one thread and in two. Each row counts its operations and
+/// checks its counters after the samples.
+fn rseq_rows() -> Vec<Row> {
+    const G: &str = "rseq";
+    // The number of slots, or why the rseq rows cannot run.
+    let cpus = match (ktl::rseq::start(Index::CpuId), ktl::cpu::possible_cpus()) {
+        (None, _) => Err(format!(
+            "no live rseq area in this thread (owner: {})",
+            owner_text(&ktl::layout().owner)
+        )),
+        (Some(_), None) => {
+            Err("cannot read the possible CPUs (/sys/devices/system/cpu/possible)".to_owned())
+        }
+        (Some(_), Some(n)) => Ok(n as usize),
+    };
+    let rseq_row = |name: &str, make: &dyn Fn(usize) -> Row| match &cpus {
+        Ok(n) => make(*n),
+        Err(reason) => Row::unavailable(name, G, reason.clone()),
+    };
+    let mut rows = Vec::new();
+
+    rows.push(rseq_row(RSEQ_ADD_1, &|n| {
+        let s = slots(n);
+        let mine = Arc::clone(&s);
+        let run: TimedLoop = Box::new(move |iters, shape| {
+            // A local copy of the slice, so the loop keeps it in registers.
+            let slots: &[Slot] = &mine;
+            run_shape(&|| rseq_add_once(slots), iters, shape)
+        });
+        one_thread_row(RSEQ_ADD_1, G, run, move || slot_sum(&s))
+    }));
+
+    rows.push({
+        let a = Arc::new(Padded(AtomicU64::new(0)));
+        let mine = Arc::clone(&a);
+        let run: TimedLoop = Box::new(move |iters, shape| {
+            let a: &AtomicU64 = &mine.0;
+            run_shape(&|| a.fetch_add(1, Ordering::Relaxed), iters, shape)
+        });
+        one_thread_row(FETCH_ADD_1, G, run, move || {
+            i128::from(a.0.load(Ordering::Relaxed))
+        })
+    });
+
+    rows.push(rseq_row(RSEQ_ADD_2, &|n| {
+        let s = slots(n);
+        let theirs = Arc::clone(&s);
+        let work: Work = Arc::new(move |iters, shape| {
+            let slots: &[Slot] = &theirs;
+            run_shape(&|| rseq_add_once(slots), iters, shape);
+        });
+        two_thread_row(RSEQ_ADD_2, G, work, helper_rseq_setup, move || slot_sum(&s))
+    }));
+
+    rows.push({
+        let a = Arc::new(Padded(AtomicU64::new(0)));
+        let theirs = Arc::clone(&a);
+        let work: Work = Arc::new(move |iters, shape| {
+            let a: &AtomicU64 = &theirs.0;
+            run_shape(&|| a.fetch_add(1, Ordering::Relaxed), iters, shape);
+        });
+        two_thread_row(
+            SHARED_ADD_2,
+            G,
+            work,
+            || Ok(()),
+            move || i128::from(a.0.load(Ordering::Relaxed)),
+        )
+    });
+
+    rows.push(rseq_row(RSEQ_CAS_1, &|n| {
+        let s = slots(n);
+        let mine = Arc::clone(&s);
+        let run: TimedLoop = Box::new(move |iters, shape| {
+            let slots: &[Slot] = &mine;
+            run_shape(&|| rseq_cas_once(slots), iters, shape)
+        });
+        one_thread_row(RSEQ_CAS_1, G, run, move || slot_sum(&s))
+    }));
+
+    rows.push({
+        let a = Arc::new(Padded(AtomicU64::new(0)));
+        let mine = Arc::clone(&a);
+        let run: TimedLoop = Box::new(move |iters, shape| {
+            let a: &AtomicU64 = &mine.0;
+            run_shape(&|| cas_once(a), iters, shape)
+        });
+        one_thread_row(CAS_1, G, run, move || {
+            i128::from(a.0.load(Ordering::Relaxed))
+        })
+    });
+
+    rows
+}
+
 /// The statistics of one measured row, in nanoseconds per call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stats {
@@ -374,6 +879,9 @@ struct Outcome {
     name: String,
     group: String,
     result: Result<Stats, String>,
+    /// The row's check after its samples, if it has one and ran: what was
+    /// verified, or the correctness failure.
+    verified: Option<Result<String, String>>,
 }
 
 impl Outcome {
@@ -474,13 +982,20 @@ fn run_rows(
     bar.finish_and_clear();
     drop(timed);
     rows.into_iter()
-        .map(|row| Outcome {
-            result: match row.op {
-                Ok(_) => stats.next().ok_or_else(|| "not measured".to_owned()),
-                Err(reason) => Err(reason),
-            },
-            name: row.name,
-            group: row.group,
+        .map(|row| {
+            let (result, verified) = match row.op {
+                Ok(_) => (
+                    stats.next().ok_or_else(|| "not measured".to_owned()),
+                    row.verify.as_ref().map(|v| v()),
+                ),
+                Err(reason) => (Err(reason), None),
+            };
+            Outcome {
+                result,
+                verified,
+                name: row.name,
+                group: row.group,
+            }
         })
         .collect()
 }
@@ -520,6 +1035,20 @@ const CHECKS: &[CheckSpec] = &[
         denominator: BASELINE,
         bound: Bound::Min,
         limit: 4.0,
+    },
+    CheckSpec {
+        name: "rseq add with 2 threads is at least 5x faster per op than a shared AtomicU64 fetch_add",
+        numerator: SHARED_ADD_2,
+        denominator: RSEQ_ADD_2,
+        bound: Bound::Min,
+        limit: 5.0,
+    },
+    CheckSpec {
+        name: "a single-thread rseq add costs at most half an uncontended fetch_add",
+        numerator: RSEQ_ADD_1,
+        denominator: FETCH_ADD_1,
+        bound: Bound::Max,
+        limit: 0.5,
     },
 ];
 
@@ -756,11 +1285,24 @@ fn render_text(
         .chain([3])
         .max()
         .unwrap_or(3);
-    let baseline = outcomes
+    // Each group's baseline row and its median, when it ran.
+    let baselines: Vec<(&str, &str, f64)> = BASELINES
         .iter()
-        .find(|o| o.name == BASELINE)
-        .and_then(Outcome::median)
-        .filter(|&b| b > 0.0);
+        .filter_map(|&(group, name)| {
+            let median = outcomes
+                .iter()
+                .find(|o| o.group == group && o.name == name)
+                .and_then(Outcome::median)
+                .filter(|&b| b > 0.0)?;
+            Some((group, name, median))
+        })
+        .collect();
+    let baseline = |group: &str| {
+        baselines
+            .iter()
+            .find(|(g, _, _)| *g == group)
+            .map(|&(_, _, b)| b)
+    };
     let _ = writeln!(
         out,
         "{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>8}",
@@ -777,7 +1319,8 @@ fn render_text(
         }
         match &o.result {
             Ok(s) => {
-                let r = baseline.map_or_else(|| "-".to_owned(), |b| ratio(s.median_ns / b));
+                let r =
+                    baseline(&o.group).map_or_else(|| "-".to_owned(), |b| ratio(s.median_ns / b));
                 let _ = writeln!(
                     out,
                     "{:<width$}  {:>10}  {:>10}  {:>10}  {:>9.1}  {:>8}",
@@ -794,8 +1337,37 @@ fn render_text(
             }
         }
     }
-    if baseline.is_some() {
-        let _ = writeln!(out, "ratio: median / median of {BASELINE}");
+    match baselines.as_slice() {
+        [] => {}
+        [(_, name, _)] => {
+            let _ = writeln!(out, "ratio: median / median of {name}");
+        }
+        several => {
+            let list: Vec<String> = several
+                .iter()
+                .map(|(group, name, _)| format!("{name} in [{group}]"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "ratio: median / median of the group's baseline: {}",
+                list.join(", ")
+            );
+        }
+    }
+    let verified: Vec<&Result<String, String>> = outcomes
+        .iter()
+        .filter_map(|o| o.verified.as_ref())
+        .collect();
+    if !verified.is_empty() {
+        let exact = verified.iter().filter(|v| v.is_ok()).count();
+        let _ = writeln!(
+            out,
+            "exactness: the counters of {exact} of {} counting rows sum to the operations performed",
+            verified.len()
+        );
+        for failure in verified.iter().filter_map(|v| v.as_ref().err()) {
+            let _ = writeln!(out, "  MISMATCH {failure}");
+        }
     }
 
     let _ = writeln!(out);
@@ -824,7 +1396,8 @@ fn render_text(
 
 /// `ktl bench`: runs the rows that match the filter, then prints the table
 /// (or JSON with `--json`) to stdout. Failed comparisons are reported, not
-/// returned as errors.
+/// returned as errors; a counting row whose counters do not sum to its
+/// operations is an error, returned after the report.
 pub fn run_cli(args: &BenchArgs) -> Result<(), String> {
     let (samples, target) = args.settings()?;
     let filter = args.filter.as_deref();
@@ -861,7 +1434,18 @@ pub fn run_cli(args: &BenchArgs) -> Result<(), String> {
             )
         );
     }
-    Ok(())
+    let failures: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| o.verified.as_ref()?.as_ref().err().map(String::as_str))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "counters do not match the operations performed: {}",
+            failures.join("; ")
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -875,6 +1459,7 @@ mod tests {
             result: median
                 .map(|m| Stats::from_samples(vec![m], 1))
                 .ok_or_else(|| "absent".to_owned()),
+            verified: None,
         }
     }
 
@@ -931,11 +1516,106 @@ mod tests {
                 "vDSO getcpu",
                 "getcpu syscall",
                 "RDPID",
+                "rseq add (1 thread)",
+                "fetch_add uncontended (1 thread)",
+                "rseq add (2 threads)",
+                "shared AtomicU64 fetch_add (2 threads)",
+                "rseq cmpeqv_storev (1 thread)",
+                "compare_exchange uncontended (1 thread)",
             ]
         );
         assert!(rows[0].matches(Some("CPU_ID")));
         assert!(!rows[0].matches(Some("rdpid")));
         assert!(rows[0].op.is_ok(), "ktl::cpu_id() always runs");
+        let rseq: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.matches(Some("rseq")))
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(rseq, names[8..], "--filter rseq selects the rseq group");
+        assert!(rows[8..].iter().all(|r| r.group == "rseq"));
+        let cpu = rows.iter().filter(|r| r.matches(Some("cpu"))).count();
+        assert_eq!(cpu, 8, "--filter cpu selects the cpu group");
+        for r in &rows[8..] {
+            assert_eq!(r.op.is_ok(), r.verify.is_some(), "{} counts", r.name);
+        }
+        // The atomic rows run everywhere.
+        for name in [FETCH_ADD_1, SHARED_ADD_2, CAS_1] {
+            assert!(
+                rows.iter().any(|r| r.name == name && r.op.is_ok()),
+                "{name}"
+            );
+        }
+        if ktl::rseq::start(Index::CpuId).is_none() {
+            assert!(rows.iter().any(|r| r.name == RSEQ_ADD_1 && r.op.is_err()));
+        }
+    }
+
+    /// Runs every counting row a few times, in both shapes, and checks its
+    /// counters, like `ktl bench` does after the samples.
+    #[test]
+    fn counting_rows_are_exact() {
+        let rows = rows();
+        let counting: Vec<&Row> = rows.iter().filter(|r| r.group == "rseq").collect();
+        assert_eq!(counting.len(), 6);
+        for row in counting {
+            let (Ok(op), Some(verify)) = (&row.op, &row.verify) else {
+                continue; // n/a here (no live rseq area)
+            };
+            for iters in [0, 1, 1000] {
+                for shape in [Shape::Call, Shape::Throughput] {
+                    op(iters, shape);
+                }
+            }
+            let verified = verify().unwrap();
+            let ops = if row.name.contains("2 threads") { 2 } else { 1 } * 1001 * (1 + UNROLL);
+            assert!(
+                verified.contains(&format!("{ops} operations")),
+                "{verified}"
+            );
+        }
+    }
+
+    #[test]
+    fn exactness_reports_mismatches() {
+        let count = OpCount::default();
+        let run = counted(Box::new(|_, _| Duration::ZERO), 2, Rc::clone(&count));
+        run(5, Shape::Throughput);
+        assert_eq!(count.get(), 2 * 5 * UNROLL);
+        let good = exactness("r", Rc::clone(&count), None, || 80);
+        assert!(good().is_ok());
+        let bad = exactness("r", Rc::clone(&count), None, || 79);
+        assert!(bad().unwrap_err().contains("sum to 79 after 80 operations"));
+        let lost = Rc::new(Cell::new(true));
+        let gone = exactness("r", count, Some(lost), || 80);
+        assert!(gone().unwrap_err().contains("second thread"));
+    }
+
+    #[test]
+    fn two_thread_rows_measure_both_threads() {
+        let slots = slots(4);
+        let theirs = Arc::clone(&slots);
+        let work: Work = Arc::new(move |iters, _| {
+            for _ in 0..iters {
+                theirs[0].0.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let total = Arc::clone(&slots);
+        let row = two_thread_row(
+            "pair",
+            "g",
+            work,
+            || Ok(()),
+            move || i128::from(total[0].0.load(Ordering::Relaxed)),
+        );
+        let op = row.op.as_ref().unwrap();
+        for _ in 0..20 {
+            op(100, Shape::Call);
+        }
+        assert_eq!(slots[0].0.load(Ordering::Relaxed), 4000);
+        assert!(row.verify.as_ref().unwrap()().is_ok());
+        let failing = two_thread_row("x", "g", Arc::new(|_, _| {}), || Err("nope".into()), || 0);
+        assert_eq!(failing.op.err().as_deref(), Some("nope"));
     }
 
     #[test]
@@ -968,6 +1648,19 @@ mod tests {
         assert_eq!(c[0].pass, Some(false));
         assert_eq!(c[1].ratio, Some(10.0));
         assert_eq!(c[1].pass, Some(true));
+
+        let outcomes = [
+            outcome(RSEQ_ADD_1, Some(3.0)),
+            outcome(FETCH_ADD_1, Some(2.5)),
+            outcome(RSEQ_ADD_2, Some(3.0)),
+            outcome(SHARED_ADD_2, Some(30.0)),
+        ];
+        let c = checks(&outcomes);
+        assert_eq!(c.len(), 4);
+        assert_eq!((c[2].ratio, c[2].bound), (Some(10.0), Bound::Min));
+        assert_eq!(c[2].pass, Some(true));
+        assert_eq!((c[3].ratio, c[3].bound), (Some(1.2), Bound::Max));
+        assert_eq!(c[3].pass, Some(false));
 
         let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
         let c = checks(&outcomes);

@@ -183,39 +183,42 @@ pub(crate) unsafe fn rdpid() -> u64 {
 //    it into `__rseq_cs_ptr_array`, and its non-abort exits into
 //    `__rseq_exit_point_array` (both retained against `--gc-sections`, for
 //    debuggers and checkpointing tools);
-// 2. stores the descriptor's address into the area's `rseq_cs` with
-//    `push [ptr array entry]; pop %fs:rseq_cs`: an `asm!` with `label`
-//    operands may not have outputs, so it has no scratch register, and the
-//    critical section must start right after that store (were there an
-//    instruction between them, a preemption there would find the IP outside
-//    the section, and the kernel would clear `rseq_cs` before the section
-//    ran unprotected);
+// 2. stores the descriptor's address into the area's `rseq_cs`, immediately
+//    followed by the section (see `rseq_cs_enter`, which also explains how
+//    the blocks get scratch registers without outputs);
 // 3. runs the critical section: compare the area's index field with the value
 //    the caller read, do the work, commit with one final store;
 // 4. places the abort handler in `__rseq_failure`, preceded by the signature
 //    encoded as `ud1 0x53053053(%rip),%edi`, so a stray jump to it traps.
 //
-// Every input is an `in` operand in a fixed register that the block never
-// changes, so a restart after an abort sees the same inputs. Aborts and failed
+// Every input is an `in` operand in a fixed register that the section never
+// changes (the zero inputs used as scratch are restored on every exit), so a
+// restart after an abort sees the same inputs. Aborts and failed
 // compares leave through `label` operands. No `pure`, `nomem` or `readonly`:
 // the block writes memory and its effect depends on when it runs.
 
-/// Stores the descriptor's address (label 5's pointer-array entry) into the
-/// area's `rseq_cs` and enters the section at label 6, whose first
-/// instruction compares the index field with `value` (in `%edx`), leaving for
-/// the abort handler if it changed. The area's offset is in `%rdi`.
+/// Stores the descriptor's address into the area's `rseq_cs` and enters the
+/// section at label 6, whose first instructions compare the index field
+/// with `value` (in `%edx`), leaving for the abort handler if it changed.
+/// The area's offset is in `%rdi`.
 ///
-/// `push [entry]; pop %fs:rseq_cs` needs no register: an `asm!` with `label`
-/// operands may have no outputs, so it has no scratch register, and the
-/// section must start right after that store (with an instruction between
-/// them, a preemption there would find the IP outside the section, and the
-/// kernel would clear `rseq_cs`, leaving the section unprotected).
+/// An `asm!` with `label` operands may have no outputs, so it gets no scratch
+/// register from the compiler. Instead `%rax` is an input holding 0: the
+/// block loads the descriptor's address into it for the store, and zeroes it
+/// again as the section's first instruction. Every exit restores it too (the
+/// abort handler, which may be entered before that first instruction, zeroes
+/// it again), so it holds its input value whenever the block ends, as `asm!`
+/// requires. The section must start right after the store: with an
+/// instruction between them, a preemption there would find the IP outside
+/// the section, the kernel would clear `rseq_cs`, and the section would run
+/// unprotected.
 macro_rules! rseq_cs_enter {
     () => {
         concat!(
-            "push qword ptr [rip + 5b]\n",
-            "pop qword ptr fs:[rdi + 8]\n",
+            "lea rax, [rip + 3b]\n",
+            "mov qword ptr fs:[rdi + 8], rax\n",
             "6:\n",
+            "xor eax, eax\n",
             "cmp dword ptr fs:[rdi + {field}], edx\n",
             "jne 8f\n",
         )
@@ -224,8 +227,8 @@ macro_rules! rseq_cs_enter {
 
 /// Opens `__rseq_failure` with the signature, encoded as the instruction
 /// `ud1 0x53053053(%rip),%edi` so that a stray jump traps, followed by the
-/// abort handler's label 8. The caller adds the handler's body and closes the
-/// section.
+/// abort handler's label 8, which zeroes `%rax` (see [`rseq_cs_enter`]). The
+/// caller adds the rest of the handler and closes the section.
 macro_rules! rseq_abort_handler {
     () => {
         concat!(
@@ -233,6 +236,7 @@ macro_rules! rseq_abort_handler {
             ".byte 0x0f, 0xb9, 0x3d\n",
             ".long 0x53053053\n",
             "8:\n",
+            "xor eax, eax\n",
         )
     };
 }
@@ -243,7 +247,7 @@ macro_rules! rseq_abort_handler {
 /// # Safety
 /// `area` must be the offset from the thread pointer of the calling thread's
 /// registered rseq area; `v` must be valid for reads and writes of an `i64`
-/// and 8-byte aligned. The block pushes one word on the stack.
+/// and 8-byte aligned.
 #[inline(always)]
 pub(crate) unsafe fn rseq_add<const FIELD: usize>(
     area: isize,
@@ -252,8 +256,8 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
     count: i64,
 ) -> Result<(), crate::rseq::Failure> {
     // SAFETY: the caller guarantees a registered area and a valid `v`; the
-    // block follows the rseq ABI described above and leaves the stack as it
-    // found it.
+    // block follows the rseq ABI described above and restores %rax (its zero
+    // scratch input) on every exit.
     unsafe {
         asm!(
             rseq_cs_tables!(),
@@ -265,6 +269,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
             in("rcx") count,
@@ -302,6 +307,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
             in("rcx") expect,
@@ -316,9 +322,8 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
 /// Pops from a per-CPU list: if the head `*v` is not `expectnot`, writes it
 /// to `*load` and commits `*v = *(head + voffp)`.
 ///
-/// `%rax` serves as scratch; it is saved on the stack before the section and
-/// restored on every exit (the stack depth is the same at every instruction
-/// of the section, so the abort handler restores the right slot).
+/// `%rax` (a zero input, see [`rseq_cs_enter`]) holds the head; every exit
+/// zeroes it again.
 ///
 /// # Safety
 /// As for [`rseq_add`]; `load` must be valid for a pointer-sized write, and
@@ -332,12 +337,11 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
     voffp: isize,
     load: *mut *mut u8,
 ) -> Result<(), crate::rseq::Failure> {
-    // SAFETY: as in `rseq_add`; %rax is saved and restored on every exit.
+    // SAFETY: as in `rseq_add`; %rax is zeroed again on every exit.
     unsafe {
         asm!(
             rseq_cs_tables!(),
             rseq_exit_point!("9f"),
-            "push rax",
             rseq_cs_enter!(),
             "mov rax, qword ptr [rsi]",
             "cmp rax, rcx",
@@ -346,16 +350,16 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
             "mov rax, qword ptr [rax + r8]",
             "mov qword ptr [rsi], rax",
             "7:",
-            "pop rax",
+            "xor eax, eax",
             rseq_abort_handler!(),
-            "pop rax",
             "jmp {abort}",
             "9:",
-            "pop rax",
+            "xor eax, eax",
             "jmp {cmpfail}",
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
             in("rcx") expectnot,
@@ -386,18 +390,17 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
     unsafe {
         asm!(
             rseq_cs_tables!(),
-            "push rax",
             rseq_cs_enter!(),
             "mov rax, qword ptr [rsi]",
             "add qword ptr [rax + r8], rcx",
             "7:",
-            "pop rax",
+            "xor eax, eax",
             rseq_abort_handler!(),
-            "pop rax",
             "jmp {abort}",
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            in("rax") 0usize,
             in("edx") value,
             in("rsi") ptr,
             in("r8") off,
@@ -439,6 +442,7 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
             in("rcx") expect,
@@ -486,6 +490,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
             in("rcx") expect,
@@ -502,9 +507,9 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
 /// If `*v == expect`, copies `len` bytes from `src` to `dst` (speculative
 /// stores) and commits `*v = newv`.
 ///
-/// `%rax` and `%r11` serve as scratch, saved on the stack around the section
-/// and restored on every exit. The release variant is the same code on
-/// x86-64 (see [`rseq_cmpeqv_trystorev_storev`]).
+/// `%rax` and `%r11` (zero inputs, see [`rseq_cs_enter`]) hold the byte and
+/// the index of the copy; every exit zeroes them again. The release variant
+/// is the same code on x86-64 (see [`rseq_cmpeqv_trystorev_storev`]).
 ///
 /// # Safety
 /// As for [`rseq_add`]; `src` must be valid for `len` bytes of reads and
@@ -522,14 +527,12 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELE
     len: usize,
     newv: i64,
 ) -> Result<(), crate::rseq::Failure> {
-    // SAFETY: as in `rseq_cmpnev_storeoffp_load`; %rax and %r11 are saved
-    // and restored on every exit.
+    // SAFETY: as in `rseq_cmpnev_storeoffp_load`; %rax and %r11 are zeroed
+    // again on every exit.
     unsafe {
         asm!(
             rseq_cs_tables!(),
             rseq_exit_point!("9f"),
-            "push rax",
-            "push r11",
             rseq_cs_enter!(),
             "cmp qword ptr [rsi], rcx",
             "jne 9f",
@@ -544,19 +547,20 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELE
             "4:",
             "mov qword ptr [rsi], r12",
             "7:",
-            "pop r11",
-            "pop rax",
+            "xor r11d, r11d",
+            "xor eax, eax",
             rseq_abort_handler!(),
-            "pop r11",
-            "pop rax",
+            "xor r11d, r11d",
+            "xor eax, eax",
             "jmp {abort}",
             "9:",
-            "pop r11",
-            "pop rax",
+            "xor r11d, r11d",
+            "xor eax, eax",
             "jmp {cmpfail}",
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
             in("rcx") expect,
@@ -564,6 +568,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELE
             in("r9") src,
             in("r10") len,
             in("r12") newv,
+            in("r11") 0usize,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
             cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
         );

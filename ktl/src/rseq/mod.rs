@@ -36,7 +36,8 @@
 //! | [`cmpeqv_trymemcpy_storev`] | compare, copy a small buffer, commit (relaxed or release) |
 
 use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_CPU_ID_START, OFFSET_MM_CID};
-use crate::{arch, area};
+use crate::arch::{self, Slot};
+use crate::area;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -96,8 +97,38 @@ impl Start {
 /// Reads the current index for an operation, or `None` when the calling
 /// thread has no live rseq area (the caller then needs a fallback), or when
 /// `index` is [`Index::MmCid`] and the kernel lacks `mm_cid`.
+///
+/// Once the thread is set up this is the accessors' fast path: a load of the
+/// area's offset, a thread-pointer-relative load of `cpu_id`, one branch
+/// (and, for `mm_cid`, one more load).
 #[inline]
 pub fn start(index: Index) -> Option<Start> {
+    let slot = match index {
+        Index::CpuId => Slot::Cpu,
+        Index::MmCid => Slot::Cid,
+    };
+    let area = arch::hot_offset(slot);
+    // SAFETY: a hot offset always designates an area of the calling thread's
+    // static TLS (see `arch`); the mm_cid slot designates a live area only
+    // where the kernel provides mm_cid, and the dead area otherwise.
+    let cpu = unsafe { arch::tp_load_u32::<OFFSET_CPU_ID>(area) };
+    if (cpu as i32) < 0 {
+        return start_slow(index);
+    }
+    let value = match index {
+        // While the area is registered, cpu_id equals cpu_id_start.
+        Index::CpuId => cpu,
+        // SAFETY: as above; the area is live.
+        Index::MmCid => unsafe { arch::tp_load_u32::<OFFSET_MM_CID>(area) },
+    };
+    Some(Start { index, value, area })
+}
+
+/// The slow path of [`start`]: decides the owner and registers the thread
+/// if needed.
+#[cold]
+#[inline(never)]
+fn start_slow(index: Index) -> Option<Start> {
     let area = area::thread_area()?;
     let value = match index {
         // SAFETY: `thread_area` returns this thread's live area.
