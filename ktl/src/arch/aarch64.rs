@@ -143,7 +143,36 @@ macro_rules! rseq_cs_enter {
             "ldr w10, [x0, #{field}]\n",
             "cmp w10, w1\n",
             "b.ne 8f\n",
+            rseq_delay_inside!(),
         )
+    };
+}
+
+/// With the `delay-injection` feature, a busy loop inside the section (see
+/// `rseq::delay`), counting x11 down from the configured number of
+/// iterations; without it, nothing.
+#[cfg(feature = "delay-injection")]
+macro_rules! rseq_delay_inside {
+    () => {
+        concat!(
+            "adrp x11, ",
+            ktl_symbol!("delay_inside"),
+            "\n",
+            "ldr x11, [x11, :lo12:",
+            ktl_symbol!("delay_inside"),
+            "]\n",
+            "22:\n",
+            "cbz x11, 23f\n",
+            "sub x11, x11, #1\n",
+            "b 22b\n",
+            "23:\n",
+        )
+    };
+}
+#[cfg(not(feature = "delay-injection"))]
+macro_rules! rseq_delay_inside {
+    () => {
+        ""
     };
 }
 

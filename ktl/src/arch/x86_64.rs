@@ -221,7 +221,34 @@ macro_rules! rseq_cs_enter {
             "xor eax, eax\n",
             "cmp dword ptr fs:[rdi + {field}], edx\n",
             "jne 8f\n",
+            rseq_delay_inside!(),
         )
+    };
+}
+
+/// With the `delay-injection` feature, a busy loop inside the section (see
+/// `rseq::delay`), counting `%rax` down to 0 from the configured number of
+/// iterations, so `%rax` is 0 again afterwards; without it, nothing.
+#[cfg(feature = "delay-injection")]
+macro_rules! rseq_delay_inside {
+    () => {
+        concat!(
+            "mov rax, qword ptr [rip + ",
+            ktl_symbol!("delay_inside"),
+            "]\n",
+            "22:\n",
+            "test rax, rax\n",
+            "jz 23f\n",
+            "dec rax\n",
+            "jmp 22b\n",
+            "23:\n",
+        )
+    };
+}
+#[cfg(not(feature = "delay-injection"))]
+macro_rules! rseq_delay_inside {
+    () => {
+        ""
     };
 }
 
