@@ -31,6 +31,7 @@ pub struct Report {
     /// Names of the fallbacks in use in the calling thread (empty when every
     /// accessor reads the area).
     pub fallbacks: Vec<String>,
+    pub rseq: RseqReport,
     pub registrations: Registrations,
 }
 
@@ -99,6 +100,16 @@ pub struct Sources {
     pub mm_cid: &'static str,
     /// The fallback `cpu_id` would use without the area.
     pub fallback: &'static str,
+}
+
+#[derive(Serialize, Debug)]
+pub struct RseqReport {
+    /// How the restartable-sequence operations run: `"critical_sections"`,
+    /// or `"locked"` (the fallback: a lock per index value).
+    pub operations: &'static str,
+    /// The membarrier fence: `"rseq"` (aborts sequences), `"expedited"` (a
+    /// barrier only) or `"unavailable"`.
+    pub fence: &'static str,
 }
 
 #[derive(Serialize, Debug)]
@@ -225,6 +236,17 @@ pub fn gather() -> Report {
             },
         },
         fallbacks,
+        rseq: RseqReport {
+            operations: match ktl::rseq::path() {
+                ktl::rseq::Path::CriticalSections => "critical_sections",
+                ktl::rseq::Path::Locked => "locked",
+            },
+            fence: match ktl::rseq::fence::kind() {
+                ktl::rseq::fence::FenceKind::Rseq => "rseq",
+                ktl::rseq::fence::FenceKind::Expedited => "expedited",
+                ktl::rseq::fence::FenceKind::Unavailable => "unavailable",
+            },
+        },
         registrations: Registrations {
             registered: st.registered,
             unregistered: st.unregistered,
@@ -321,6 +343,8 @@ fn print_text(r: &Report) {
         "  mm_cid               {:<6} from {}",
         r.thread.mm_cid, r.thread.sources.mm_cid
     );
+    println!("rseq operations        {}", ktl::rseq::path());
+    println!("membarrier fence       {}", ktl::rseq::fence::kind());
     if r.fallbacks.is_empty() {
         println!(
             "fallbacks in use       none (without the area, cpu_id would use the {})",

@@ -62,6 +62,7 @@ fn assert_glibc_owned(r: &Value, lookup: &str) {
         "offset must equal __rseq_offset"
     );
     assert_eq!(r["info"]["thread"]["sources"]["cpu_id"], "area");
+    assert_eq!(r["info"]["rseq"]["operations"], "critical_sections");
 }
 
 fn assert_ktl_owned(r: &Value) {
@@ -77,6 +78,7 @@ fn assert_ktl_owned(r: &Value) {
         r["info"]["libc"]["rseq_offset"]
     );
     assert_eq!(r["info"]["thread"]["sources"]["cpu_id"], "area");
+    assert_eq!(r["info"]["rseq"]["operations"], "critical_sections");
     let regs = &r["info"]["registrations"];
     assert_eq!(regs["register_failures"], 0);
 }
@@ -93,6 +95,7 @@ fn assert_unavailable(r: &Value, errno: Option<i32>, words: &str) {
         "{r:#}"
     );
     assert_ne!(r["info"]["thread"]["sources"]["cpu_id"], "area");
+    assert_eq!(r["info"]["rseq"]["operations"], "locked");
 }
 
 #[test]

@@ -24,9 +24,11 @@ fn kernel_version() -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Whether the calling thread has a live rseq area; says why not.
+/// Whether the calling thread runs the operations as critical sections
+/// (it has a live rseq area, and the process is not on the locked
+/// fallback); says why not.
 fn has_area(test: &str) -> bool {
-    let live = rseq::start(Index::CpuId).is_some();
+    let live = rseq::start(Index::CpuId).is_some() && rseq::path() == rseq::Path::CriticalSections;
     if !live {
         let owner = ktl::layout().owner;
         eprintln!("SKIPPED {test}: no live rseq area (owner: {owner})");

@@ -15,8 +15,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 #[test]
 fn injected_delays_cause_aborts_and_lose_nothing() {
-    if rseq::start(Index::CpuId).is_none() {
-        eprintln!("SKIPPED injected_delays_cause_aborts_and_lose_nothing: no live rseq area");
+    if rseq::start(Index::CpuId).is_none() || rseq::path() != rseq::Path::CriticalSections {
+        eprintln!(
+            "SKIPPED injected_delays_cause_aborts_and_lose_nothing: no critical sections here ({})",
+            rseq::path()
+        );
         return;
     }
     delay::set_before(200);

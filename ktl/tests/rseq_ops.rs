@@ -3,10 +3,14 @@
 //! second-word store or by a copy, with both commit orderings), aborts that
 //! really happen (signals and preemption of two threads pinned to one CPU),
 //! compare failures, both indexes, `fork`, and the sections the binary must
-//! carry.
+//! carry. The whole file runs again in a re-executed copy under a seccomp
+//! filter that makes rseq fail with ENOSYS, where every operation takes the
+//! locked fallback.
 
 #[path = "support/affinity.rs"]
 mod affinity;
+#[path = "support/seccomp.rs"]
+mod seccomp;
 
 use affinity::{allowed_cpus, pin};
 use ktl::rseq::{self, Failure, Index};
@@ -69,10 +73,12 @@ fn install_handler() {
 
 #[test]
 fn two_threads_on_one_cpu_abort_and_lose_nothing() {
-    if !has_area(
-        "two_threads_on_one_cpu_abort_and_lose_nothing",
-        Index::CpuId,
-    ) {
+    const TEST: &str = "two_threads_on_one_cpu_abort_and_lose_nothing";
+    if !has_area(TEST, Index::CpuId) {
+        return;
+    }
+    if rseq::path() != rseq::Path::CriticalSections {
+        eprintln!("SKIPPED {TEST}: the locked fallback never aborts");
         return;
     }
     install_handler();
@@ -680,4 +686,35 @@ fn operations_in_a_thread_created_by_c() {
         assert_eq!(unsafe { libc::pthread_join(t, std::ptr::null_mut()) }, 0);
     }
     assert_eq!(total(&slots), 400_000);
+}
+
+/// Set in the re-executed copy: the path it must see.
+const EXPECT_PATH: &str = "KTL_TEST_EXPECT_PATH";
+
+#[test]
+fn every_test_passes_on_the_locked_fallback() {
+    if let Ok(path) = std::env::var(EXPECT_PATH) {
+        // This is the copy: the filter is in force.
+        assert_eq!(rseq::path().to_string(), path);
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let program = seccomp::deny_rseq_program(libc::ENOSYS);
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--test-threads=2"])
+        .env(EXPECT_PATH, rseq::Path::Locked.to_string())
+        .env_remove("GLIBC_TUNABLES");
+    // SAFETY: the closure runs between fork and exec and only makes system
+    // calls on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || seccomp::install(&program, false));
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("test result: ok. 14 passed"), "{text}");
 }

@@ -18,6 +18,17 @@
 //!    section); after an abort the caller starts again. [`retry`] runs that
 //!    loop.
 //!
+//! ## The fallback
+//!
+//! When no thread of the process can have an area (the owner is
+//! [`Unavailable`](crate::Owner::Unavailable): no rseq system call, a
+//! filter, an emulator), [`start`] still returns a `Start`, and every
+//! operation takes a lock per index value instead of running a critical
+//! section, with the same results (it never aborts). [`path`] says which one
+//! is live, and `ktl info` reports it. The choice is made once, with the
+//! owner, for the whole process: critical sections and locks are never
+//! mixed on the same data.
+//!
 //! The operations are `unsafe`: their callers promise that a slot is only
 //! ever modified by operations indexed by the slot's number, so that the
 //! section's plain load and store cannot race. The safe per-CPU data
@@ -94,9 +105,13 @@ impl Start {
     }
 }
 
-/// Reads the current index for an operation, or `None` when the calling
-/// thread has no live rseq area (the caller then needs a fallback), or when
-/// `index` is [`Index::MmCid`] and the kernel lacks `mm_cid`.
+/// Reads the current index for an operation.
+///
+/// Returns `None` when this thread has no live rseq area while others may
+/// (its registration failed, or it is past its TLS destructors), and for
+/// [`Index::MmCid`] when the kernel lacks `mm_cid`. When no thread of the
+/// process can have an area, returns a fallback start, with which the
+/// operations take a lock (see [the fallback](self#the-fallback)).
 ///
 /// Once the thread is set up this is the accessors' fast path: a load of the
 /// area's offset, a thread-pointer-relative load of `cpu_id`, one branch
@@ -129,7 +144,9 @@ pub fn start(index: Index) -> Option<Start> {
 #[cold]
 #[inline(never)]
 fn start_slow(index: Index) -> Option<Start> {
-    let area = area::thread_area()?;
+    let Some(area) = area::thread_area() else {
+        return locked_start(index);
+    };
     let value = match index {
         // SAFETY: `thread_area` returns this thread's live area.
         Index::CpuId => unsafe { arch::tp_load_u32::<OFFSET_CPU_ID_START>(area) },
@@ -142,6 +159,56 @@ fn start_slow(index: Index) -> Option<Start> {
         }
     };
     Some(Start { index, value, area })
+}
+
+/// The `area` of a fallback [`Start`]: never a thread-pointer offset of a
+/// real area.
+const LOCKED: isize = isize::MIN;
+
+/// How the operations run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// As restartable sequences, in the threads that have a live area (all
+    /// of them, unless a thread's registration failed; such a thread gets
+    /// `None` from [`start`]).
+    CriticalSections,
+    /// Nothing has an rseq area, so every operation takes a lock per index
+    /// value instead (see [`locked`](self#the-fallback)).
+    Locked,
+}
+
+impl core::fmt::Display for Path {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Path::CriticalSections => "restartable sequences",
+            Path::Locked => "a lock per index value (rseq unavailable)",
+        })
+    }
+}
+
+/// How the operations run in this process, decided with the owner.
+pub fn path() -> Path {
+    match area::layout().owner {
+        crate::Owner::Unavailable(_) => Path::Locked,
+        _ => Path::CriticalSections,
+    }
+}
+
+/// The fallback start: the index value from the accessors' fallbacks, when
+/// the whole process is on the locked path.
+fn locked_start(index: Index) -> Option<Start> {
+    if path() != Path::Locked {
+        return None;
+    }
+    let value = match index {
+        Index::CpuId => crate::cpu_id(),
+        Index::MmCid => crate::mm_cid(),
+    };
+    Some(Start {
+        index,
+        value,
+        area: LOCKED,
+    })
 }
 
 /// Runs the architecture's operation `$op` for `$start`'s index: the field
@@ -178,6 +245,10 @@ pub enum Commit {
 ///   inside a section that writes it.
 #[inline]
 pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
+    if start.area == LOCKED {
+        // SAFETY: the caller's contract.
+        return unsafe { locked::add(start.value, v, count) };
+    }
     delay_before();
     // SAFETY: forwarded to the caller's contract; `start.area` is this
     // thread's registered area.
@@ -196,6 +267,10 @@ pub unsafe fn cmpeqv_storev(
     expect: i64,
     newv: i64,
 ) -> Result<(), Failure> {
+    if start.area == LOCKED {
+        // SAFETY: the caller's contract.
+        return unsafe { locked::cmpeqv_storev(start.value, v, expect, newv) };
+    }
     delay_before();
     // SAFETY: as in `add`.
     unsafe { dispatch!(start, rseq_cmpeqv_storev; v, expect, newv) }
@@ -219,6 +294,10 @@ pub unsafe fn cmpnev_storeoffp_load(
     expectnot: *mut u8,
     next_offset: isize,
 ) -> Result<*mut u8, Failure> {
+    if start.area == LOCKED {
+        // SAFETY: the caller's contract.
+        return unsafe { locked::cmpnev_storeoffp_load(start.value, head, expectnot, next_offset) };
+    }
     delay_before();
     let mut popped: *mut u8 = core::ptr::null_mut();
     // SAFETY: as in `add`; `popped` is a local the section may write.
@@ -241,6 +320,10 @@ pub unsafe fn offset_deref_addv(
     offset: isize,
     inc: i64,
 ) -> Result<(), Failure> {
+    if start.area == LOCKED {
+        // SAFETY: the caller's contract.
+        return unsafe { locked::offset_deref_addv(start.value, ptr, offset, inc) };
+    }
     delay_before();
     // SAFETY: as in `add`.
     unsafe { dispatch!(start, rseq_offset_deref_addv; ptr, offset, inc) }
@@ -261,6 +344,10 @@ pub unsafe fn cmpeqv_cmpeqv_storev(
     expect2: i64,
     newv: i64,
 ) -> Result<(), Failure> {
+    if start.area == LOCKED {
+        // SAFETY: the caller's contract.
+        return unsafe { locked::cmpeqv_cmpeqv_storev(start.value, v, expect, v2, expect2, newv) };
+    }
     delay_before();
     // SAFETY: as in `add`.
     unsafe { dispatch!(start, rseq_cmpeqv_cmpeqv_storev; v, expect, v2, expect2, newv) }
@@ -287,6 +374,12 @@ pub unsafe fn cmpeqv_trystorev_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
+    if start.area == LOCKED {
+        // SAFETY: the caller's contract.
+        return unsafe {
+            locked::cmpeqv_trystorev_storev(start.value, v, expect, v2, newv2, newv, commit)
+        };
+    }
     delay_before();
     // SAFETY: as in `add`.
     unsafe {
@@ -321,6 +414,12 @@ pub unsafe fn cmpeqv_trymemcpy_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
+    if start.area == LOCKED {
+        // SAFETY: the caller's contract.
+        return unsafe {
+            locked::cmpeqv_trymemcpy_storev(start.value, v, expect, dst, src, newv, commit)
+        };
+    }
     delay_before();
     let (s, n) = (src.as_ptr(), src.len());
     // SAFETY: as in `add`; `src` is a live slice of `n` bytes.
@@ -386,6 +485,7 @@ pub fn aborts() -> u64 {
 #[cfg(feature = "delay-injection")]
 pub mod delay;
 pub mod fence;
+mod locked;
 
 #[cfg(feature = "delay-injection")]
 use delay::before as delay_before;
