@@ -6,6 +6,7 @@
 mod bench;
 mod check;
 mod info;
+mod stress;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Verify ktl on this machine: pinned CPUs, nodes, mm_cid, thread churn and fork.
     Check(check::CheckArgs),
+    /// Stress the restartable-sequence operations from many threads and check
+    /// the results exactly (after the kernel's rseq param_test).
+    Stress(stress::StressArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Some(Command::Info(args)) => info::run(&args),
         Some(Command::Bench(args)) => bench::run_cli(&args),
         Some(Command::Check(args)) => check::run(&args),
+        Some(Command::Stress(args)) => stress::run(&args),
         None => info::run(&info::InfoArgs::default()).and_then(|()| {
             println!();
             bench::run_cli(&bench::BenchArgs::quick())

@@ -1,0 +1,1137 @@
+//! `ktl stress`: many threads hammer per-CPU data with every restartable
+//! sequence operation, then the results are checked exactly.
+//!
+//! Modelled on the kernel's `tools/testing/selftests/rseq/param_test.c`.
+//! Each scenario runs `--threads` threads of `--reps` operations each, on
+//! slots indexed by the CPU number or by `mm_cid` (`--index`), one slot per
+//! possible CPU, each on its own 128-byte line:
+//!
+//! | scenario | operation | exact check |
+//! |---|---|---|
+//! | `increment` | `add(+1)` | the slots sum to threads x reps |
+//! | `spinlock` | lock with `cmpeqv_storev(0 -> 1)`, plain increment, release store of 0 | the counters sum to threads x reps |
+//! | `list` | pop with `cmpnev_storeoffp_load`, push with `cmpeqv_storev` | every node on exactly one list, once |
+//! | `buffer` | pop with `cmpeqv_cmpeqv_storev`, push with `cmpeqv_trystorev_storev` (release) | every item exactly once |
+//! | `memcpy` | 16-byte items copied out and in with `cmpeqv_trymemcpy_storev` | every item exactly once and intact |
+//! | `membarrier` | `offset_deref_addv(+1)` through a per-slot pointer that a manager swaps and fences | both arrays sum to threads x reps; a swapped-out array never changes after its fence |
+//!
+//! `--yield-every`, `--sleep-every` (1 ms) and `--signal-every` (SIGUSR1 to
+//! the thread itself) add preemptions and aborts. An operation of `list`,
+//! `buffer` and `memcpy` that finds its CPU's structure empty is counted in
+//! `empty` and still counts as an op.
+//!
+//! The JSON form (`--json`) follows the schema `ktl-stress/1`:
+//!
+//! ```text
+//! {"schema": "ktl-stress/1",
+//!  "index": "cpu" | "mm-cid", "path": "<rseq::path()>", "fence": "<fence::kind()>",
+//!  "threads", "reps", "yield_every", "sleep_every", "signal_every", "slots",
+//!  "scenarios": [{"name", "status": "ok" | "FAIL" | "skipped" | "n/a",
+//!                 "ops", "expected_ops", "aborts", "empty", "elapsed_ms", "detail"}],
+//!  "pass"}
+//! ```
+//!
+//! `ops` is the number of operations completed (threads x reps when every
+//! thread finished), `aborts` the sum of each thread's `ktl::rseq::aborts()`
+//! at its end. `pass` is false when any scenario is `FAIL`; the command then
+//! exits non-zero.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ktl::rseq::fence::{self, FenceKind};
+use ktl::rseq::{self, Commit, Failure, Index};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The scenarios, in the order `all` runs them.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Increment,
+    Spinlock,
+    List,
+    Buffer,
+    Memcpy,
+    Membarrier,
+    All,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Increment => "increment",
+            Scenario::Spinlock => "spinlock",
+            Scenario::List => "list",
+            Scenario::Buffer => "buffer",
+            Scenario::Memcpy => "memcpy",
+            Scenario::Membarrier => "membarrier",
+            Scenario::All => "all",
+        }
+    }
+}
+
+/// The index of the per-CPU slots.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexArg {
+    /// The CPU number (`cpu_id`).
+    Cpu,
+    /// The concurrency id (`mm_cid`, Linux 6.3+).
+    MmCid,
+}
+
+/// Options of `ktl stress`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StressArgs {
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    pub scenario: Scenario,
+    /// Threads per scenario.
+    #[arg(long, default_value_t = 200)]
+    pub threads: usize,
+    /// Operations per thread.
+    #[arg(long, default_value_t = 10_000)]
+    pub reps: u64,
+    /// The index of the per-CPU slots.
+    #[arg(long, value_enum, default_value_t = IndexArg::Cpu)]
+    pub index: IndexArg,
+    /// Yield the CPU every N operations (0: never).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub yield_every: u64,
+    /// Sleep 1 ms every N operations (0: never).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub sleep_every: u64,
+    /// Send SIGUSR1 to the thread itself every N operations (0: never).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub signal_every: u64,
+    /// Print the results as JSON (schema `ktl-stress/1`), without a progress
+    /// bar.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One scenario's result.
+#[derive(Serialize, Debug)]
+pub struct ScenarioResult {
+    pub name: &'static str,
+    /// `ok`, `FAIL`, `skipped` (the scenario cannot run here) or `n/a` (the
+    /// index is not available).
+    pub status: &'static str,
+    pub ops: u64,
+    pub expected_ops: u64,
+    pub aborts: u64,
+    pub empty: u64,
+    pub elapsed_ms: f64,
+    pub detail: String,
+}
+
+/// The whole result, as serialized for `--json`.
+#[derive(Serialize, Debug)]
+pub struct StressReport {
+    /// Always `"ktl-stress/1"`.
+    pub schema: &'static str,
+    pub index: &'static str,
+    pub path: String,
+    pub fence: String,
+    pub threads: usize,
+    pub reps: u64,
+    pub yield_every: u64,
+    pub sleep_every: u64,
+    pub signal_every: u64,
+    pub slots: usize,
+    pub scenarios: Vec<ScenarioResult>,
+    pub pass: bool,
+}
+
+/// A value alone on a 128-byte line (two 64-byte lines: adjacent-line
+/// prefetchers pair them).
+#[repr(C, align(128))]
+struct Line<T>(T);
+
+fn lines(n: usize) -> Box<[Line<AtomicI64>]> {
+    (0..n).map(|_| Line(AtomicI64::new(0))).collect()
+}
+
+fn sum(lines: &[Line<AtomicI64>]) -> i64 {
+    lines.iter().map(|l| l.0.load(Ordering::Acquire)).sum()
+}
+
+/// What every scenario needs.
+struct Config {
+    index: Index,
+    threads: usize,
+    reps: u64,
+    yield_every: u64,
+    sleep_every: u64,
+    signal_every: u64,
+    json: bool,
+    /// Slots: one per possible CPU.
+    slots: usize,
+    /// The slot numbers the threads can see: the allowed CPUs, or for
+    /// mm_cid the first `allowed CPUs` ids.
+    reachable: Vec<usize>,
+}
+
+impl Config {
+    fn expected(&self) -> u64 {
+        self.threads as u64 * self.reps
+    }
+
+    /// The slot of `start`, checked against the slot count.
+    fn slot(&self, start: rseq::Start) -> usize {
+        let v = start.value() as usize;
+        assert!(
+            v < self.slots,
+            "index value {v} is not below the {} slots",
+            self.slots
+        );
+        v
+    }
+}
+
+/// Unwraps `retry`'s `None`: the thread has no live area.
+fn live<T>(r: Option<Result<T, Failure>>) -> Result<Result<T, Failure>, String> {
+    r.ok_or_else(|| "a worker thread has no live rseq area".to_string())
+}
+
+extern "C" fn on_sigusr1(_: libc::c_int) {}
+
+/// Installs an empty SA_RESTART handler for SIGUSR1, once.
+fn install_handler() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        // SAFETY: a zeroed sigaction with a valid handler, an empty mask and
+        // SA_RESTART; the handler does nothing.
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigusr1 as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut())
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot install the SIGUSR1 handler: {}",
+                std::io::Error::last_os_error()
+            ))
+        }
+    })
+    .clone()
+}
+
+/// Operations between two updates of the shared progress counter.
+const PROGRESS_EVERY: u64 = 10_000;
+
+/// Runs one worker thread's `reps` operations with the pacing options.
+/// `op` returns `Ok(false)` when it found its structure empty. Returns the
+/// number of such operations and the thread's abort count.
+fn worker(
+    cfg: &Config,
+    progress: &AtomicU64,
+    mut op: impl FnMut() -> Result<bool, String>,
+) -> Result<(u64, u64), String> {
+    let mut empty = 0;
+    let mut pending = 0;
+    for i in 1..=cfg.reps {
+        if !op()? {
+            empty += 1;
+        }
+        if cfg.yield_every > 0 && i % cfg.yield_every == 0 {
+            std::thread::yield_now();
+        }
+        if cfg.sleep_every > 0 && i % cfg.sleep_every == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if cfg.signal_every > 0 && i % cfg.signal_every == 0 {
+            // SAFETY: signals the calling thread, which is alive; the
+            // handler is installed before any worker starts.
+            unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1) };
+        }
+        pending += 1;
+        if pending == PROGRESS_EVERY {
+            progress.fetch_add(pending, Ordering::Relaxed);
+            pending = 0;
+        }
+    }
+    progress.fetch_add(pending, Ordering::Relaxed);
+    Ok((empty, rseq::aborts()))
+}
+
+/// The totals of one scenario's threads.
+struct Run<M> {
+    ops: u64,
+    aborts: u64,
+    empty: u64,
+    elapsed: Duration,
+    errors: Vec<String>,
+    manager: Option<M>,
+}
+
+/// Runs `body(cfg, progress)` on `cfg.threads` threads (and `manager` on one
+/// more, told to stop when the workers are done), with a progress bar.
+fn run_threads<M: Send>(
+    cfg: &Config,
+    name: &str,
+    body: impl Fn(&AtomicU64) -> Result<(u64, u64), String> + Sync,
+    manager: Option<&(dyn Fn(&AtomicBool) -> M + Sync)>,
+) -> Run<M> {
+    let progress = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    // When the last worker finished, in nanoseconds from `begin`.
+    let last_end = AtomicU64::new(0);
+    let bar = progress_bar(cfg, name);
+    let begin = Instant::now();
+    let body = |progress: &AtomicU64| {
+        let r = body(progress);
+        last_end.fetch_max(begin.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    };
+    let mut run = std::thread::scope(|scope| {
+        let progress = &progress;
+        let body = &body;
+        let mut handles = Vec::with_capacity(cfg.threads);
+        let mut errors = Vec::new();
+        for _ in 0..cfg.threads {
+            match std::thread::Builder::new()
+                .name(format!("stress-{name}"))
+                .spawn_scoped(scope, move || body(progress))
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    errors.push(format!("cannot start a thread: {e}"));
+                    break;
+                }
+            }
+        }
+        let mgr = manager.map(|m| {
+            let stop = &stop;
+            scope.spawn(move || m(stop))
+        });
+        while !handles.iter().all(|h| h.is_finished()) {
+            bar.set_position(progress.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (mut aborts, mut empty) = (0, 0);
+        for h in handles {
+            match h.join() {
+                Ok(Ok((e, a))) => {
+                    empty += e;
+                    aborts += a;
+                }
+                Ok(Err(e)) => errors.push(e),
+                Err(p) => errors.push(panic_text(&p)),
+            }
+        }
+        let manager = match mgr.map(|m| m.join()) {
+            None => None,
+            Some(Ok(m)) => Some(m),
+            Some(Err(p)) => {
+                errors.push(panic_text(&p));
+                None
+            }
+        };
+        Run {
+            ops: 0,
+            aborts,
+            empty,
+            elapsed: Duration::ZERO,
+            errors,
+            manager,
+        }
+    });
+    run.elapsed = Duration::from_nanos(last_end.load(Ordering::Relaxed));
+    run.ops = progress.load(Ordering::Relaxed);
+    bar.finish_and_clear();
+    errors_dedup(&mut run.errors);
+    run
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    let text = p
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    format!("a worker panicked: {text}")
+}
+
+fn errors_dedup(errors: &mut Vec<String>) {
+    errors.sort();
+    errors.dedup();
+}
+
+/// The progress bar: on stderr, hidden with `--json` or when stderr is not
+/// a terminal.
+fn progress_bar(cfg: &Config, name: &str) -> ProgressBar {
+    if cfg.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(cfg.expected()), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "stress {msg:<10} {bar:30.cyan/blue} {pos:>9}/{len:9} ops {elapsed}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(name.to_string());
+    bar
+}
+
+/// Builds a scenario's result from a run and the scenario's own checks.
+fn result<M>(cfg: &Config, name: &'static str, run: &Run<M>, check: Vec<String>) -> ScenarioResult {
+    let mut problems = run.errors.clone();
+    if run.ops != cfg.expected() {
+        problems.push(format!("{} ops of {} completed", run.ops, cfg.expected()));
+    }
+    problems.extend(check);
+    let ok = problems.is_empty();
+    ScenarioResult {
+        name,
+        status: if ok { "ok" } else { "FAIL" },
+        ops: run.ops,
+        expected_ops: cfg.expected(),
+        aborts: run.aborts,
+        empty: run.empty,
+        elapsed_ms: run.elapsed.as_secs_f64() * 1e3,
+        detail: if ok {
+            String::new()
+        } else {
+            problems.join("; ")
+        },
+    }
+}
+
+fn not_run(
+    cfg: &Config,
+    name: &'static str,
+    status: &'static str,
+    detail: String,
+) -> ScenarioResult {
+    ScenarioResult {
+        name,
+        status,
+        ops: 0,
+        expected_ops: cfg.expected(),
+        aborts: 0,
+        empty: 0,
+        elapsed_ms: 0.0,
+        detail,
+    }
+}
+
+fn exact(what: &str, got: i64, want: u64) -> Vec<String> {
+    if got == want as i64 {
+        Vec::new()
+    } else {
+        vec![format!("{what} is {got}, expected {want}")]
+    }
+}
+
+// ---------------------------------------------------------------- increment
+
+fn increment(cfg: &Config) -> ScenarioResult {
+    let slots = lines(cfg.slots);
+    let run = run_threads::<()>(
+        cfg,
+        "increment",
+        |progress| {
+            worker(cfg, progress, || {
+                live(rseq::retry(cfg.index, |s| {
+                    let slot = &slots[cfg.slot(s)].0;
+                    // SAFETY: the slots are written only by rseq operations
+                    // with `cfg.index`, each on the slot of its index value;
+                    // the slot is an aligned i64 that outlives the threads.
+                    unsafe { rseq::add(s, slot.as_ptr(), 1) }
+                }))?
+                .map_err(|e| format!("add: {e}"))?;
+                Ok(true)
+            })
+        },
+        None,
+    );
+    let check = exact("the sum of the slots", sum(&slots), cfg.expected());
+    result(cfg, "increment", &run, check)
+}
+
+// ----------------------------------------------------------------- spinlock
+
+/// Failed lock attempts before the spinning thread yields: with many more
+/// threads than CPUs, the holder is often preempted.
+const SPINS_BEFORE_YIELD: u32 = 64;
+
+fn spinlock(cfg: &Config) -> ScenarioResult {
+    let locks = lines(cfg.slots);
+    let counts = lines(cfg.slots);
+    let run = run_threads::<()>(
+        cfg,
+        "spinlock",
+        |progress| {
+            worker(cfg, progress, || {
+                let mut spins = 0;
+                let slot = loop {
+                    let r = live(rseq::retry(cfg.index, |s| {
+                        let slot = cfg.slot(s);
+                        // SAFETY: a lock word goes 0 -> 1 only through this
+                        // rseq operation with `cfg.index` on the slot of its
+                        // index value; the only other write is the holder's
+                        // release store of 0 below, made while the word is 1,
+                        // when no section can commit a write to it.
+                        unsafe { rseq::cmpeqv_storev(s, locks[slot].0.as_ptr(), 0, 1) }
+                            .map(|()| slot)
+                    }))?;
+                    match r {
+                        Ok(slot) => break slot,
+                        Err(_) => {
+                            spins += 1;
+                            if spins % SPINS_BEFORE_YIELD == 0 {
+                                std::thread::yield_now();
+                            } else {
+                                std::hint::spin_loop();
+                            }
+                        }
+                    }
+                };
+                // The commit is a plain store that read the holder's release
+                // store of 0 under a control dependency: acquire (param_test's
+                // rseq_smp_acquire__after_ctrl_dep).
+                std::sync::atomic::fence(Ordering::Acquire);
+                // Not atomic on purpose: the lock protects it, even if this
+                // thread has migrated since taking it.
+                let c = &counts[slot].0;
+                c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                locks[slot].0.store(0, Ordering::Release);
+                Ok(true)
+            })
+        },
+        None,
+    );
+    let mut check = exact("the sum of the counters", sum(&counts), cfg.expected());
+    if sum(&locks) != 0 {
+        check.push("a lock is still held".into());
+    }
+    result(cfg, "spinlock", &run, check)
+}
+
+// --------------------------------------------------------------------- list
+
+/// List nodes (and buffer items) per reachable slot.
+const ITEMS_PER_SLOT: usize = 100;
+
+/// A list node; `next` is not the first field.
+#[repr(C)]
+struct Node {
+    id: usize,
+    next: AtomicPtr<Node>,
+}
+
+fn list(cfg: &Config) -> ScenarioResult {
+    let heads = lines(cfg.slots);
+    let count = ITEMS_PER_SLOT * cfg.reachable.len();
+    let nodes: Box<[Node]> = (0..count)
+        .map(|id| Node {
+            id,
+            next: AtomicPtr::new(std::ptr::null_mut()),
+        })
+        .collect();
+    for (i, n) in nodes.iter().enumerate() {
+        let head = &heads[cfg.reachable[i % cfg.reachable.len()]].0;
+        n.next
+            .store(head.load(Ordering::Relaxed) as *mut Node, Ordering::Relaxed);
+        head.store(n as *const Node as i64, Ordering::Relaxed);
+    }
+    let next_offset = std::mem::offset_of!(Node, next) as isize;
+    let run = run_threads::<()>(
+        cfg,
+        "list",
+        |progress| {
+            worker(cfg, progress, || {
+                let popped = live(rseq::retry(cfg.index, |s| {
+                    let head = heads[cfg.slot(s)].0.as_ptr() as *mut *mut u8;
+                    // SAFETY: the heads are written only by rseq operations
+                    // with `cfg.index` on the slot of their index value; the
+                    // nodes outlive the threads.
+                    unsafe {
+                        rseq::cmpnev_storeoffp_load(s, head, std::ptr::null_mut(), next_offset)
+                    }
+                }))?;
+                let node = match popped {
+                    Ok(p) => p as *const Node,
+                    Err(_) => return Ok(false),
+                };
+                loop {
+                    let r = live(rseq::retry(cfg.index, |s| {
+                        let head = &heads[cfg.slot(s)].0;
+                        let old = head.load(Ordering::Relaxed);
+                        // SAFETY: this thread owns the popped node until the
+                        // push commits.
+                        unsafe { (*node).next.store(old as *mut Node, Ordering::Relaxed) };
+                        // SAFETY: as for the pop.
+                        unsafe { rseq::cmpeqv_storev(s, head.as_ptr(), old, node as i64) }
+                    }))?;
+                    if r.is_ok() {
+                        return Ok(true);
+                    }
+                }
+            })
+        },
+        None,
+    );
+    let mut seen = vec![0u32; count];
+    let mut strays = 0;
+    for head in heads.iter() {
+        let mut p = head.0.load(Ordering::Acquire) as *const Node;
+        while !p.is_null() && strays == 0 {
+            if !nodes.as_ptr_range().contains(&p) {
+                strays += 1;
+                break;
+            }
+            // SAFETY: `p` points into `nodes`, and every thread is done.
+            let n = unsafe { &*p };
+            seen[n.id] += 1;
+            if seen[n.id] > 1 {
+                // A cycle or a duplicate: stop walking.
+                break;
+            }
+            p = n.next.load(Ordering::Relaxed);
+        }
+    }
+    let mut check = Vec::new();
+    let lost = seen.iter().filter(|&&c| c == 0).count();
+    let twice = seen.iter().filter(|&&c| c > 1).count();
+    if lost + twice + strays > 0 {
+        check.push(format!(
+            "{lost} nodes lost, {twice} seen twice, {strays} stray pointers, of {count}"
+        ));
+    }
+    result(cfg, "list", &run, check)
+}
+
+// ------------------------------------------------------- buffer and memcpy
+
+/// Per-slot bounded buffers: a length word per slot on its own line, and
+/// `cap` items of `words` i64 each per slot.
+struct Buffers {
+    len: Box<[Line<AtomicI64>]>,
+    items: Box<[AtomicI64]>,
+    cap: usize,
+    words: usize,
+}
+
+impl Buffers {
+    /// Buffers holding `ITEMS_PER_SLOT` items on each reachable slot. Each
+    /// can hold every item, so a push never finds its buffer full (as in
+    /// param_test).
+    fn new(cfg: &Config, words: usize, item: impl Fn(usize) -> [i64; 2]) -> (Buffers, usize) {
+        let count = ITEMS_PER_SLOT * cfg.reachable.len();
+        let b = Buffers {
+            len: lines(cfg.slots),
+            items: (0..cfg.slots * count * words)
+                .map(|_| AtomicI64::new(0))
+                .collect(),
+            cap: count,
+            words,
+        };
+        for id in 0..count {
+            let slot = cfg.reachable[id % cfg.reachable.len()];
+            let len = b.len[slot].0.load(Ordering::Relaxed) as usize;
+            let words_of = item(id);
+            for (w, v) in b.item(slot, len).iter().zip(words_of) {
+                w.store(v, Ordering::Relaxed);
+            }
+            b.len[slot].0.store(len as i64 + 1, Ordering::Relaxed);
+        }
+        (b, count)
+    }
+
+    fn item(&self, slot: usize, i: usize) -> &[AtomicI64] {
+        let at = (slot * self.cap + i) * self.words;
+        &self.items[at..at + self.words]
+    }
+
+    /// Every item, as its words.
+    fn contents(&self) -> Vec<Vec<i64>> {
+        let mut all = Vec::new();
+        for slot in 0..self.len.len() {
+            let n = self.len[slot].0.load(Ordering::Acquire) as usize;
+            for i in 0..n.min(self.cap) {
+                all.push(
+                    self.item(slot, i)
+                        .iter()
+                        .map(|w| w.load(Ordering::Relaxed))
+                        .collect(),
+                );
+            }
+        }
+        all
+    }
+}
+
+/// Counts of the ids `0..count` in `ids`, as check messages.
+fn every_id_once(ids: impl Iterator<Item = Option<usize>>, count: usize) -> Vec<String> {
+    let mut seen = vec![0u32; count];
+    let mut bad = 0;
+    for id in ids {
+        match id {
+            Some(i) if i < count => seen[i] += 1,
+            _ => bad += 1,
+        }
+    }
+    let lost = seen.iter().filter(|&&c| c == 0).count();
+    let twice = seen.iter().filter(|&&c| c > 1).count();
+    if lost + twice + bad > 0 {
+        vec![format!(
+            "{lost} items lost, {twice} seen twice, {bad} corrupt, of {count}"
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+fn buffer(cfg: &Config) -> ScenarioResult {
+    // Items are the ids plus one: never 0.
+    let (b, count) = Buffers::new(cfg, 1, |id| [id as i64 + 1, 0]);
+    let run = run_threads::<()>(
+        cfg,
+        "buffer",
+        |progress| {
+            worker(cfg, progress, || match pop_item(cfg, &b)? {
+                Some(item) => push_item(cfg, &b, item).map(|()| true),
+                None => Ok(false),
+            })
+        },
+        None,
+    );
+    let ids = b
+        .contents()
+        .into_iter()
+        .map(|w| usize::try_from(w[0] - 1).ok());
+    let check = every_id_once(ids, count);
+    result(cfg, "buffer", &run, check)
+}
+
+/// Pops the top item of the buffer of the slot the thread runs with, or
+/// `None` when that buffer is empty.
+///
+/// The length decrement commits only if both the length and the top item
+/// are unchanged (param_test's `cmpeqv_cmpeqv_storev`): comparing the length
+/// alone would let a pop and a push by other threads, between the read of
+/// the item and the section, hand out a stale item a second time.
+fn pop_item(cfg: &Config, b: &Buffers) -> Result<Option<i64>, String> {
+    loop {
+        let r = live(rseq::retry(cfg.index, |s| {
+            let slot = cfg.slot(s);
+            let len = &b.len[slot].0;
+            let seen = len.load(Ordering::Acquire);
+            if seen <= 0 {
+                return Ok(None);
+            }
+            let top = &b.item(slot, seen as usize - 1)[0];
+            let item = top.load(Ordering::Relaxed);
+            // SAFETY: lengths and items are written only by rseq operations
+            // with `cfg.index` on the slot of their index value; `len` and
+            // `top` are aligned i64s inside the buffers, which outlive the
+            // threads.
+            unsafe {
+                rseq::cmpeqv_cmpeqv_storev(s, len.as_ptr(), seen, top.as_ptr(), item, seen - 1)
+            }
+            .map(|()| Some(item))
+        }))?;
+        if let Ok(item) = r {
+            return Ok(item);
+        }
+    }
+}
+
+/// Pushes `item` onto the buffer of the slot the thread runs with.
+fn push_item(cfg: &Config, b: &Buffers, item: i64) -> Result<(), String> {
+    loop {
+        let r = live(rseq::retry(cfg.index, |s| {
+            let slot = cfg.slot(s);
+            let len = &b.len[slot].0;
+            let seen = len.load(Ordering::Relaxed);
+            assert!(
+                (seen as usize) < b.cap,
+                "a buffer is full, which its capacity rules out"
+            );
+            let next = &b.item(slot, seen as usize)[0];
+            // SAFETY: as in `pop_item`; `next` is the free item past the
+            // length, which only matters once the length commits.
+            unsafe {
+                rseq::cmpeqv_trystorev_storev(
+                    s,
+                    len.as_ptr(),
+                    seen,
+                    next.as_ptr(),
+                    item,
+                    seen + 1,
+                    Commit::Release,
+                )
+            }
+        }))?;
+        if r.is_ok() {
+            return Ok(());
+        }
+    }
+}
+
+/// The second word of a memcpy item: detects torn copies.
+const CHECK: i64 = 0x5a5a_1234_c3c3_9876;
+
+fn memcpy(cfg: &Config) -> ScenarioResult {
+    let (b, count) = Buffers::new(cfg, 2, |id| [id as i64, id as i64 ^ CHECK]);
+    let run = run_threads::<()>(
+        cfg,
+        "memcpy",
+        |progress| {
+            worker(cfg, progress, || {
+                // Copy out: in the section, the top item into a local
+                // buffer, then commit the length decrement (param_test).
+                let mut out = [0u8; 16];
+                let popped = loop {
+                    let r = live(rseq::retry(cfg.index, |s| {
+                        let slot = cfg.slot(s);
+                        let len = &b.len[slot].0;
+                        let seen = len.load(Ordering::Acquire);
+                        if seen <= 0 {
+                            return Ok(false);
+                        }
+                        let top = b.item(slot, seen as usize - 1);
+                        // SAFETY: the 16 bytes of the top item; items are
+                        // written only by rseq operations with `cfg.index`
+                        // on the slot of their index value, so none writes
+                        // them while this section runs with that value.
+                        let src =
+                            unsafe { std::slice::from_raw_parts(top.as_ptr() as *const u8, 16) };
+                        // SAFETY: the length is written only by rseq
+                        // operations as above; `out` is this thread's.
+                        unsafe {
+                            rseq::cmpeqv_trymemcpy_storev(
+                                s,
+                                len.as_ptr(),
+                                seen,
+                                out.as_mut_ptr(),
+                                src,
+                                seen - 1,
+                                Commit::Relaxed,
+                            )
+                        }
+                        .map(|()| true)
+                    }))?;
+                    match r {
+                        Ok(p) => break p,
+                        Err(_) => continue,
+                    }
+                };
+                if !popped {
+                    return Ok(false);
+                }
+                // Copy in: the item past the length, committed with release.
+                loop {
+                    let r = live(rseq::retry(cfg.index, |s| {
+                        let slot = cfg.slot(s);
+                        let len = &b.len[slot].0;
+                        let seen = len.load(Ordering::Relaxed);
+                        assert!(
+                            (seen as usize) < b.cap,
+                            "a buffer is full, which its capacity rules out"
+                        );
+                        let dst = b.item(slot, seen as usize).as_ptr() as *mut u8;
+                        // SAFETY: as for the copy out; `dst` is the free
+                        // 16-byte item past the length.
+                        unsafe {
+                            rseq::cmpeqv_trymemcpy_storev(
+                                s,
+                                len.as_ptr(),
+                                seen,
+                                dst,
+                                &out,
+                                seen + 1,
+                                Commit::Release,
+                            )
+                        }
+                    }))?;
+                    if r.is_ok() {
+                        return Ok(true);
+                    }
+                }
+            })
+        },
+        None,
+    );
+    let ids = b.contents().into_iter().map(|w| {
+        if w[1] == w[0] ^ CHECK {
+            usize::try_from(w[0]).ok()
+        } else {
+            None
+        }
+    });
+    let check = every_id_once(ids, count);
+    result(cfg, "memcpy", &run, check)
+}
+
+// --------------------------------------------------------------- membarrier
+
+fn membarrier(cfg: &Config) -> ScenarioResult {
+    if rseq::path() != rseq::Path::CriticalSections {
+        return not_run(
+            cfg,
+            "membarrier",
+            "skipped",
+            "the locked fallback does not abort on a fence".into(),
+        );
+    }
+    let kind = fence::kind();
+    if kind != FenceKind::Rseq {
+        return not_run(
+            cfg,
+            "membarrier",
+            "skipped",
+            format!("needs MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ; the fence here is {kind}"),
+        );
+    }
+    let arrays = [lines(cfg.slots), lines(cfg.slots)];
+    // Per slot: a pointer to that slot's counter in the active array.
+    let active = lines(cfg.slots);
+    for (i, a) in active.iter().enumerate() {
+        a.0.store(arrays[0][i].0.as_ptr() as i64, Ordering::Relaxed);
+    }
+    let manager = |stop: &AtomicBool| -> (u64, Vec<String>) {
+        // Which array each reachable slot uses, and the value its other
+        // array had right after the fence that retired it.
+        let mut which = vec![0usize; cfg.slots];
+        let mut retired: Vec<Option<i64>> = vec![None; cfg.slots];
+        let (mut swaps, mut problems) = (0u64, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            for &slot in &cfg.reachable {
+                let old = which[slot];
+                let new = 1 - old;
+                // The new array's counter must not have moved since it was
+                // retired: no section may use a retired array.
+                if let Some(v) = retired[slot] {
+                    let now = arrays[new][slot].0.load(Ordering::Relaxed);
+                    if now != v {
+                        problems.push(format!(
+                            "slot {slot}: a retired counter changed from {v} to {now}"
+                        ));
+                    }
+                }
+                active[slot]
+                    .0
+                    .store(arrays[new][slot].0.as_ptr() as i64, Ordering::Release);
+                let fenced = match cfg.index {
+                    Index::CpuId => fence::fence_cpu(slot as u32),
+                    Index::MmCid => fence::fence_all(),
+                };
+                if let Err(e) = fenced {
+                    problems.push(format!("fence on slot {slot}: {e}"));
+                    return (swaps, problems);
+                }
+                which[slot] = new;
+                retired[slot] = Some(arrays[old][slot].0.load(Ordering::Acquire));
+                swaps += 1;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        (swaps, problems)
+    };
+    let run = run_threads(
+        cfg,
+        "membarrier",
+        |progress| {
+            worker(cfg, progress, || {
+                live(rseq::retry(cfg.index, |s| {
+                    let ptr = active[cfg.slot(s)].0.as_ptr() as *mut *mut u8;
+                    // SAFETY: the counters are written only by this rseq
+                    // operation with `cfg.index` on the slot of its index
+                    // value. The manager stores the pointers with atomic
+                    // stores and fences the slot's CPU before it relies on
+                    // the old counter, so a section that loaded the old
+                    // pointer aborts instead of committing; both arrays
+                    // outlive the threads.
+                    unsafe { rseq::offset_deref_addv(s, ptr, 0, 1) }
+                }))?
+                .map_err(|e| format!("offset_deref_addv: {e}"))?;
+                Ok(true)
+            })
+        },
+        Some(&manager),
+    );
+    let total = sum(&arrays[0]) + sum(&arrays[1]);
+    let mut check = exact("the sum of both arrays", total, cfg.expected());
+    let mut swaps = 0;
+    if let Some((s, problems)) = &run.manager {
+        swaps = *s;
+        check.extend(problems.iter().take(5).cloned());
+    }
+    let mut r = result(cfg, "membarrier", &run, check);
+    if r.detail.is_empty() {
+        r.detail = format!("{swaps} swaps with fences");
+    }
+    r
+}
+
+// ---------------------------------------------------------------------- run
+
+/// The CPUs the process may run on.
+fn allowed_cpus() -> Result<Vec<usize>, String> {
+    // SAFETY: cpu_set_t is plain data; all-zero is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes to `set`.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return Err(format!(
+            "cannot read the CPU affinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: CPU_ISSET only reads the set.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Runs `ktl stress`.
+pub fn run(args: &StressArgs) -> Result<(), String> {
+    if args.reps == 0 {
+        return Err("--reps must be at least 1".into());
+    }
+    if args.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    if rseq::start(Index::CpuId).is_none() {
+        return Err(format!(
+            "rseq is unavailable in this thread (owner: {}): ktl stress needs a live rseq area",
+            ktl::layout().owner
+        ));
+    }
+    let allowed = allowed_cpus()?;
+    let possible = ktl::cpu::possible_cpus()
+        .map(|n| n as usize)
+        .unwrap_or(libc::CPU_SETSIZE as usize);
+    let slots = possible.max(allowed.iter().max().map_or(1, |m| m + 1));
+    let (index, index_name) = match args.index {
+        IndexArg::Cpu => (Index::CpuId, "cpu"),
+        IndexArg::MmCid => (Index::MmCid, "mm-cid"),
+    };
+    let reachable = match index {
+        Index::CpuId => allowed.clone(),
+        Index::MmCid => (0..allowed.len().min(slots)).collect(),
+    };
+    let cfg = Config {
+        index,
+        threads: args.threads,
+        reps: args.reps,
+        yield_every: args.yield_every,
+        sleep_every: args.sleep_every,
+        signal_every: args.signal_every,
+        json: args.json,
+        slots,
+        reachable,
+    };
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Scenario::All => vec![
+            Scenario::Increment,
+            Scenario::Spinlock,
+            Scenario::List,
+            Scenario::Buffer,
+            Scenario::Memcpy,
+            Scenario::Membarrier,
+        ],
+        one => vec![one],
+    };
+    if cfg.signal_every > 0 {
+        install_handler()?;
+    }
+    let index_live = rseq::start(index).is_some();
+    let mut results = Vec::new();
+    for sc in scenarios {
+        if !index_live {
+            results.push(not_run(
+                &cfg,
+                sc.name(),
+                "n/a",
+                "the kernel does not provide mm_cid (Linux 6.3+), or this thread has no live area for it".into(),
+            ));
+            continue;
+        }
+        let r = match sc {
+            Scenario::Increment => increment(&cfg),
+            Scenario::Spinlock => spinlock(&cfg),
+            Scenario::List => list(&cfg),
+            Scenario::Buffer => buffer(&cfg),
+            Scenario::Memcpy => memcpy(&cfg),
+            Scenario::Membarrier => membarrier(&cfg),
+            Scenario::All => unreachable!("expanded above"),
+        };
+        if !args.json {
+            print_line(&r);
+        }
+        results.push(r);
+    }
+    let pass = results.iter().all(|r| r.status != "FAIL");
+    let report = StressReport {
+        schema: "ktl-stress/1",
+        index: index_name,
+        path: rseq::path().to_string(),
+        fence: fence::kind().to_string(),
+        threads: cfg.threads,
+        reps: cfg.reps,
+        yield_every: cfg.yield_every,
+        sleep_every: cfg.sleep_every,
+        signal_every: cfg.signal_every,
+        slots: cfg.slots,
+        scenarios: results,
+        pass,
+    };
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| format!("cannot encode the results: {e}"))?;
+        println!("{text}");
+    } else {
+        for r in report.scenarios.iter().filter(|r| r.status == "n/a") {
+            print_line(r);
+        }
+        println!(
+            "{} threads x {} reps, index {}, {}, {} slots",
+            report.threads, report.reps, report.index, report.path, report.slots
+        );
+    }
+    if pass {
+        Ok(())
+    } else {
+        let failed: Vec<&str> = report
+            .scenarios
+            .iter()
+            .filter(|r| r.status == "FAIL")
+            .map(|r| r.name)
+            .collect();
+        Err(format!("stress failed: {}", failed.join(", ")))
+    }
+}
+
+fn print_line(r: &ScenarioResult) {
+    println!(
+        "{:<7} {:<10} {:>10} ops {:>9} aborts {:>8} empty {:>9.1} ms  {}",
+        r.status, r.name, r.ops, r.aborts, r.empty, r.elapsed_ms, r.detail
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_128_bytes_apart() {
+        let l = lines(3);
+        assert_eq!(std::mem::size_of::<Line<AtomicI64>>(), 128);
+        assert_eq!(l[0].0.as_ptr() as usize % 128, 0);
+    }
+
+    #[test]
+    fn every_id_once_finds_losses_and_duplicates() {
+        assert!(every_id_once([Some(0), Some(1)].into_iter(), 2).is_empty());
+        assert_eq!(every_id_once([Some(0), Some(0)].into_iter(), 2).len(), 1);
+        assert_eq!(every_id_once([Some(0), None].into_iter(), 2).len(), 1);
+    }
+}

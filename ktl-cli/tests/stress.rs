@@ -1,0 +1,153 @@
+//! `ktl stress` in a real process: every scenario with both indexes under
+//! signals and yields, the full thread count for `increment`, and the
+//! rejection of `--reps 0`.
+
+#[path = "../../ktl/tests/support/seccomp.rs"]
+mod seccomp;
+
+use serde_json::Value;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+
+fn ktl(args: &[&str]) -> Output {
+    ktl_with(args, |_| {})
+}
+
+fn ktl_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ktl"));
+    cmd.arg("stress").args(args).env_remove("GLIBC_TUNABLES");
+    configure(&mut cmd);
+    cmd.output().expect("run ktl stress")
+}
+
+/// Runs `ktl stress --json` with `args`, checks that it succeeded and that
+/// every scenario is ok with `threads x reps` ops, and returns the report.
+/// A scenario may be `skipped` (membarrier without the rseq fence) or `n/a`
+/// (mm-cid on a kernel without it) only with a reason, which is printed.
+fn stress(args: &[&str], threads: u64, reps: u64, scenarios: &[&str]) -> Value {
+    stress_with(args, threads, reps, scenarios, |_| {})
+}
+
+fn stress_with(
+    args: &[&str],
+    threads: u64,
+    reps: u64,
+    scenarios: &[&str],
+    configure: impl FnOnce(&mut Command),
+) -> Value {
+    let (t, r) = (threads.to_string(), reps.to_string());
+    let mut all = vec!["--json", "--threads", &t, "--reps", &r];
+    all.extend_from_slice(args);
+    let out = ktl_with(&all, configure);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "ktl stress {all:?} failed:\n{stdout}");
+    assert_eq!(report["schema"], "ktl-stress/1");
+    assert_eq!(report["pass"], true, "{report:#}");
+    let list = report["scenarios"].as_array().expect("scenarios");
+    let names: Vec<&str> = list.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, scenarios, "{report:#}");
+    for s in list {
+        match s["status"].as_str().unwrap() {
+            "ok" => {
+                assert_eq!(s["ops"], threads * reps, "{s:#}");
+                assert_eq!(s["expected_ops"], threads * reps, "{s:#}");
+                assert!(s["aborts"].is_u64() && s["empty"].is_u64(), "{s:#}");
+            }
+            "skipped" | "n/a" => {
+                assert!(!s["detail"].as_str().unwrap().is_empty(), "{s:#}");
+                eprintln!("SKIPPED {}: {}", s["name"], s["detail"]);
+            }
+            other => panic!("status {other}: {s:#}"),
+        }
+    }
+    report
+}
+
+const ALL: [&str; 6] = [
+    "increment",
+    "spinlock",
+    "list",
+    "buffer",
+    "memcpy",
+    "membarrier",
+];
+
+#[test]
+fn every_scenario_with_cpu_index_under_signals_and_yields() {
+    let r = stress(
+        &[
+            "--index",
+            "cpu",
+            "--signal-every",
+            "100",
+            "--yield-every",
+            "50",
+        ],
+        16,
+        2000,
+        &ALL,
+    );
+    assert_eq!(r["index"], "cpu");
+}
+
+#[test]
+fn every_scenario_with_mm_cid_index_under_signals_and_yields() {
+    let r = stress(
+        &[
+            "--index",
+            "mm-cid",
+            "--signal-every",
+            "100",
+            "--yield-every",
+            "50",
+        ],
+        16,
+        2000,
+        &ALL,
+    );
+    assert_eq!(r["index"], "mm-cid");
+}
+
+#[test]
+fn every_scenario_with_sleeps() {
+    stress(&["--sleep-every", "500"], 8, 1000, &ALL);
+}
+
+#[test]
+fn increment_with_the_default_200_threads() {
+    let r = stress(&["--scenario", "increment"], 200, 10_000, &["increment"]);
+    assert_eq!(r["threads"], 200);
+}
+
+#[test]
+fn zero_reps_is_a_clear_error() {
+    let out = ktl(&["--reps", "0"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--reps must be at least 1"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn every_scenario_on_the_locked_fallback() {
+    let program = seccomp::deny_rseq_program(libc::ENOSYS);
+    let r = stress_with(&["--signal-every", "100"], 8, 500, &ALL, |cmd| {
+        // SAFETY: the closure runs in the child between fork and exec; it
+        // only makes system calls on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || seccomp::install(&program, false));
+        }
+    });
+    assert_eq!(
+        r["path"], "a lock per index value (rseq unavailable)",
+        "{r:#}"
+    );
+    let membarrier = &r["scenarios"][5];
+    assert_eq!(membarrier["status"], "skipped", "{r:#}");
+}
