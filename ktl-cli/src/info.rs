@@ -107,6 +107,10 @@ pub struct RseqReport {
     /// How the restartable-sequence operations run: `"critical_sections"`,
     /// or `"locked"` (the fallback: a lock per index value).
     pub operations: &'static str,
+    /// How the operations run in a thread without an area: `"fenced"` (a
+    /// lock per index value and an rseq fence), `"locked"`, or `"none"`
+    /// (such a thread cannot run them: `rseq::start` returns `None`).
+    pub without_area: &'static str,
     /// The membarrier fence: `"rseq"` (aborts sequences), `"expedited"` (a
     /// barrier only) or `"unavailable"`.
     pub fence: &'static str,
@@ -127,6 +131,16 @@ fn source_name(s: Source) -> &'static str {
         Source::GetcpuSyscall => "getcpu_syscall",
         Source::CpuId => "cpu_id",
         Source::Nothing => "none",
+    }
+}
+
+/// The JSON name of an operations path (`None`: no path).
+fn path_name(p: Option<ktl::rseq::Path>) -> &'static str {
+    match p {
+        Some(ktl::rseq::Path::CriticalSections) => "critical_sections",
+        Some(ktl::rseq::Path::Fenced) => "fenced",
+        Some(ktl::rseq::Path::Locked) => "locked",
+        None => "none",
     }
 }
 
@@ -237,10 +251,8 @@ pub fn gather() -> Report {
         },
         fallbacks,
         rseq: RseqReport {
-            operations: match ktl::rseq::path() {
-                ktl::rseq::Path::CriticalSections => "critical_sections",
-                ktl::rseq::Path::Locked => "locked",
-            },
+            operations: path_name(Some(ktl::rseq::path())),
+            without_area: path_name(ktl::rseq::without_area()),
             fence: match ktl::rseq::fence::kind() {
                 ktl::rseq::fence::FenceKind::Rseq => "rseq",
                 ktl::rseq::fence::FenceKind::Expedited => "expedited",
@@ -344,6 +356,12 @@ fn print_text(r: &Report) {
         r.thread.mm_cid, r.thread.sources.mm_cid
     );
     println!("rseq operations        {}", ktl::rseq::path());
+    match ktl::rseq::without_area() {
+        Some(p) => println!("  without an area      {p}"),
+        None => println!(
+            "  without an area      none: a thread without an area cannot run them (needs the rseq fence)"
+        ),
+    }
     println!("membarrier fence       {}", ktl::rseq::fence::kind());
     if r.fallbacks.is_empty() {
         println!(

@@ -63,6 +63,7 @@ fn assert_glibc_owned(r: &Value, lookup: &str) {
     );
     assert_eq!(r["info"]["thread"]["sources"]["cpu_id"], "area");
     assert_eq!(r["info"]["rseq"]["operations"], "critical_sections");
+    assert_without_area_is_fenced(r);
 }
 
 fn assert_ktl_owned(r: &Value) {
@@ -79,6 +80,7 @@ fn assert_ktl_owned(r: &Value) {
     );
     assert_eq!(r["info"]["thread"]["sources"]["cpu_id"], "area");
     assert_eq!(r["info"]["rseq"]["operations"], "critical_sections");
+    assert_without_area_is_fenced(r);
     let regs = &r["info"]["registrations"];
     assert_eq!(regs["register_failures"], 0);
 }
@@ -96,6 +98,17 @@ fn assert_unavailable(r: &Value, errno: Option<i32>, words: &str) {
     );
     assert_ne!(r["info"]["thread"]["sources"]["cpu_id"], "area");
     assert_eq!(r["info"]["rseq"]["operations"], "locked");
+    assert_eq!(r["info"]["rseq"]["without_area"], "locked");
+}
+
+/// A thread without an area in a process whose other threads have one takes
+/// the fenced fallback where the membarrier rseq fence exists.
+fn assert_without_area_is_fenced(r: &Value) {
+    let want = match r["info"]["rseq"]["fence"].as_str() {
+        Some("rseq") => "fenced",
+        _ => "none",
+    };
+    assert_eq!(r["info"]["rseq"]["without_area"], want, "{r:#}");
 }
 
 #[test]

@@ -442,6 +442,8 @@ struct ThreadRegistration {
 const NOT_ATTEMPTED: u8 = 0;
 const REGISTERED_STATE: u8 = 1;
 const FAILED: u8 = 2;
+/// Released with [`release_current_thread`]: never registered again.
+const RELEASED: u8 = 3;
 
 impl Drop for ThreadRegistration {
     fn drop(&mut self) {
@@ -481,7 +483,7 @@ fn ensure_thread_registered(len: u32) -> bool {
     REGISTRATION
         .try_with(|r| match r.state.get() {
             REGISTERED_STATE => true,
-            FAILED => false,
+            FAILED | RELEASED => false,
             _ => register_with(r, len).is_ok(),
         })
         .unwrap_or(false)
@@ -496,6 +498,91 @@ fn register_current_thread(len: u32) -> Result<(), Option<i32>> {
             _ => register_with(r, len).map_err(Some),
         })
         .unwrap_or(Err(None))
+}
+
+/// Why [`release_current_thread`] did not release the calling thread's area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseError {
+    /// The C library owns the areas ([`Owner::Libc`]); ktl never unregisters
+    /// an area it did not register.
+    OwnedByLibc,
+    /// The kernel refused the unregistration; the area stays registered.
+    Kernel(sys::Errno),
+}
+
+impl fmt::Display for ReleaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReleaseError::OwnedByLibc => f.write_str(
+                "the C library owns this thread's rseq area; ktl only unregisters areas it registered",
+            ),
+            ReleaseError::Kernel(e) => write!(f, "the kernel refused to unregister the area: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReleaseError {}
+
+/// Unregisters ktl's rseq area of the calling thread, and never registers
+/// one for it again.
+///
+/// Afterwards the thread runs every API on its fallbacks: the accessors
+/// read the CPU through the vDSO or a system call, and restartable-sequence
+/// operations take [`Path::Fenced`](crate::rseq::Path::Fenced) (or
+/// `rseq::start` returns `None` where that path is unavailable). Other
+/// threads are unaffected. Use it to hand the thread's one rseq
+/// registration to other code that registers its own area, or to run the
+/// fallbacks next to the fast path in tests (`ktl stress --rseq-off-every`).
+///
+/// It is safe at any point, even from a signal handler: a critical section
+/// that this thread had started is aborted by the signal that interrupted
+/// it, and one started afterwards on the released area finds `cpu_id` at -1
+/// (the kernel resets it on unregistration) and aborts.
+///
+/// Returns `Ok` when the thread has no ktl registration to release (the
+/// owner is [`Owner::Unavailable`], the registration had failed, or it was
+/// already released).
+///
+/// # Errors
+///
+/// [`ReleaseError::OwnedByLibc`] when the C library owns the areas, and
+/// [`ReleaseError::Kernel`] when the kernel refuses (not expected: the
+/// arguments are those of the registration).
+///
+/// See `rseq(2)`, `RSEQ_FLAG_UNREGISTER`.
+pub fn release_current_thread() -> Result<(), ReleaseError> {
+    match decision().layout.owner {
+        Owner::Libc => return Err(ReleaseError::OwnedByLibc),
+        Owner::Unavailable(_) => return Ok(()),
+        Owner::Ktl(_) => {}
+    }
+    REGISTRATION
+        .try_with(|r| {
+            if r.state.get() != REGISTERED_STATE {
+                r.state.set(RELEASED);
+                return Ok(());
+            }
+            // SAFETY: the arguments are those of this thread's live
+            // registration (see `ThreadRegistration::drop`).
+            let result = unsafe {
+                sys::rseq(
+                    area_ptr(arch::own_area_offset()),
+                    r.len.get(),
+                    abi::RSEQ_FLAG_UNREGISTER,
+                    abi::RSEQ_SIG,
+                )
+            };
+            match result {
+                Ok(()) => {
+                    r.state.set(RELEASED);
+                    UNREGISTERED.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => Err(ReleaseError::Kernel(sys::Errno(e))),
+            }
+        })
+        // The thread's TLS destructors ran: its area is unregistered already.
+        .unwrap_or(Ok(()))
 }
 
 fn register_with(r: &ThreadRegistration, len: u32) -> Result<(), i32> {

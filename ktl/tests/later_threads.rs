@@ -2,6 +2,9 @@
 //! created afterwards, the way some sandboxes and emulators behave. The first
 //! thread keeps its area; the later ones must fall back and still be right.
 //!
+//! Their restartable-sequence operations take the fenced fallback, on the
+//! same counters as the first thread's critical sections.
+//!
 //! The scenario runs in a fresh process (this test binary re-executed), so
 //! the filter and the owner decision do not leak into other tests.
 //!
@@ -58,10 +61,51 @@ fn child(expect_owner: &str) {
     }
     // The main thread still has its area.
     assert_eq!(ktl::cpu::sources().cpu_id, Source::Area);
+    operations_on_both_paths();
     assert!(
         ktl::area::stats().register_failures > failures_before,
         "the refused registrations are counted"
     );
+}
+
+/// Restartable-sequence operations from the main thread (critical
+/// sections) and from later threads (no area: the fenced fallback) on the
+/// same per-CPU counters at the same time, with an exact total.
+fn operations_on_both_paths() {
+    use ktl::rseq::{self, Index, Path};
+    use std::sync::atomic::{AtomicI64, Ordering};
+    if rseq::without_area() != Some(Path::Fenced) {
+        eprintln!(
+            "SKIPPED operations_on_both_paths: threads without an area take {:?} \
+             (the membarrier rseq fence is {})",
+            rseq::without_area(),
+            rseq::fence::kind()
+        );
+        return;
+    }
+    let slots: Vec<AtomicI64> = (0..4096).map(|_| AtomicI64::new(0)).collect();
+    let add = |n: u64, want: Path| {
+        for _ in 0..n {
+            rseq::retry(Index::CpuId, |s| {
+                assert_eq!(s.path(), want);
+                // SAFETY: the slots are written only by rseq operations
+                // indexed by CPU, and CPU numbers are below 4096 here.
+                unsafe { rseq::add(s, slots[s.value() as usize].as_ptr(), 1) }
+            })
+            .expect("every thread can run operations")
+            .expect("add never fails a compare");
+        }
+    };
+    const FENCED: u64 = 2_000;
+    const SECTIONS: u64 = 200_000;
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| add(FENCED, Path::Fenced));
+        }
+        add(SECTIONS, Path::CriticalSections);
+    });
+    let total: i64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+    assert_eq!(total as u64, SECTIONS + 2 * FENCED, "no lost update");
 }
 
 fn run_child(expect_owner: &str) {

@@ -131,7 +131,10 @@ pub(crate) unsafe fn rdpid() -> u64 {
 /// descriptor's address into the area's `rseq_cs` (the area's address is in
 /// x0), and enters the section at label 6, whose first instructions compare
 /// the index field with `value` (in w1), leaving for the abort handler if it
-/// changed.
+/// changed, then leave the same way if the index value's gate (the `{gate}`
+/// operand) is closed: a thread without an area holds it (see
+/// `rseq::locked`). The gate is read with a load-acquire, so the section sees
+/// what the gate's last holder wrote before it opened the gate.
 macro_rules! rseq_cs_enter {
     () => {
         concat!(
@@ -143,6 +146,8 @@ macro_rules! rseq_cs_enter {
             "ldr w10, [x0, #{field}]\n",
             "cmp w10, w1\n",
             "b.ne 8f\n",
+            "ldar w10, [{gate}]\n",
+            "cbnz w10, 8f\n",
             rseq_delay_inside!(),
         )
     };
@@ -215,12 +220,14 @@ macro_rules! rseq_cs_leave {
 ///
 /// # Safety
 /// `area` must be the offset from the thread pointer of the calling thread's
-/// registered rseq area; `v` must be valid for reads and writes of an `i64`
-/// and 8-byte aligned. The block uses 16 bytes of stack.
+/// registered rseq area; `gate` must be valid for reads of a `u32` and
+/// 4-byte aligned; `v` must be valid for reads and writes of an `i64` and
+/// 8-byte aligned. The block uses 16 bytes of stack.
 #[inline(always)]
 pub(crate) unsafe fn rseq_add<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     count: i64,
 ) -> Result<(), crate::rseq::Failure> {
@@ -237,6 +244,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
             rseq_cs_leave!(),
             field = const FIELD,
             in("x0") area,
+            gate = in(reg) gate,
             in("w1") value,
             in("x2") v,
             in("x3") count,
@@ -255,6 +263,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
 pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     expect: i64,
     newv: i64,
@@ -273,6 +282,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
             rseq_cs_leave!(cmpfail),
             field = const FIELD,
             in("x0") area,
+            gate = in(reg) gate,
             in("w1") value,
             in("x2") v,
             in("x3") expect,
@@ -295,6 +305,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
 pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut *mut u8,
     expectnot: *mut u8,
     voffp: isize,
@@ -316,6 +327,7 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
             rseq_cs_leave!(cmpfail),
             field = const FIELD,
             in("x0") area,
+            gate = in(reg) gate,
             in("w1") value,
             in("x2") v,
             in("x3") expectnot,
@@ -336,6 +348,7 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
 pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     ptr: *mut *mut u8,
     off: isize,
     inc: i64,
@@ -355,6 +368,7 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
             rseq_cs_leave!(),
             field = const FIELD,
             in("x0") area,
+            gate = in(reg) gate,
             in("w1") value,
             in("x2") ptr,
             in("x3") off,
@@ -370,9 +384,11 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
 /// # Safety
 /// As for the x86_64 version.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
 pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     expect: i64,
     v2: *const i64,
@@ -396,6 +412,7 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
             rseq_cs_leave!(cmpfail),
             field = const FIELD,
             in("x0") area,
+            gate = in(reg) gate,
             in("w1") value,
             in("x2") v,
             in("x3") expect,
@@ -415,9 +432,11 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
 /// # Safety
 /// As for the x86_64 version.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
 pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELEASE: bool>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     expect: i64,
     v2: *mut i64,
@@ -444,6 +463,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
             field = const FIELD,
             release = const RELEASE as u8,
             in("x0") area,
+            gate = in(reg) gate,
             in("w1") value,
             in("x2") v,
             in("x3") expect,
@@ -467,6 +487,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
 pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELEASE: bool>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     expect: i64,
     dst: *mut u8,
@@ -502,6 +523,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELE
             field = const FIELD,
             release = const RELEASE as u8,
             in("x0") area,
+            gate = in(reg) gate,
             in("w1") value,
             in("x2") v,
             in("x3") expect,

@@ -199,8 +199,11 @@ pub(crate) unsafe fn rdpid() -> u64 {
 
 /// Stores the descriptor's address into the area's `rseq_cs` and enters the
 /// section at label 6, whose first instructions compare the index field
-/// with `value` (in `%edx`), leaving for the abort handler if it changed.
-/// The area's offset is in `%rdi`.
+/// with `value` (in `%edx`), leaving for the abort handler if it changed,
+/// then leave the same way if the index value's gate (the `{gate}` operand)
+/// is closed: a thread without an area holds it (see `rseq::locked`). On
+/// x86_64 the gate's plain load is an acquire load. The area's offset is in
+/// `%rdi`.
 ///
 /// An `asm!` with `label` operands may have no outputs, so it gets no scratch
 /// register from the compiler. Instead `%rax` is an input holding 0: the
@@ -220,6 +223,8 @@ macro_rules! rseq_cs_enter {
             "6:\n",
             "xor eax, eax\n",
             "cmp dword ptr fs:[rdi + {field}], edx\n",
+            "jne 8f\n",
+            "cmp dword ptr [{gate}], 0\n",
             "jne 8f\n",
             rseq_delay_inside!(),
         )
@@ -273,12 +278,14 @@ macro_rules! rseq_abort_handler {
 ///
 /// # Safety
 /// `area` must be the offset from the thread pointer of the calling thread's
-/// registered rseq area; `v` must be valid for reads and writes of an `i64`
-/// and 8-byte aligned.
+/// registered rseq area; `gate` must be valid for reads of a `u32` and
+/// 4-byte aligned; `v` must be valid for reads and writes of an `i64` and
+/// 8-byte aligned.
 #[inline(always)]
 pub(crate) unsafe fn rseq_add<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     count: i64,
 ) -> Result<(), crate::rseq::Failure> {
@@ -296,6 +303,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            gate = in(reg) gate,
             in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
@@ -315,6 +323,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
 pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     expect: i64,
     newv: i64,
@@ -334,6 +343,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            gate = in(reg) gate,
             in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
@@ -359,6 +369,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
 pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut *mut u8,
     expectnot: *mut u8,
     voffp: isize,
@@ -386,6 +397,7 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            gate = in(reg) gate,
             in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
@@ -409,6 +421,7 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
 pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     ptr: *mut *mut u8,
     off: isize,
     inc: i64,
@@ -427,6 +440,7 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            gate = in(reg) gate,
             in("rax") 0usize,
             in("edx") value,
             in("rsi") ptr,
@@ -443,9 +457,11 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
 /// # Safety
 /// As for [`rseq_add`]; `v2` must be valid for an aligned `i64` read.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
 pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     expect: i64,
     v2: *const i64,
@@ -469,6 +485,7 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            gate = in(reg) gate,
             in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
@@ -492,9 +509,11 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
 /// # Safety
 /// As for [`rseq_add`]; `v2` must be valid for an aligned `i64` write.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
 pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELEASE: bool>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     expect: i64,
     v2: *mut i64,
@@ -517,6 +536,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            gate = in(reg) gate,
             in("rax") 0usize,
             in("edx") value,
             in("rsi") v,
@@ -547,6 +567,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
 pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELEASE: bool>(
     area: isize,
     value: u32,
+    gate: *const u32,
     v: *mut i64,
     expect: i64,
     dst: *mut u8,
@@ -587,6 +608,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELE
             ".popsection",
             field = const FIELD,
             in("rdi") area,
+            gate = in(reg) gate,
             in("rax") 0usize,
             in("edx") value,
             in("rsi") v,

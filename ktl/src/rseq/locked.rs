@@ -1,50 +1,104 @@
-//! The fallback of the operations: a lock per index value.
+//! The fallbacks of the operations: a gate (a lock) per index value.
 //!
-//! When no thread of the process can have an rseq area (the owner is
-//! [`Unavailable`](crate::Owner::Unavailable)), [`start`](super::start)
-//! returns a fallback [`Start`](super::Start) and every operation runs here:
-//! it takes the lock of its index value, does the same work with atomic
-//! accesses, and releases the lock. Operations on one index value are then
-//! mutually exclusive, which is the guarantee the critical sections give;
-//! they never abort.
+//! Every index value has a *gate*, a word that is 0 when open. A thread
+//! without a live area runs each operation here instead of as a critical
+//! section: it closes its index value's gate (taking it like a spinlock),
+//! does the same work with atomic accesses, and opens the gate again.
+//! Operations on one index value are then mutually exclusive, which is the
+//! guarantee the critical sections give; they never abort. There are two
+//! cases:
 //!
-//! The fallback is process-wide, decided with the owner: mixing it with
-//! critical sections on the same data would not be sound, since a section
-//! does not take the lock. A thread without an area in a process whose
-//! owner is live gets `None` from `start` instead.
+//! - **Locked**: no thread of the process can have an area (the owner is
+//!   [`Unavailable`](crate::Owner::Unavailable)). No critical section runs
+//!   anywhere, so the gate alone excludes the other operations.
+//! - **Fenced**: this thread has no area, but other threads run critical
+//!   sections (this thread's registration failed, for example under a
+//!   filter that allows rseq for the first thread only, or it was released
+//!   with [`area::release_current_thread`](crate::area::release_current_thread)).
+//!   Every critical section checks its index value's gate right after its
+//!   index check, inside the section, and aborts while the gate is closed.
+//!   After closing the gate, this thread runs the membarrier rseq fence on
+//!   the CPU of the index value (on every CPU for `mm_cid`, whose values
+//!   are not tied to a CPU). When the fence returns, every section that
+//!   read the gate open has committed or aborted, and every later section
+//!   reads it closed, so the operation runs alone. The section's gate load
+//!   is an acquire load and the gate is opened with a release store, so the
+//!   next section sees this operation's writes. This needs
+//!   [`FenceKind::Rseq`](super::fence::FenceKind::Rseq); without it a
+//!   thread without an area gets `None` from [`start`](super::start).
 //!
-//! Each operation blocks signals while it holds the lock, so a signal
-//! handler may run operations too: it cannot interrupt the thread while the
-//! thread holds a lock the handler would wait for.
+//! The fenced case costs a system call per operation: it exists so that
+//! every thread of a process can run the operations, not for speed.
+//!
+//! Each operation blocks signals while it holds a gate, so a signal handler
+//! may run operations too: it cannot interrupt the thread while the thread
+//! holds a gate the handler would wait for. A `fork` child starts with every
+//! gate open: a gate held at the fork belonged to another thread, which the
+//! child does not have.
 
-use super::{Commit, Failure};
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, Ordering};
-use std::sync::OnceLock;
+use super::{Commit, Failure, Index, LOCKED, Start, fence};
+use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Once;
 
-/// One lock on its own cache line pair, so neighbouring indexes do not share.
-#[repr(align(128))]
-struct Lock(AtomicBool);
+/// The number of gates. Index values wrap around modulo this number, which
+/// only makes values that share a gate wait for each other: a CPU number or
+/// `mm_cid` of 4096 or more is rare.
+const GATES: usize = 4096;
 
-/// The locks, one per possible CPU (4096 when the count is unknown); index
-/// values beyond wrap around, which only costs some extra contention.
-fn locks() -> &'static [Lock] {
-    static LOCKS: OnceLock<Box<[Lock]>> = OnceLock::new();
-    LOCKS.get_or_init(|| {
-        let n = crate::cpu::possible_cpus().map_or(4096, |n| n.max(1) as usize);
-        (0..n).map(|_| Lock(AtomicBool::new(false))).collect()
-    })
+/// One gate, alone on its cache line.
+#[repr(align(64))]
+struct Gate(AtomicU32);
+
+/// The gates, in zero-initialized memory: only the pages of the gates in
+/// use are ever touched.
+static GATE: [Gate; GATES] = [const { Gate(AtomicU32::new(0)) }; GATES];
+
+/// The highest gate number ever closed, so that a `fork` child opens only
+/// those it may find closed.
+static HIGHEST: AtomicUsize = AtomicUsize::new(0);
+
+/// The gate of index value `value`, for the critical sections: a valid,
+/// aligned `u32` for the life of the process.
+#[inline(always)]
+pub(super) fn gate(value: u32) -> *const u32 {
+    GATE[value as usize % GATES].0.as_ptr()
 }
 
-/// Holds the lock of one index value, with signals blocked, until dropped.
+/// Opens every gate that may be closed; runs in a `fork` child, where only
+/// the forking thread exists, and it held no gate (signals are blocked
+/// while a gate is held, and `fork` is not called while holding one).
+extern "C" fn open_all_in_child() {
+    let highest = HIGHEST.load(Ordering::Relaxed);
+    for g in &GATE[..=highest.min(GATES - 1)] {
+        if g.0.load(Ordering::Relaxed) != 0 {
+            g.0.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Holds the gate of one index value, with signals blocked, until dropped.
 struct Guard {
-    lock: &'static AtomicBool,
+    gate: &'static AtomicU32,
     old_mask: libc::sigset_t,
 }
 
 impl Guard {
-    fn acquire(value: u32) -> Guard {
-        let locks = locks();
-        let lock = &locks[value as usize % locks.len()].0;
+    /// Closes `start`'s gate, and for a fenced start runs the fence.
+    ///
+    /// Returns [`Failure::Aborted`], with the gate open again, if the fence
+    /// fails; the kernel accepts the fence once the process has registered
+    /// for it, so that is not expected.
+    fn acquire(start: Start) -> Result<Guard, Failure> {
+        static AT_FORK: Once = Once::new();
+        AT_FORK.call_once(|| {
+            // SAFETY: registers a child handler that only touches the gates.
+            // If registration fails (ENOMEM), a fork child may inherit a
+            // closed gate, as with any lock held across fork.
+            unsafe { libc::pthread_atfork(None, None, Some(open_all_in_child)) };
+        });
+        let n = start.value as usize % GATES;
+        HIGHEST.fetch_max(n, Ordering::Relaxed);
+        let gate = &GATE[n].0;
         // SAFETY: sigset_t is plain data; sigfillset initializes it, and
         // pthread_sigmask only reads `all` and writes `old_mask`.
         let old_mask = unsafe {
@@ -55,8 +109,8 @@ impl Guard {
             old
         };
         let mut spins = 0u32;
-        while lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        while gate
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
             spins += 1;
@@ -66,13 +120,23 @@ impl Guard {
                 core::hint::spin_loop();
             }
         }
-        Guard { lock, old_mask }
+        let guard = Guard { gate, old_mask };
+        if start.area != LOCKED {
+            let fenced = match start.index {
+                Index::CpuId => fence::fence_cpu(start.value).or_else(|_| fence::fence_all()),
+                Index::MmCid => fence::fence_all(),
+            };
+            if fenced.is_err() {
+                return Err(Failure::Aborted);
+            }
+        }
+        Ok(guard)
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.lock.store(false, Ordering::Release);
+        self.gate.store(0, Ordering::Release);
         // SAFETY: restores the mask saved in `acquire`.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, core::ptr::null_mut()) };
     }
@@ -92,8 +156,8 @@ unsafe fn word<'a>(p: *mut i64) -> &'a AtomicI64 {
 ///
 /// # Safety
 /// The contract of [`super::add`].
-pub(super) unsafe fn add(value: u32, v: *mut i64, count: i64) -> Result<(), Failure> {
-    let _g = Guard::acquire(value);
+pub(super) unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
+    let _g = Guard::acquire(start)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     w.store(
@@ -108,12 +172,12 @@ pub(super) unsafe fn add(value: u32, v: *mut i64, count: i64) -> Result<(), Fail
 /// # Safety
 /// The contract of [`super::cmpeqv_storev`].
 pub(super) unsafe fn cmpeqv_storev(
-    value: u32,
+    start: Start,
     v: *mut i64,
     expect: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(value);
+    let _g = Guard::acquire(start)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     if w.load(Ordering::Relaxed) != expect {
@@ -128,12 +192,12 @@ pub(super) unsafe fn cmpeqv_storev(
 /// # Safety
 /// The contract of [`super::cmpnev_storeoffp_load`].
 pub(super) unsafe fn cmpnev_storeoffp_load(
-    value: u32,
+    start: Start,
     head: *mut *mut u8,
     expectnot: *mut u8,
     next_offset: isize,
 ) -> Result<*mut u8, Failure> {
-    let _g = Guard::acquire(value);
+    let _g = Guard::acquire(start)?;
     // SAFETY: the operation's contract: `head` is a valid, aligned pointer
     // slot, and a node on the list is valid for a pointer read at
     // `next_offset`.
@@ -155,12 +219,12 @@ pub(super) unsafe fn cmpnev_storeoffp_load(
 /// # Safety
 /// The contract of [`super::offset_deref_addv`].
 pub(super) unsafe fn offset_deref_addv(
-    value: u32,
+    start: Start,
     ptr: *mut *mut u8,
     offset: isize,
     inc: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(value);
+    let _g = Guard::acquire(start)?;
     // SAFETY: the operation's contract.
     unsafe {
         let base = AtomicPtr::from_ptr(ptr).load(Ordering::Relaxed);
@@ -178,14 +242,14 @@ pub(super) unsafe fn offset_deref_addv(
 /// # Safety
 /// The contract of [`super::cmpeqv_cmpeqv_storev`].
 pub(super) unsafe fn cmpeqv_cmpeqv_storev(
-    value: u32,
+    start: Start,
     v: *mut i64,
     expect: i64,
     v2: *const i64,
     expect2: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(value);
+    let _g = Guard::acquire(start)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -211,7 +275,7 @@ fn order(commit: Commit) -> Ordering {
 /// # Safety
 /// The contract of [`super::cmpeqv_trystorev_storev`].
 pub(super) unsafe fn cmpeqv_trystorev_storev(
-    value: u32,
+    start: Start,
     v: *mut i64,
     expect: i64,
     v2: *mut i64,
@@ -219,7 +283,7 @@ pub(super) unsafe fn cmpeqv_trystorev_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(value);
+    let _g = Guard::acquire(start)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -237,7 +301,7 @@ pub(super) unsafe fn cmpeqv_trystorev_storev(
 /// # Safety
 /// The contract of [`super::cmpeqv_trymemcpy_storev`].
 pub(super) unsafe fn cmpeqv_trymemcpy_storev(
-    value: u32,
+    start: Start,
     v: *mut i64,
     expect: i64,
     dst: *mut u8,
@@ -245,7 +309,7 @@ pub(super) unsafe fn cmpeqv_trymemcpy_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(value);
+    let _g = Guard::acquire(start)?;
     // SAFETY: the operation's contract: `dst` is valid for `src.len()` bytes
     // of writes that nothing else accesses until the commit publishes them.
     unsafe {

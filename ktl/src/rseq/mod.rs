@@ -20,14 +20,26 @@
 //!
 //! ## The fallback
 //!
-//! When no thread of the process can have an area (the owner is
-//! [`Unavailable`](crate::Owner::Unavailable): no rseq system call, a
-//! filter, an emulator), [`start`] still returns a `Start`, and every
-//! operation takes a lock per index value instead of running a critical
-//! section, with the same results (it never aborts). [`path`] says which one
-//! is live, and `ktl info` reports it. The choice is made once, with the
-//! owner, for the whole process: critical sections and locks are never
-//! mixed on the same data.
+//! A thread without a live area still runs every operation: [`start`]
+//! returns a fallback `Start`, and the operation takes a lock per index
+//! value (its *gate*) instead of running a critical section, with the same
+//! results (it never aborts). Two cases, named by [`Path`]:
+//!
+//! - [`Path::Locked`]: no thread of the process can have an area (the owner
+//!   is [`Unavailable`](crate::Owner::Unavailable): no rseq system call, a
+//!   filter, an emulator). The gate alone gives the exclusion.
+//! - [`Path::Fenced`]: this thread has no area but others run critical
+//!   sections (its registration failed, or it was released with
+//!   [`area::release_current_thread`](crate::area::release_current_thread)).
+//!   Every critical section checks its index value's gate inside the
+//!   section, and the fallback runs a membarrier rseq fence after closing
+//!   the gate, so the fast path and the fallback can work on the same data
+//!   at the same time. It costs a system call per operation, and needs the
+//!   rseq fence (Linux 5.10+); without it such a thread gets `None`.
+//!
+//! [`path`] says which path the process takes, [`without_area`] which one a
+//! thread without an area takes, [`Start::path`] which one an operation
+//! takes, and `ktl info` reports the first two.
 //!
 //! The operations are `unsafe`: their callers promise that a slot is only
 //! ever modified by operations indexed by the slot's number, so that the
@@ -103,15 +115,24 @@ impl Start {
     pub fn index(self) -> Index {
         self.index
     }
+
+    /// How operations with this start run.
+    pub fn path(self) -> Path {
+        match self.area {
+            LOCKED => Path::Locked,
+            FENCED => Path::Fenced,
+            _ => Path::CriticalSections,
+        }
+    }
 }
 
 /// Reads the current index for an operation.
 ///
-/// Returns `None` when this thread has no live rseq area while others may
-/// (its registration failed, or it is past its TLS destructors), and for
-/// [`Index::MmCid`] when the kernel lacks `mm_cid`. When no thread of the
-/// process can have an area, returns a fallback start, with which the
-/// operations take a lock (see [the fallback](self#the-fallback)).
+/// In a thread without a live area, returns a fallback start, with which
+/// the operations take a lock (see [the fallback](self#the-fallback)).
+/// Returns `None` when no fallback can exclude the other threads' critical
+/// sections ([`without_area`] is `None`), and for [`Index::MmCid`] when the
+/// kernel lacks `mm_cid`.
 ///
 /// Once the thread is set up this is the accessors' fast path: a load of the
 /// area's offset, a thread-pointer-relative load of `cpu_id`, one branch
@@ -145,7 +166,7 @@ pub fn start(index: Index) -> Option<Start> {
 #[inline(never)]
 fn start_slow(index: Index) -> Option<Start> {
     let Some(area) = area::thread_area() else {
-        return locked_start(index);
+        return fallback_start(index);
     };
     let value = match index {
         // SAFETY: `thread_area` returns this thread's live area.
@@ -161,19 +182,26 @@ fn start_slow(index: Index) -> Option<Start> {
     Some(Start { index, value, area })
 }
 
-/// The `area` of a fallback [`Start`]: never a thread-pointer offset of a
-/// real area.
+/// The `area` of a [`Path::Locked`] [`Start`]: never a thread-pointer
+/// offset of a real area.
 const LOCKED: isize = isize::MIN;
 
-/// How the operations run in this process.
+/// The `area` of a [`Path::Fenced`] [`Start`]. The operations test for both
+/// fallbacks with one comparison, `area <= FENCED`.
+const FENCED: isize = isize::MIN + 1;
+
+/// How operations run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Path {
-    /// As restartable sequences, in the threads that have a live area (all
-    /// of them, unless a thread's registration failed; such a thread gets
-    /// `None` from [`start`]).
+    /// As restartable sequences, in a thread with a live area.
     CriticalSections,
-    /// Nothing has an rseq area, so every operation takes a lock per index
-    /// value instead (see [`locked`](self#the-fallback)).
+    /// In a thread without a live area while other threads run critical
+    /// sections: each operation closes its index value's gate, then runs a
+    /// membarrier rseq fence so that no section races with it (a system
+    /// call per operation; see [the fallback](self#the-fallback)).
+    Fenced,
+    /// Nothing in the process has an rseq area, so every operation takes a
+    /// lock (its index value's gate) instead.
     Locked,
 }
 
@@ -181,12 +209,15 @@ impl core::fmt::Display for Path {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             Path::CriticalSections => "restartable sequences",
+            Path::Fenced => "a lock per index value and an rseq fence",
             Path::Locked => "a lock per index value (rseq unavailable)",
         })
     }
 }
 
-/// How the operations run in this process, decided with the owner.
+/// How operations run in this process, decided with the owner:
+/// [`Path::CriticalSections`] when threads can have an area (a thread
+/// without one then takes [`without_area`]), [`Path::Locked`] when none can.
 pub fn path() -> Path {
     match area::layout().owner {
         crate::Owner::Unavailable(_) => Path::Locked,
@@ -194,21 +225,35 @@ pub fn path() -> Path {
     }
 }
 
-/// The fallback start: the index value from the accessors' fallbacks, when
-/// the whole process is on the locked path.
-fn locked_start(index: Index) -> Option<Start> {
-    if path() != Path::Locked {
-        return None;
+/// How operations run in a thread that has no live area: [`Path::Locked`]
+/// when no thread has one, [`Path::Fenced`] when other threads may and the
+/// membarrier rseq fence is available, and `None` when it is not (such a
+/// thread then gets `None` from [`start`]).
+pub fn without_area() -> Option<Path> {
+    match path() {
+        Path::CriticalSections => (fence::kind() == fence::FenceKind::Rseq).then_some(Path::Fenced),
+        other => Some(other),
     }
+}
+
+/// The start of an operation in a thread without a live area, on the path
+/// that [`without_area`] names. The index value comes from the accessors'
+/// fallbacks; for `mm_cid` that is the CPU number, below the possible CPUs.
+fn fallback_start(index: Index) -> Option<Start> {
+    let area = match without_area()? {
+        Path::Locked => LOCKED,
+        _ => {
+            if index == Index::MmCid && !area::layout().features.contains(Features::MM_CID) {
+                return None;
+            }
+            FENCED
+        }
+    };
     let value = match index {
         Index::CpuId => crate::cpu_id(),
         Index::MmCid => crate::mm_cid(),
     };
-    Some(Start {
-        index,
-        value,
-        area: LOCKED,
-    })
+    Some(Start { index, value, area })
 }
 
 /// Runs the architecture's operation `$op` for `$start`'s index: the field
@@ -216,8 +261,12 @@ fn locked_start(index: Index) -> Option<Start> {
 macro_rules! dispatch {
     ($start:expr, $op:ident $(, $flag:expr)? ; $($arg:expr),* $(,)?) => {
         match $start.index {
-            Index::CpuId => arch::$op::<OFFSET_CPU_ID $(, $flag)?>($start.area, $start.value, $($arg),*),
-            Index::MmCid => arch::$op::<OFFSET_MM_CID $(, $flag)?>($start.area, $start.value, $($arg),*),
+            Index::CpuId => arch::$op::<OFFSET_CPU_ID $(, $flag)?>(
+                $start.area, $start.value, locked::gate($start.value), $($arg),*
+            ),
+            Index::MmCid => arch::$op::<OFFSET_MM_CID $(, $flag)?>(
+                $start.area, $start.value, locked::gate($start.value), $($arg),*
+            ),
         }
     };
 }
@@ -245,9 +294,9 @@ pub enum Commit {
 ///   inside a section that writes it.
 #[inline]
 pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
-    if start.area == LOCKED {
+    if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::add(start.value, v, count) };
+        return unsafe { locked::add(start, v, count) };
     }
     delay_before();
     // SAFETY: forwarded to the caller's contract; `start.area` is this
@@ -267,9 +316,9 @@ pub unsafe fn cmpeqv_storev(
     expect: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    if start.area == LOCKED {
+    if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::cmpeqv_storev(start.value, v, expect, newv) };
+        return unsafe { locked::cmpeqv_storev(start, v, expect, newv) };
     }
     delay_before();
     // SAFETY: as in `add`.
@@ -294,9 +343,9 @@ pub unsafe fn cmpnev_storeoffp_load(
     expectnot: *mut u8,
     next_offset: isize,
 ) -> Result<*mut u8, Failure> {
-    if start.area == LOCKED {
+    if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::cmpnev_storeoffp_load(start.value, head, expectnot, next_offset) };
+        return unsafe { locked::cmpnev_storeoffp_load(start, head, expectnot, next_offset) };
     }
     delay_before();
     let mut popped: *mut u8 = core::ptr::null_mut();
@@ -320,9 +369,9 @@ pub unsafe fn offset_deref_addv(
     offset: isize,
     inc: i64,
 ) -> Result<(), Failure> {
-    if start.area == LOCKED {
+    if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::offset_deref_addv(start.value, ptr, offset, inc) };
+        return unsafe { locked::offset_deref_addv(start, ptr, offset, inc) };
     }
     delay_before();
     // SAFETY: as in `add`.
@@ -344,9 +393,9 @@ pub unsafe fn cmpeqv_cmpeqv_storev(
     expect2: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    if start.area == LOCKED {
+    if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::cmpeqv_cmpeqv_storev(start.value, v, expect, v2, expect2, newv) };
+        return unsafe { locked::cmpeqv_cmpeqv_storev(start, v, expect, v2, expect2, newv) };
     }
     delay_before();
     // SAFETY: as in `add`.
@@ -374,10 +423,10 @@ pub unsafe fn cmpeqv_trystorev_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    if start.area == LOCKED {
+    if start.area <= FENCED {
         // SAFETY: the caller's contract.
         return unsafe {
-            locked::cmpeqv_trystorev_storev(start.value, v, expect, v2, newv2, newv, commit)
+            locked::cmpeqv_trystorev_storev(start, v, expect, v2, newv2, newv, commit)
         };
     }
     delay_before();
@@ -414,10 +463,10 @@ pub unsafe fn cmpeqv_trymemcpy_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    if start.area == LOCKED {
+    if start.area <= FENCED {
         // SAFETY: the caller's contract.
         return unsafe {
-            locked::cmpeqv_trymemcpy_storev(start.value, v, expect, dst, src, newv, commit)
+            locked::cmpeqv_trymemcpy_storev(start, v, expect, dst, src, newv, commit)
         };
     }
     delay_before();
@@ -443,8 +492,8 @@ thread_local! {
 
 /// Runs an operation until it does not abort.
 ///
-/// `op` gets a fresh [`Start`] on every attempt. Returns `None` when the
-/// calling thread has no live area (see [`start`]); otherwise the first
+/// `op` gets a fresh [`Start`] on every attempt. Returns `None` when
+/// [`start`] does (no way to run operations in this thread); otherwise the first
 /// result that is not [`Failure::Aborted`]. Aborts are counted per thread
 /// ([`aborts`]).
 ///

@@ -1,0 +1,337 @@
+//! The fast path and the fenced fallback on the same data at the same time.
+//!
+//! Threads released with `ktl::area::release_current_thread` have no area,
+//! so their operations close the index value's gate and fence; the other
+//! threads run critical sections, which check the gate. The scenarios run in
+//! a copy of this binary started with `glibc.pthread.rseq=0`, so that ktl
+//! owns the areas and can release them (it never unregisters the C
+//! library's). The widest race window is the buffer copy: a section compares
+//! the length, copies 64 bytes, then commits, and a fallback operation on
+//! another CPU that slipped in between would be overwritten.
+
+#[path = "support/affinity.rs"]
+mod affinity;
+
+use affinity::allowed_cpus;
+use ktl::abi::SyscallStatus;
+use ktl::area::ReleaseError;
+use ktl::rseq::{self, Commit, Failure, Index, Path};
+use std::process::Command;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+const CHILD_ENV: &str = "KTL_RSEQ_MIXED_CHILD";
+
+/// Whether this process is the copy that runs the scenarios.
+fn in_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// Slots for every index value: CPU numbers and concurrency ids are below
+/// the possible CPUs.
+fn slot_count() -> usize {
+    ktl::cpu::possible_cpus().expect("possible CPUs") as usize
+}
+
+/// Releases the calling thread's area when `release`, and checks the path
+/// its operations then take.
+fn enter(release: bool, index: Index) {
+    if release {
+        ktl::area::release_current_thread().expect("release the area");
+    }
+    let want = if release {
+        Path::Fenced
+    } else {
+        Path::CriticalSections
+    };
+    assert_eq!(rseq::start(index).expect("a start").path(), want);
+}
+
+#[test]
+fn child_release_moves_the_thread_to_the_fenced_path() {
+    if !in_child() {
+        return;
+    }
+    assert_eq!(ktl::layout().owner.to_string(), "ktl");
+    let before = ktl::area::stats().unregistered;
+    std::thread::spawn(|| {
+        enter(false, Index::CpuId);
+        assert_eq!(ktl::cpu::sources().cpu_id, ktl::cpu::Source::Area);
+        enter(true, Index::CpuId);
+        assert_ne!(ktl::cpu::sources().cpu_id, ktl::cpu::Source::Area);
+        assert_eq!(rseq::start(Index::MmCid).unwrap().path(), Path::Fenced);
+        // Releasing again is a no-op, and the thread never registers again.
+        ktl::area::release_current_thread().unwrap();
+        assert_eq!(rseq::start(Index::CpuId).unwrap().path(), Path::Fenced);
+    })
+    .join()
+    .unwrap();
+    // The release unregistered once; the thread's exit had nothing left.
+    assert_eq!(ktl::area::stats().unregistered, before + 1);
+    assert_eq!(
+        rseq::start(Index::CpuId).unwrap().path(),
+        Path::CriticalSections
+    );
+}
+
+/// `threads` threads add 1 to their slot; every other one is released
+/// first and does `fenced` operations, the others `sections`.
+fn counters(index: Index, threads: usize, sections: u64, fenced: u64) {
+    let slots: Vec<AtomicI64> = (0..slot_count()).map(|_| AtomicI64::new(0)).collect();
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (slots, done) = (&slots, &done);
+            scope.spawn(move || {
+                let release = t % 2 == 1;
+                enter(release, index);
+                let n = if release { fenced } else { sections };
+                for _ in 0..n {
+                    rseq::retry(index, |s| {
+                        // SAFETY: the slots are written only by rseq
+                        // operations with `index`; values are below the
+                        // possible CPUs.
+                        unsafe { rseq::add(s, slots[s.value() as usize].as_ptr(), 1) }
+                    })
+                    .unwrap()
+                    .unwrap();
+                }
+                done.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    let total: i64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+    assert_eq!(total as u64, done.load(Ordering::Relaxed), "no lost update");
+    assert_eq!(
+        total as u64,
+        (threads as u64).div_ceil(2) * sections + (threads as u64 / 2) * fenced
+    );
+}
+
+#[test]
+fn child_counters_sum_exactly_with_both_paths() {
+    if !in_child() {
+        return;
+    }
+    counters(Index::CpuId, 8, 200_000, 2_000);
+    counters(Index::MmCid, 8, 200_000, 2_000);
+}
+
+/// Bytes per buffer item: wide enough that a section's copy takes a while.
+const ITEM: usize = 64;
+
+/// Per-slot stacks of `ITEM`-byte items, moved only by memcpy operations.
+struct Buffers {
+    cap: usize,
+    len: Vec<AtomicI64>,
+    items: Vec<AtomicU64>,
+}
+
+impl Buffers {
+    const WORDS: usize = ITEM / 8;
+
+    /// `per_slot` items on each slot that `index` values can reach; item
+    /// `id` is the word `id` followed by its check words.
+    fn new(per_slot: usize) -> (Buffers, usize) {
+        let slots = slot_count();
+        let reach = allowed_cpus().len().min(slots);
+        let count = reach * per_slot;
+        let b = Buffers {
+            cap: count,
+            len: (0..slots).map(|_| AtomicI64::new(0)).collect(),
+            items: (0..slots * count * Self::WORDS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        };
+        for id in 0..count {
+            let slot = id % reach;
+            let at = b.len[slot].fetch_add(1, Ordering::Relaxed) as usize;
+            for (w, v) in b.item(slot, at).iter().zip(Self::words(id as u64)) {
+                w.store(v, Ordering::Relaxed);
+            }
+        }
+        (b, count)
+    }
+
+    /// The id, then check words derived from it.
+    fn words(id: u64) -> [u64; Buffers::WORDS] {
+        core::array::from_fn(|i| match i {
+            0 => id,
+            _ => id.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(i as u32),
+        })
+    }
+
+    fn item(&self, slot: usize, i: usize) -> &[AtomicU64] {
+        let at = (slot * self.cap + i) * Self::WORDS;
+        &self.items[at..at + Self::WORDS]
+    }
+
+    /// Pops the top item of the current slot into `out`: `false` if empty.
+    fn pop(&self, index: Index, out: &mut [u8; ITEM]) -> bool {
+        loop {
+            let r = rseq::retry(index, |s| {
+                let slot = s.value() as usize;
+                let len = &self.len[slot];
+                let seen = len.load(Ordering::Acquire);
+                if seen == 0 {
+                    return Ok(false);
+                }
+                let top = self.item(slot, seen as usize - 1);
+                // SAFETY: the item's ITEM bytes; items and lengths are
+                // written only by rseq operations with `index` on the slot
+                // of their value.
+                let src = unsafe { std::slice::from_raw_parts(top.as_ptr().cast::<u8>(), ITEM) };
+                // SAFETY: as above; `out` is this thread's.
+                unsafe {
+                    rseq::cmpeqv_trymemcpy_storev(
+                        s,
+                        len.as_ptr(),
+                        seen,
+                        out.as_mut_ptr(),
+                        src,
+                        seen - 1,
+                        Commit::Relaxed,
+                    )
+                }
+                .map(|()| true)
+            })
+            .unwrap();
+            match r {
+                Ok(popped) => return popped,
+                Err(Failure::CompareFailed) => continue,
+                Err(Failure::Aborted) => unreachable!("retry absorbs aborts"),
+            }
+        }
+    }
+
+    /// Pushes `item` onto the current slot.
+    fn push(&self, index: Index, item: &[u8; ITEM]) {
+        loop {
+            let r = rseq::retry(index, |s| {
+                let slot = s.value() as usize;
+                let len = &self.len[slot];
+                let seen = len.load(Ordering::Relaxed);
+                assert!((seen as usize) < self.cap, "room for every item");
+                let dst = self.item(slot, seen as usize).as_ptr() as *mut u8;
+                // SAFETY: as in `pop`; `dst` is the free item past the length.
+                unsafe {
+                    rseq::cmpeqv_trymemcpy_storev(
+                        s,
+                        len.as_ptr(),
+                        seen,
+                        dst,
+                        item,
+                        seen + 1,
+                        Commit::Release,
+                    )
+                }
+            })
+            .unwrap();
+            if r.is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Checks that every item is present once and intact.
+    fn check(&self, count: usize) {
+        let mut seen = vec![0u32; count];
+        for slot in 0..self.len.len() {
+            let n = self.len[slot].load(Ordering::Acquire) as usize;
+            for i in 0..n {
+                let words: Vec<u64> = self
+                    .item(slot, i)
+                    .iter()
+                    .map(|w| w.load(Ordering::Relaxed))
+                    .collect();
+                let id = words[0] as usize;
+                assert!(id < count, "a corrupt item: {words:x?}");
+                assert_eq!(words, Buffers::words(id as u64), "item {id} torn");
+                seen[id] += 1;
+            }
+        }
+        let lost = seen.iter().filter(|&&c| c == 0).count();
+        let twice = seen.iter().filter(|&&c| c > 1).count();
+        assert_eq!((lost, twice), (0, 0), "items lost, items seen twice");
+    }
+}
+
+#[test]
+fn child_memcpy_buffers_keep_every_item_with_both_paths() {
+    if !in_child() {
+        return;
+    }
+    for index in [Index::CpuId, Index::MmCid] {
+        let (b, count) = Buffers::new(32);
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let b = &b;
+                scope.spawn(move || {
+                    let release = t % 2 == 1;
+                    enter(release, index);
+                    let n = if release { 2_000 } else { 100_000 };
+                    let mut item = [0u8; ITEM];
+                    for _ in 0..n {
+                        if b.pop(index, &mut item) {
+                            b.push(index, &item);
+                        }
+                    }
+                });
+            }
+        });
+        b.check(count);
+    }
+}
+
+#[test]
+fn the_scenarios_pass_in_a_process_owned_by_ktl() {
+    if in_child() {
+        return;
+    }
+    let syscall = ktl::layout().kernel.syscall;
+    if syscall != SyscallStatus::Available {
+        eprintln!(
+            "SKIPPED the_scenarios_pass_in_a_process_owned_by_ktl: \
+             the rseq system call is {syscall}, so ktl cannot own the areas"
+        );
+        return;
+    }
+    let fence = rseq::fence::kind();
+    if fence != rseq::fence::FenceKind::Rseq {
+        eprintln!(
+            "SKIPPED the_scenarios_pass_in_a_process_owned_by_ktl: \
+             the fenced fallback needs the membarrier rseq fence; here it is {fence}"
+        );
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["child_", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the copy failed:\n{text}");
+    assert!(text.contains("test result: ok. 3 passed"), "{text}");
+}
+
+#[test]
+fn release_is_refused_when_the_c_library_owns_the_area() {
+    if in_child() || ktl::layout().owner != ktl::Owner::Libc {
+        eprintln!(
+            "SKIPPED release_is_refused_when_the_c_library_owns_the_area: the owner is {}",
+            ktl::layout().owner
+        );
+        return;
+    }
+    let err = ktl::area::release_current_thread().unwrap_err();
+    assert_eq!(err, ReleaseError::OwnedByLibc);
+    assert!(err.to_string().contains("C library"), "{err}");
+    assert_eq!(
+        rseq::start(Index::CpuId).unwrap().path(),
+        Path::CriticalSections
+    );
+}
