@@ -34,6 +34,7 @@ pub mod abi;
 mod arch;
 pub mod area;
 pub mod cpu;
+pub mod percpu;
 pub mod rseq;
 mod sys;
 pub mod vdso;

@@ -4,6 +4,8 @@
 
 #[path = "support/affinity.rs"]
 mod affinity;
+#[path = "support/exclusive.rs"]
+mod exclusive;
 
 use affinity::{allowed_cpus, pin};
 use ktl::rseq::fence::{self, FenceError, FenceKind};
@@ -200,4 +202,9 @@ fn fence_cpu_aborts_a_running_sequence() {
         "{TEST}: {aborts} aborts in {adds} adds on CPU {cpu} with {fences} fences \
          (before fencing: {baseline_aborts} aborts in {baseline_adds} adds)"
     );
+}
+
+#[test]
+fn exclusive_stops_every_commit_on_its_value() {
+    exclusive::stops_every_commit("exclusive_stops_every_commit_on_its_value");
 }

@@ -7,6 +7,8 @@
 
 #[path = "support/affinity.rs"]
 mod affinity;
+#[path = "support/exclusive.rs"]
+mod exclusive;
 
 use affinity::{allowed_cpus, pin};
 use ktl::rseq::{self, Index, delay};
@@ -56,4 +58,14 @@ fn injected_delays_cause_aborts_and_lose_nothing() {
     assert_eq!(total, 2 * N as i64, "no update may be lost");
     assert!(aborts > 0, "the delays caused no abort");
     eprintln!("{aborts} aborts in {} adds", 2 * N);
+}
+
+/// With a delay inside every section, a section that read the gate open is
+/// still running when `exclusive` closes it: only the fence stops its
+/// commit.
+#[test]
+fn exclusive_waits_for_delayed_sections() {
+    delay::set_before(200);
+    delay::set_inside(2_000);
+    exclusive::stops_every_commit("exclusive_waits_for_delayed_sections");
 }

@@ -36,7 +36,8 @@
 //! gate open: a gate held at the fork belonged to another thread, which the
 //! child does not have.
 
-use super::{Commit, Failure, Index, LOCKED, Start, fence};
+use super::fence::{self, FenceError};
+use super::{Commit, Failure, Index, LOCKED, Start};
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Once;
 
@@ -85,10 +86,10 @@ struct Guard {
 impl Guard {
     /// Closes `start`'s gate, and for a fenced start runs the fence.
     ///
-    /// Returns [`Failure::Aborted`], with the gate open again, if the fence
+    /// Returns the fence's error, with the gate open again, if the fence
     /// fails; the kernel accepts the fence once the process has registered
     /// for it, so that is not expected.
-    fn acquire(start: Start) -> Result<Guard, Failure> {
+    fn acquire(start: Start) -> Result<Guard, FenceError> {
         static AT_FORK: Once = Once::new();
         AT_FORK.call_once(|| {
             // SAFETY: registers a child handler that only touches the gates.
@@ -122,13 +123,10 @@ impl Guard {
         }
         let guard = Guard { gate, old_mask };
         if start.area != LOCKED {
-            let fenced = match start.index {
+            match start.index {
                 Index::CpuId => fence::fence_cpu(start.value).or_else(|_| fence::fence_all()),
                 Index::MmCid => fence::fence_all(),
-            };
-            if fenced.is_err() {
-                return Err(Failure::Aborted);
-            }
+            }?;
         }
         Ok(guard)
     }
@@ -139,6 +137,47 @@ impl Drop for Guard {
         self.gate.store(0, Ordering::Release);
         // SAFETY: restores the mask saved in `acquire`.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, core::ptr::null_mut()) };
+    }
+}
+
+/// Exclusive access to the data of one index value; see
+/// [`exclusive`](super::exclusive).
+pub struct Exclusive {
+    _guard: Guard,
+    index: Index,
+    value: u32,
+    /// The guard restores this thread's signal mask: it must be dropped
+    /// in the thread that took it.
+    _not_send: core::marker::PhantomData<*const ()>,
+}
+
+impl Exclusive {
+    pub(super) fn take(start: Start) -> Result<Exclusive, FenceError> {
+        Ok(Exclusive {
+            _guard: Guard::acquire(start)?,
+            index: start.index,
+            value: start.value,
+            _not_send: core::marker::PhantomData,
+        })
+    }
+
+    /// The index whose value is held.
+    pub fn index(&self) -> Index {
+        self.index
+    }
+
+    /// The index value held.
+    pub fn value(&self) -> u32 {
+        self.value
+    }
+}
+
+impl core::fmt::Debug for Exclusive {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Exclusive")
+            .field("index", &self.index)
+            .field("value", &self.value)
+            .finish()
     }
 }
 
@@ -157,7 +196,7 @@ unsafe fn word<'a>(p: *mut i64) -> &'a AtomicI64 {
 /// # Safety
 /// The contract of [`super::add`].
 pub(super) unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
-    let _g = Guard::acquire(start)?;
+    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     w.store(
@@ -177,7 +216,7 @@ pub(super) unsafe fn cmpeqv_storev(
     expect: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start)?;
+    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     if w.load(Ordering::Relaxed) != expect {
@@ -197,7 +236,7 @@ pub(super) unsafe fn cmpnev_storeoffp_load(
     expectnot: *mut u8,
     next_offset: isize,
 ) -> Result<*mut u8, Failure> {
-    let _g = Guard::acquire(start)?;
+    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract: `head` is a valid, aligned pointer
     // slot, and a node on the list is valid for a pointer read at
     // `next_offset`.
@@ -224,7 +263,7 @@ pub(super) unsafe fn offset_deref_addv(
     offset: isize,
     inc: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start)?;
+    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     unsafe {
         let base = AtomicPtr::from_ptr(ptr).load(Ordering::Relaxed);
@@ -249,7 +288,7 @@ pub(super) unsafe fn cmpeqv_cmpeqv_storev(
     expect2: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start)?;
+    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -283,7 +322,7 @@ pub(super) unsafe fn cmpeqv_trystorev_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start)?;
+    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -309,7 +348,7 @@ pub(super) unsafe fn cmpeqv_trymemcpy_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start)?;
+    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract: `dst` is valid for `src.len()` bytes
     // of writes that nothing else accesses until the commit publishes them.
     unsafe {

@@ -30,7 +30,7 @@
 //!   filter, an emulator). The gate alone gives the exclusion.
 //! - [`Path::Fenced`]: this thread has no area but others run critical
 //!   sections (its registration failed, or it was released with
-//!   [`area::release_current_thread`](crate::area::release_current_thread)).
+//!   [`area::release_current_thread`]).
 //!   Every critical section checks its index value's gate inside the
 //!   section, and the fallback runs a membarrier rseq fence after closing
 //!   the gate, so the fast path and the fallback can work on the same data
@@ -291,7 +291,8 @@ pub enum Commit {
 /// - every write to `*v` while other threads may access it must be made by
 ///   an operation of this module started with the same index value, so that
 ///   only one thread at a time (the one running with that index) can be
-///   inside a section that writes it.
+///   inside a section that writes it; or with atomic accesses by a thread
+///   that holds [`exclusive`] for that index value.
 #[inline]
 pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
     if start.area <= FENCED {
@@ -484,6 +485,62 @@ pub unsafe fn cmpeqv_trymemcpy_storev(
     }
 }
 
+/// Takes exclusive access to the data of index value `value`, from any
+/// thread and any CPU: while the returned guard lives, no operation started
+/// with `value` for `index` commits, in any thread, so the holder may read
+/// and write that value's per-CPU data with atomic accesses (to drain,
+/// rebalance or snapshot another CPU's slot). Dropping the guard gives the
+/// access back; the next operations see what the holder wrote.
+///
+/// This closes the value's gate and, where threads run critical sections,
+/// fences the value's CPU (every CPU for [`Index::MmCid`]) with the
+/// membarrier rseq fence: a system call, so use it for occasional work.
+/// Signals are blocked in the calling thread while the guard lives, so a
+/// signal handler cannot run into the held value; the guard cannot be sent
+/// to another thread.
+///
+/// Do not run an operation with the held value in the holding thread: it
+/// would wait for the guard forever, like locking a mutex twice.
+///
+/// # Errors
+///
+/// [`FenceError::Unsupported`](fence::FenceError::Unsupported) where threads
+/// run critical sections but the kernel lacks the rseq fence (before Linux
+/// 5.10), and the fence's error if the system call fails.
+///
+/// ```
+/// use ktl::rseq::{self, Index};
+/// use std::sync::atomic::{AtomicI64, Ordering};
+///
+/// let slots: Vec<AtomicI64> = (0..4096).map(|_| AtomicI64::new(0)).collect();
+/// rseq::retry(Index::CpuId, |s| {
+///     // SAFETY: only rseq operations indexed by CPU write the slots, or a
+///     // holder of `rseq::exclusive` for the slot's value.
+///     unsafe { rseq::add(s, slots[s.value() as usize].as_ptr(), 5) }
+/// });
+/// // Drain every slot.
+/// let mut drained = 0;
+/// for cpu in 0..ktl::cpu::possible_cpus().unwrap() {
+///     match rseq::exclusive(Index::CpuId, cpu) {
+///         Ok(_held) => drained += slots[cpu as usize].swap(0, Ordering::Relaxed),
+///         Err(e) => panic!("{e}"),
+///     }
+/// }
+/// assert_eq!(drained, 5);
+/// ```
+pub fn exclusive(index: Index, value: u32) -> Result<locked::Exclusive, fence::FenceError> {
+    let area = match path() {
+        Path::Locked => LOCKED,
+        _ => {
+            if fence::kind() != fence::FenceKind::Rseq {
+                return Err(fence::FenceError::Unsupported);
+            }
+            FENCED
+        }
+    };
+    locked::Exclusive::take(Start { index, value, area })
+}
+
 thread_local! {
     // An atomic, not a Cell: a signal handler running an operation may count
     // an abort while the interrupted code is counting one.
@@ -535,6 +592,8 @@ pub fn aborts() -> u64 {
 pub mod delay;
 pub mod fence;
 mod locked;
+
+pub use locked::Exclusive;
 
 #[cfg(feature = "delay-injection")]
 use delay::before as delay_before;
