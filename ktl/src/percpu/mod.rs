@@ -12,6 +12,10 @@
 //! methods:
 //!
 //! - [`PerCpuCounter`] and [`PerCpuCounterU64`]: add, sub and sum.
+//! - [`PerCpuStack`]: push and pop on the current CPU's list, a free list
+//!   with no ABA hazard.
+//! - [`Pool`]: reusable objects cached per CPU, with a global overflow and
+//!   rebalancing between CPUs.
 //!
 //! Every structure works in every thread: a thread without a live rseq area
 //! uses the operations' fallback (see [`rseq`](crate::rseq#the-fallback)),
@@ -19,8 +23,13 @@
 //! fence to exclude the others) uses a shared atomic instead.
 
 mod counter;
+mod list;
+mod pool;
+mod stack;
 
 pub use counter::{PerCpuCounter, PerCpuCounterU64};
+pub use pool::{DEFAULT_CACHE, Pool, PoolBuilder, Pooled};
+pub use stack::PerCpuStack;
 
 use crate::rseq::{Index, Start};
 use crossbeam_utils::CachePadded;
