@@ -157,10 +157,8 @@ impl<T> Heads<T> {
             };
             // SAFETY: as in `push`; every node on a list is live (nodes are
             // freed only after they are popped), so `next` can be read.
-            unsafe {
-                rseq::cmpnev_storeoffp_load(s, head.as_ptr().cast(), ptr::null_mut(), next)
-            }
-            .map(|p| Some(p.cast::<Node<T>>()))
+            unsafe { rseq::cmpnev_storeoffp_load(s, head.as_ptr().cast(), ptr::null_mut(), next) }
+                .map(|p| Some(p.cast::<Node<T>>()))
         });
         match r {
             Some(Ok(Some(node))) => Ok(Some(node)),

@@ -135,7 +135,10 @@ impl<T> PerCpuStack<T> {
     /// The number of values, with exclusive access.
     pub fn len(&mut self) -> usize {
         self.heads.counts().iter().sum::<usize>()
-            + self.shared.get_mut().map_or_else(|e| e.into_inner().len(), |v| v.len())
+            + self
+                .shared
+                .get_mut()
+                .map_or_else(|e| e.into_inner().len(), |v| v.len())
     }
 
     /// Whether there are no values, with exclusive access.
