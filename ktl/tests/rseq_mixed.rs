@@ -1,4 +1,5 @@
-//! The fast path and the fenced fallback on the same data at the same time.
+//! The fast path and the fenced fallback on the same data at the same time,
+//! through the rseq operations and the per-CPU structures.
 //!
 //! Threads released with `ktl::area::release_current_thread` have no area,
 //! so their operations close the index value's gate and fence; the other
@@ -282,6 +283,69 @@ fn child_memcpy_buffers_keep_every_item_with_both_paths() {
     }
 }
 
+/// The per-CPU structures with half of the threads released: counters sum
+/// exactly, and every pool object is accounted for, never out twice.
+#[test]
+fn child_percpu_structures_with_both_paths() {
+    if !in_child() {
+        return;
+    }
+    use ktl::percpu::{PerCpuCounter, PerCpuStack, PoolBuilder};
+    use std::sync::atomic::AtomicBool;
+    for index in [Index::CpuId, Index::MmCid] {
+        let counter = PerCpuCounter::with_index(index);
+        let stack = PerCpuStack::with_index(index);
+        let created = AtomicU64::new(0);
+        let mut pool = PoolBuilder::new()
+            .index(index)
+            .cache(4)
+            .build(|| AtomicBool::new(false));
+        std::thread::scope(|scope| {
+            for t in 0..8u64 {
+                let (counter, stack, pool, created) = (&counter, &stack, &pool, &created);
+                scope.spawn(move || {
+                    let release = t % 2 == 1;
+                    enter(release, index);
+                    let n = if release { 500 } else { 50_000 };
+                    let mut held = Vec::new();
+                    for i in 0..n {
+                        counter.add(2);
+                        counter.sub(1);
+                        stack.push(t << 32 | i);
+                        let o = pool.get();
+                        assert!(!o.swap(true, Ordering::Relaxed), "an object out twice");
+                        held.push(o);
+                        if held.len() > (i % 7) as usize {
+                            for o in held.drain(..) {
+                                o.store(false, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    for o in held.drain(..) {
+                        o.store(false, Ordering::Relaxed);
+                    }
+                    created.fetch_add(n, Ordering::Relaxed);
+                });
+            }
+        });
+        let ops = created.load(Ordering::Relaxed);
+        assert_eq!(counter.sum() as u64, ops, "{index:?}: counter");
+        let mut stack = stack;
+        let mut values = stack.drain();
+        values.sort_unstable();
+        values.dedup();
+        assert_eq!(values.len() as u64, ops, "{index:?}: stack");
+        let made = pool.created() as usize;
+        let (caches, overflow) = pool.available();
+        assert_eq!(
+            caches.iter().sum::<usize>() + overflow,
+            made,
+            "{index:?}: pool"
+        );
+        assert!(pool.drain().iter().all(|o| !o.load(Ordering::Relaxed)));
+    }
+}
+
 #[test]
 fn the_scenarios_pass_in_a_process_owned_by_ktl() {
     if in_child() {
@@ -315,7 +379,7 @@ fn the_scenarios_pass_in_a_process_owned_by_ktl() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the copy failed:\n{text}");
-    assert!(text.contains("test result: ok. 3 passed"), "{text}");
+    assert!(text.contains("test result: ok. 4 passed"), "{text}");
 }
 
 #[test]
