@@ -16,6 +16,9 @@
 //!   with no ABA hazard.
 //! - [`Pool`]: reusable objects cached per CPU, with a global overflow and
 //!   rebalancing between CPUs.
+//! - [`mempool`]: a per-CPU memory pool: each allocation is one instance per
+//!   CPU at a fixed stride, with typed items, size-class sets and a robust
+//!   mode.
 //!
 //! Every structure works in every thread: a thread without a live rseq area
 //! uses the operations' fallback (see [`rseq`](crate::rseq#the-fallback)),
@@ -24,6 +27,7 @@
 
 mod counter;
 mod list;
+pub mod mempool;
 mod pool;
 mod stack;
 
