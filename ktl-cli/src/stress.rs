@@ -15,26 +15,45 @@
 //! | `memcpy` | 16-byte items copied out and in with `cmpeqv_trymemcpy_storev` | every item exactly once and intact |
 //! | `membarrier` | `offset_deref_addv(+1)` through a per-slot pointer that a manager swaps and fences | both arrays sum to threads x reps; a swapped-out array never changes after its fence |
 //!
-//! `--yield-every`, `--sleep-every` (1 ms) and `--signal-every` (SIGUSR1 to
-//! the thread itself) add preemptions and aborts. An operation of `list`,
-//! `buffer` and `memcpy` that finds its CPU's structure empty is counted in
-//! `empty` and still counts as an op.
+//! `--yield-every` and `--sleep-every` (1 ms) add preemptions and aborts.
+//! `--signal-every N` makes every worker send SIGUSR1 to another worker of
+//! its scenario every N operations: the next one in a ring of the
+//! scenario's threads that is still running its operations. The signal
+//! arrives asynchronously, wherever the target is: when it is on a CPU,
+//! possibly inside a critical section, which the signal then aborts. (A
+//! thread that signalled itself would take the signal on the return of
+//! `pthread_kill`, outside any section.) The handler is empty and installed
+//! with `SA_RESTART`.
+//!
+//! With the cargo feature `delay-injection`, `--delay-inside N` and
+//! `--delay-before N` make every critical section busy-loop N iterations
+//! right after its index check, and just before it is entered (see
+//! `ktl::rseq::delay`). They widen the windows in which a preemption,
+//! migration or signal aborts a section. Without the feature, a non-zero
+//! value is an error.
+//!
+//! An operation of `list`, `buffer` and `memcpy` that finds its CPU's
+//! structure empty is counted in `empty` and still counts as an op.
 //!
 //! The JSON form (`--json`) follows the schema `ktl-stress/1`:
 //!
 //! ```text
 //! {"schema": "ktl-stress/1",
 //!  "index": "cpu" | "mm-cid", "path": "<rseq::path()>", "fence": "<fence::kind()>",
-//!  "threads", "reps", "yield_every", "sleep_every", "signal_every", "slots",
+//!  "threads", "reps", "yield_every", "sleep_every", "signal_every",
+//!  "delay_inside", "delay_before", "slots",
 //!  "scenarios": [{"name", "status": "ok" | "FAIL" | "skipped" | "n/a",
-//!                 "ops", "expected_ops", "aborts", "empty", "elapsed_ms", "detail"}],
+//!                 "ops", "expected_ops", "aborts", "empty", "signals",
+//!                 "elapsed_ms", "detail"}],
 //!  "pass"}
 //! ```
 //!
 //! `ops` is the number of operations completed (threads x reps when every
 //! thread finished), `aborts` the sum of each thread's `ktl::rseq::aborts()`
-//! at its end. `pass` is false when any scenario is `FAIL`; the command then
-//! exits non-zero.
+//! at its end, `signals` the number of SIGUSR1 sent from one worker to
+//! another. `delay_inside` and `delay_before` are the delays in effect
+//! (iterations; always 0 without the feature). `pass` is false when any
+//! scenario is `FAIL`; the command then exits non-zero.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ktl::rseq::fence::{self, FenceKind};
@@ -100,9 +119,21 @@ pub struct StressArgs {
     /// Sleep 1 ms every N operations (0: never).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub sleep_every: u64,
-    /// Send SIGUSR1 to the thread itself every N operations (0: never).
+    /// Send SIGUSR1 to another worker (the next running one in a ring of the
+    /// scenario's threads) every N operations, so that it lands
+    /// asynchronously, possibly inside a critical section (0: never).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub signal_every: u64,
+    /// Busy-loop N iterations inside every critical section, right after
+    /// its index check (0: off). Needs a build with the cargo feature
+    /// `delay-injection`.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub delay_inside: u64,
+    /// Busy-loop N iterations just before every critical section, after the
+    /// index is read (0: off). Needs a build with the cargo feature
+    /// `delay-injection`.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub delay_before: u64,
     /// Print the results as JSON (schema `ktl-stress/1`), without a progress
     /// bar.
     #[arg(long)]
@@ -120,6 +151,8 @@ pub struct ScenarioResult {
     pub expected_ops: u64,
     pub aborts: u64,
     pub empty: u64,
+    /// SIGUSR1 sent from one worker to another.
+    pub signals: u64,
     pub elapsed_ms: f64,
     pub detail: String,
 }
@@ -137,6 +170,10 @@ pub struct StressReport {
     pub yield_every: u64,
     pub sleep_every: u64,
     pub signal_every: u64,
+    /// Busy-loop iterations inside every critical section.
+    pub delay_inside: u64,
+    /// Busy-loop iterations before every critical section.
+    pub delay_before: u64,
     pub slots: usize,
     pub scenarios: Vec<ScenarioResult>,
     pub pass: bool,
@@ -223,19 +260,74 @@ fn install_handler() -> Result<(), String> {
 /// Operations between two updates of the shared progress counter.
 const PROGRESS_EVERY: u64 = 10_000;
 
+/// What a worker thread gets from `run_threads`.
+struct Ctx<'a> {
+    /// Operations completed by all the workers of the scenario.
+    progress: &'a AtomicU64,
+    /// Every worker's `pthread_t`, published by the worker itself when it
+    /// starts, and reset to 0 when it has finished its body (0: not
+    /// running).
+    peers: &'a [AtomicU64],
+    /// This worker's place in `peers`.
+    me: usize,
+}
+
+/// One worker's totals.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// Operations that found their structure empty.
+    empty: u64,
+    /// The thread's `ktl::rseq::aborts()` at its end.
+    aborts: u64,
+    /// SIGUSR1 sent to another worker.
+    signals: u64,
+}
+
+/// Sends SIGUSR1 to the next other worker in the ring of the scenario's
+/// workers that is running its body: workers that have not started yet or
+/// have finished (their `peers` entry is 0) are skipped. Returns whether a
+/// signal was sent: not when no other worker is running, nor when the
+/// target exited meanwhile on a C library whose `pthread_kill` reports that
+/// with `ESRCH`.
+fn signal_next(ctx: &Ctx) -> Result<bool, String> {
+    let n = ctx.peers.len();
+    let Some(thread) = (1..n)
+        .map(|k| ctx.peers[(ctx.me + k) % n].load(Ordering::Acquire))
+        .find(|&t| t != 0)
+    else {
+        return Ok(false);
+    };
+    // SAFETY: `thread` is the `pthread_t` of a worker of this scenario,
+    // published by that worker when it started (`run_threads`); it may have
+    // finished since. pthread_kill is valid on a thread until it is joined
+    // (or, detached, until it exits). The workers are scoped threads whose
+    // handles are joined, or on a panic dropped (detached), only after every
+    // worker has finished its body (`Workers`). This code runs inside a
+    // worker's body, so the target has not been joined or detached yet. The
+    // SIGUSR1 handler is installed before any worker starts.
+    let r = unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR1) };
+    match r {
+        0 => Ok(true),
+        libc::ESRCH => Ok(false),
+        e => Err(format!(
+            "pthread_kill: {}",
+            std::io::Error::from_raw_os_error(e)
+        )),
+    }
+}
+
 /// Runs one worker thread's `reps` operations with the pacing options.
-/// `op` returns `Ok(false)` when it found its structure empty. Returns the
-/// number of such operations and the thread's abort count.
+/// `op` returns `Ok(false)` when it found its structure empty.
 fn worker(
     cfg: &Config,
-    progress: &AtomicU64,
+    ctx: &Ctx,
     mut op: impl FnMut() -> Result<bool, String>,
-) -> Result<(u64, u64), String> {
-    let mut empty = 0;
+) -> Result<Tally, String> {
+    let mut tally = Tally::default();
     let mut pending = 0;
     for i in 1..=cfg.reps {
         if !op()? {
-            empty += 1;
+            tally.empty += 1;
         }
         if cfg.yield_every > 0 && i % cfg.yield_every == 0 {
             std::thread::yield_now();
@@ -243,61 +335,90 @@ fn worker(
         if cfg.sleep_every > 0 && i % cfg.sleep_every == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        if cfg.signal_every > 0 && i % cfg.signal_every == 0 {
-            // SAFETY: signals the calling thread, which is alive; the
-            // handler is installed before any worker starts.
-            unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1) };
+        if cfg.signal_every > 0 && i % cfg.signal_every == 0 && signal_next(ctx)? {
+            tally.signals += 1;
         }
         pending += 1;
         if pending == PROGRESS_EVERY {
-            progress.fetch_add(pending, Ordering::Relaxed);
+            ctx.progress.fetch_add(pending, Ordering::Relaxed);
             pending = 0;
         }
     }
-    progress.fetch_add(pending, Ordering::Relaxed);
-    Ok((empty, rseq::aborts()))
+    ctx.progress.fetch_add(pending, Ordering::Relaxed);
+    tally.aborts = rseq::aborts();
+    Ok(tally)
 }
 
 /// The totals of one scenario's threads.
 struct Run<M> {
     ops: u64,
-    aborts: u64,
-    empty: u64,
+    tally: Tally,
     elapsed: Duration,
     errors: Vec<String>,
     manager: Option<M>,
 }
 
-/// Runs `body(cfg, progress)` on `cfg.threads` threads (and `manager` on one
-/// more, told to stop when the workers are done), with a progress bar.
+/// The handles of a scenario's workers. Dropping it (on a panic in the
+/// spawning thread) first waits until every worker has finished its body:
+/// a dropped handle detaches its thread, whose `pthread_t` is freed when it
+/// exits, and a worker still running may be about to signal it.
+struct Workers<'scope, T>(Vec<std::thread::ScopedJoinHandle<'scope, T>>);
+
+impl<T> Workers<'_, T> {
+    fn finished(&self) -> bool {
+        self.0.iter().all(|h| h.is_finished())
+    }
+}
+
+impl<T> Drop for Workers<'_, T> {
+    fn drop(&mut self) {
+        while !self.finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Runs `body(ctx)` on `cfg.threads` threads (and `manager` on one more,
+/// told to stop when the workers are done), with a progress bar.
 fn run_threads<M: Send>(
     cfg: &Config,
     name: &str,
-    body: impl Fn(&AtomicU64) -> Result<(u64, u64), String> + Sync,
+    body: impl Fn(&Ctx) -> Result<Tally, String> + Sync,
     manager: Option<&(dyn Fn(&AtomicBool) -> M + Sync)>,
 ) -> Run<M> {
     let progress = AtomicU64::new(0);
+    let peers: Box<[AtomicU64]> = (0..cfg.threads).map(|_| AtomicU64::new(0)).collect();
     let stop = AtomicBool::new(false);
     // When the last worker finished, in nanoseconds from `begin`.
     let last_end = AtomicU64::new(0);
     let bar = progress_bar(cfg, name);
     let begin = Instant::now();
-    let body = |progress: &AtomicU64| {
-        let r = body(progress);
+    let body = |me: usize| {
+        // SAFETY: pthread_self has no preconditions.
+        let this = unsafe { libc::pthread_self() };
+        peers[me].store(this as u64, Ordering::Release);
+        let ctx = Ctx {
+            progress: &progress,
+            peers: &peers,
+            me,
+        };
+        let r = body(&ctx);
+        // Finished: the others stop signalling this thread (a signal sent
+        // after its body, between their load and this store, is harmless).
+        peers[me].store(0, Ordering::Release);
         last_end.fetch_max(begin.elapsed().as_nanos() as u64, Ordering::Relaxed);
         r
     };
     let mut run = std::thread::scope(|scope| {
-        let progress = &progress;
         let body = &body;
-        let mut handles = Vec::with_capacity(cfg.threads);
+        let mut workers = Workers(Vec::with_capacity(cfg.threads));
         let mut errors = Vec::new();
-        for _ in 0..cfg.threads {
+        for me in 0..cfg.threads {
             match std::thread::Builder::new()
                 .name(format!("stress-{name}"))
-                .spawn_scoped(scope, move || body(progress))
+                .spawn_scoped(scope, move || body(me))
             {
-                Ok(h) => handles.push(h),
+                Ok(h) => workers.0.push(h),
                 Err(e) => {
                     errors.push(format!("cannot start a thread: {e}"));
                     break;
@@ -308,17 +429,20 @@ fn run_threads<M: Send>(
             let stop = &stop;
             scope.spawn(move || m(stop))
         });
-        while !handles.iter().all(|h| h.is_finished()) {
+        // No handle is joined before every worker has finished its body:
+        // until then, workers may signal any other worker (`signal_next`).
+        while !workers.finished() {
             bar.set_position(progress.load(Ordering::Relaxed));
             std::thread::sleep(Duration::from_millis(20));
         }
         stop.store(true, Ordering::Relaxed);
-        let (mut aborts, mut empty) = (0, 0);
-        for h in handles {
+        let mut tally = Tally::default();
+        for h in std::mem::take(&mut workers.0) {
             match h.join() {
-                Ok(Ok((e, a))) => {
-                    empty += e;
-                    aborts += a;
+                Ok(Ok(t)) => {
+                    tally.empty += t.empty;
+                    tally.aborts += t.aborts;
+                    tally.signals += t.signals;
                 }
                 Ok(Err(e)) => errors.push(e),
                 Err(p) => errors.push(panic_text(&p)),
@@ -334,8 +458,7 @@ fn run_threads<M: Send>(
         };
         Run {
             ops: 0,
-            aborts,
-            empty,
+            tally,
             elapsed: Duration::ZERO,
             errors,
             manager,
@@ -391,8 +514,9 @@ fn result<M>(cfg: &Config, name: &'static str, run: &Run<M>, check: Vec<String>)
         status: if ok { "ok" } else { "FAIL" },
         ops: run.ops,
         expected_ops: cfg.expected(),
-        aborts: run.aborts,
-        empty: run.empty,
+        aborts: run.tally.aborts,
+        empty: run.tally.empty,
+        signals: run.tally.signals,
         elapsed_ms: run.elapsed.as_secs_f64() * 1e3,
         detail: if ok {
             String::new()
@@ -415,6 +539,7 @@ fn not_run(
         expected_ops: cfg.expected(),
         aborts: 0,
         empty: 0,
+        signals: 0,
         elapsed_ms: 0.0,
         detail,
     }
@@ -435,8 +560,8 @@ fn increment(cfg: &Config) -> ScenarioResult {
     let run = run_threads::<()>(
         cfg,
         "increment",
-        |progress| {
-            worker(cfg, progress, || {
+        |ctx| {
+            worker(cfg, ctx, || {
                 live(rseq::retry(cfg.index, |s| {
                     let slot = &slots[cfg.slot(s)].0;
                     // SAFETY: the slots are written only by rseq operations
@@ -466,8 +591,8 @@ fn spinlock(cfg: &Config) -> ScenarioResult {
     let run = run_threads::<()>(
         cfg,
         "spinlock",
-        |progress| {
-            worker(cfg, progress, || {
+        |ctx| {
+            worker(cfg, ctx, || {
                 let mut spins = 0;
                 let slot = loop {
                     let r = live(rseq::retry(cfg.index, |s| {
@@ -544,8 +669,8 @@ fn list(cfg: &Config) -> ScenarioResult {
     let run = run_threads::<()>(
         cfg,
         "list",
-        |progress| {
-            worker(cfg, progress, || {
+        |ctx| {
+            worker(cfg, ctx, || {
                 let popped = live(rseq::retry(cfg.index, |s| {
                     let head = heads[cfg.slot(s)].0.as_ptr() as *mut *mut u8;
                     // SAFETY: the heads are written only by rseq operations
@@ -694,8 +819,8 @@ fn buffer(cfg: &Config) -> ScenarioResult {
     let run = run_threads::<()>(
         cfg,
         "buffer",
-        |progress| {
-            worker(cfg, progress, || match pop_item(cfg, &b)? {
+        |ctx| {
+            worker(cfg, ctx, || match pop_item(cfg, &b)? {
                 Some(item) => push_item(cfg, &b, item).map(|()| true),
                 None => Ok(false),
             })
@@ -783,8 +908,8 @@ fn memcpy(cfg: &Config) -> ScenarioResult {
     let run = run_threads::<()>(
         cfg,
         "memcpy",
-        |progress| {
-            worker(cfg, progress, || {
+        |ctx| {
+            worker(cfg, ctx, || {
                 // Copy out: in the section, the top item into a local
                 // buffer, then commit the length decrement (param_test).
                 let mut out = [0u8; 16];
@@ -938,8 +1063,8 @@ fn membarrier(cfg: &Config) -> ScenarioResult {
     let run = run_threads(
         cfg,
         "membarrier",
-        |progress| {
-            worker(cfg, progress, || {
+        |ctx| {
+            worker(cfg, ctx, || {
                 live(rseq::retry(cfg.index, |s| {
                     let ptr = active[cfg.slot(s)].0.as_ptr() as *mut *mut u8;
                     // SAFETY: the counters are written only by this rseq
@@ -991,6 +1116,32 @@ fn allowed_cpus() -> Result<Vec<usize>, String> {
         .collect())
 }
 
+/// Sets the injected delays, and returns the ones in effect (inside,
+/// before).
+#[cfg(feature = "delay-injection")]
+fn set_delays(inside: u64, before: u64) -> Result<(u64, u64), String> {
+    rseq::delay::set_inside(inside);
+    rseq::delay::set_before(before);
+    Ok((
+        rseq::delay::inside_iterations(),
+        rseq::delay::before_iterations(),
+    ))
+}
+
+/// Without delay injection, only zero delays are possible.
+#[cfg(not(feature = "delay-injection"))]
+fn set_delays(inside: u64, before: u64) -> Result<(u64, u64), String> {
+    if inside != 0 || before != 0 {
+        return Err(
+            "--delay-inside and --delay-before need delay injection, and this ktl was built \
+             without the delay-injection feature; rebuild it with \
+             `cargo build --release -p ktl-cli --features delay-injection`"
+                .into(),
+        );
+    }
+    Ok((0, 0))
+}
+
 /// Runs `ktl stress`.
 pub fn run(args: &StressArgs) -> Result<(), String> {
     if args.reps == 0 {
@@ -999,6 +1150,7 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
     if args.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
+    let (delay_inside, delay_before) = set_delays(args.delay_inside, args.delay_before)?;
     if rseq::start(Index::CpuId).is_none() {
         return Err(format!(
             "rseq is unavailable in this thread (owner: {}): ktl stress needs a live rseq area",
@@ -1080,6 +1232,8 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
         yield_every: cfg.yield_every,
         sleep_every: cfg.sleep_every,
         signal_every: cfg.signal_every,
+        delay_inside,
+        delay_before,
         slots: cfg.slots,
         scenarios: results,
         pass,
@@ -1093,8 +1247,18 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
             print_line(r);
         }
         println!(
-            "{} threads x {} reps, index {}, {}, {} slots",
-            report.threads, report.reps, report.index, report.path, report.slots
+            "{} threads x {} reps, index {}, {}, {} slots, \
+             yield/sleep/signal every {}/{}/{}, delay {} inside/{} before",
+            report.threads,
+            report.reps,
+            report.index,
+            report.path,
+            report.slots,
+            report.yield_every,
+            report.sleep_every,
+            report.signal_every,
+            report.delay_inside,
+            report.delay_before,
         );
     }
     if pass {
@@ -1112,8 +1276,8 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
 
 fn print_line(r: &ScenarioResult) {
     println!(
-        "{:<7} {:<10} {:>10} ops {:>9} aborts {:>8} empty {:>9.1} ms  {}",
-        r.status, r.name, r.ops, r.aborts, r.empty, r.elapsed_ms, r.detail
+        "{:<7} {:<10} {:>10} ops {:>9} aborts {:>8} empty {:>8} signals {:>9.1} ms  {}",
+        r.status, r.name, r.ops, r.aborts, r.empty, r.signals, r.elapsed_ms, r.detail
     );
 }
 

@@ -1,6 +1,7 @@
 //! `ktl stress` in a real process: every scenario with both indexes under
-//! signals and yields, the full thread count for `increment`, and the
-//! rejection of `--reps 0`.
+//! signals and yields, signals sent from worker to worker, injected delays
+//! (with the cargo feature `delay-injection`; without it, their rejection),
+//! the full thread count for `increment`, and the rejection of `--reps 0`.
 
 #[path = "../../ktl/tests/support/seccomp.rs"]
 mod seccomp;
@@ -58,6 +59,7 @@ fn stress_with(
                 assert_eq!(s["ops"], threads * reps, "{s:#}");
                 assert_eq!(s["expected_ops"], threads * reps, "{s:#}");
                 assert!(s["aborts"].is_u64() && s["empty"].is_u64(), "{s:#}");
+                assert!(s["signals"].is_u64(), "{s:#}");
             }
             "skipped" | "n/a" => {
                 assert!(!s["detail"].as_str().unwrap().is_empty(), "{s:#}");
@@ -150,4 +152,101 @@ fn every_scenario_on_the_locked_fallback() {
     );
     let membarrier = &r["scenarios"][5];
     assert_eq!(membarrier["status"], "skipped", "{r:#}");
+}
+
+/// The scenarios that ran (status `ok`).
+fn ran(report: &Value) -> Vec<&Value> {
+    report["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .filter(|s| s["status"] == "ok")
+        .collect()
+}
+
+#[test]
+fn signals_go_from_worker_to_worker() {
+    let (threads, reps, every) = (16, 3000, 10);
+    let r = stress(
+        &["--signal-every", &every.to_string(), "--yield-every", "100"],
+        threads,
+        reps,
+        &ALL,
+    );
+    assert_eq!(r["signal_every"], every);
+    let ran = ran(&r);
+    assert!(!ran.is_empty(), "{r:#}");
+    // Each worker makes reps / every attempts; an attempt sends nothing only
+    // when no other worker is running its operations (or, on C libraries
+    // that report it, when the target has exited meanwhile).
+    let most = threads * (reps / every);
+    for s in &ran {
+        let sent = s["signals"].as_u64().unwrap();
+        assert!(sent <= most, "{sent} signals, at most {most}: {s:#}");
+    }
+    let sent: u64 = ran.iter().map(|s| s["signals"].as_u64().unwrap()).sum();
+    assert!(sent > 0, "no worker signalled another: {r:#}");
+}
+
+#[test]
+fn no_signals_without_signal_every() {
+    let r = stress(&["--scenario", "increment"], 4, 1000, &["increment"]);
+    assert_eq!(r["scenarios"][0]["signals"], 0, "{r:#}");
+    assert_eq!(
+        (r["delay_inside"].clone(), r["delay_before"].clone()),
+        (0.into(), 0.into())
+    );
+}
+
+#[cfg(feature = "delay-injection")]
+#[test]
+fn injected_delays_and_signals_cause_aborts_and_lose_nothing() {
+    let (threads, reps) = (16, 300);
+    let r = stress(
+        &[
+            "--delay-inside",
+            "3000",
+            "--delay-before",
+            "300",
+            "--signal-every",
+            "20",
+        ],
+        threads,
+        reps,
+        &ALL,
+    );
+    assert_eq!(r["delay_inside"], 3000, "{r:#}");
+    assert_eq!(r["delay_before"], 300, "{r:#}");
+    if r["path"] != "restartable sequences" {
+        eprintln!(
+            "SKIPPED the abort count: no critical sections here ({})",
+            r["path"]
+        );
+        return;
+    }
+    let aborts: u64 = ran(&r).iter().map(|s| s["aborts"].as_u64().unwrap()).sum();
+    assert!(aborts > 0, "the delays and signals caused no abort: {r:#}");
+}
+
+#[cfg(not(feature = "delay-injection"))]
+#[test]
+fn delays_without_the_feature_are_a_clear_error() {
+    for option in ["--delay-inside", "--delay-before"] {
+        let out = ktl(&["--scenario", "increment", "--reps", "10", option, "1000"]);
+        assert!(!out.status.success(), "{option} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("built without the delay-injection feature")
+                && stderr.contains("--features delay-injection"),
+            "{option}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{option} ran");
+    }
+    // Zero is the default, and fine.
+    stress(
+        &["--scenario", "increment", "--delay-inside", "0"],
+        2,
+        10,
+        &["increment"],
+    );
 }

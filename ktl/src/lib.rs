@@ -22,7 +22,9 @@
 //!   what the running kernel supports;
 //! - [`area`]: the owner of the areas and the per-thread registration;
 //! - [`cpu`]: the accessors and their fallbacks;
-//! - [`rseq`]: restartable sequences (per-CPU operations);
+//! - [`rseq`]: restartable sequences (per-CPU operations), their fallbacks
+//!   and fences;
+//! - [`percpu`]: per-CPU data structures built on them;
 //! - [`vdso`]: the vDSO parser and vDSO `getcpu`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -38,6 +40,11 @@ pub mod percpu;
 pub mod rseq;
 mod sys;
 pub mod vdso;
+
+// The README's Rust examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 
 pub use abi::Features;
 pub use area::{Layout, Owner, layout};
