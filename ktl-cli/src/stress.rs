@@ -32,6 +32,15 @@
 //! migration or signal aborts a section. Without the feature, a non-zero
 //! value is an error.
 //!
+//! `--rseq-off-every M` turns rseq off in every Mth worker
+//! (`ktl::area::release_current_thread`), which then runs every operation
+//! on the fenced fallback, on the same data as the others' critical
+//! sections. ktl must own the areas for that; where the C library owns
+//! them, the command replaces itself with a copy run under
+//! `GLIBC_TUNABLES=glibc.pthread.rseq=0`. The `membarrier` manager then
+//! swaps under `rseq::exclusive` (the gate and the fence), as it does on
+//! the locked path: a fence alone stops critical sections, not fallbacks.
+//!
 //! An operation of `list`, `buffer` and `memcpy` that finds its CPU's
 //! structure empty is counted in `empty` and still counts as an op.
 //!
@@ -41,10 +50,10 @@
 //! {"schema": "ktl-stress/1",
 //!  "index": "cpu" | "mm-cid", "path": "<rseq::path()>", "fence": "<fence::kind()>",
 //!  "threads", "reps", "yield_every", "sleep_every", "signal_every",
-//!  "delay_inside", "delay_before", "slots",
+//!  "delay_inside", "delay_before", "rseq_off_every", "slots",
 //!  "scenarios": [{"name", "status": "ok" | "FAIL" | "skipped" | "n/a",
 //!                 "ops", "expected_ops", "aborts", "empty", "signals",
-//!                 "elapsed_ms", "detail"}],
+//!                 "rseq_off_threads", "elapsed_ms", "detail"}],
 //!  "pass"}
 //! ```
 //!
@@ -134,6 +143,13 @@ pub struct StressArgs {
     /// `delay-injection`.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub delay_before: u64,
+    /// Turn rseq off in every Mth worker (`ktl::area::release_current_thread`):
+    /// it runs every operation on the fenced fallback, next to the other
+    /// workers' critical sections on the same data (0: never). ktl must own
+    /// the areas for that; where the C library owns them, `ktl stress` runs
+    /// itself again with `GLIBC_TUNABLES=glibc.pthread.rseq=0`.
+    #[arg(long, default_value_t = 0, value_name = "M")]
+    pub rseq_off_every: usize,
     /// Print the results as JSON (schema `ktl-stress/1`), without a progress
     /// bar.
     #[arg(long)]
@@ -153,6 +169,8 @@ pub struct ScenarioResult {
     pub empty: u64,
     /// SIGUSR1 sent from one worker to another.
     pub signals: u64,
+    /// Workers that ran with rseq turned off (`--rseq-off-every`).
+    pub rseq_off_threads: u64,
     pub elapsed_ms: f64,
     pub detail: String,
 }
@@ -174,6 +192,8 @@ pub struct StressReport {
     pub delay_inside: u64,
     /// Busy-loop iterations before every critical section.
     pub delay_before: u64,
+    /// Every Mth worker ran with rseq turned off (0: none).
+    pub rseq_off_every: usize,
     pub slots: usize,
     pub scenarios: Vec<ScenarioResult>,
     pub pass: bool,
@@ -200,6 +220,8 @@ struct Config {
     yield_every: u64,
     sleep_every: u64,
     signal_every: u64,
+    /// Every Mth worker turns rseq off (0: none).
+    rseq_off_every: usize,
     json: bool,
     /// Slots: one per possible CPU.
     slots: usize,
@@ -281,6 +303,8 @@ struct Tally {
     aborts: u64,
     /// SIGUSR1 sent to another worker.
     signals: u64,
+    /// 1 if the worker ran with rseq turned off.
+    rseq_off: u64,
 }
 
 /// Sends SIGUSR1 to the next other worker in the ring of the scenario's
@@ -312,6 +336,27 @@ fn signal_next(ctx: &Ctx) -> Result<bool, String> {
         e => Err(format!(
             "pthread_kill: {}",
             std::io::Error::from_raw_os_error(e)
+        )),
+    }
+}
+
+/// Whether worker `me` is one of every `--rseq-off-every` workers.
+fn rseq_off(cfg: &Config, me: usize) -> bool {
+    cfg.rseq_off_every > 0 && (me + 1).is_multiple_of(cfg.rseq_off_every)
+}
+
+/// Turns rseq off in the calling worker if it is one of every
+/// `--rseq-off-every`, and checks that its operations then take the fenced
+/// fallback. Returns whether it did.
+fn turn_rseq_off(cfg: &Config, me: usize) -> Result<bool, String> {
+    if !rseq_off(cfg, me) {
+        return Ok(false);
+    }
+    ktl::area::release_current_thread().map_err(|e| format!("cannot turn rseq off: {e}"))?;
+    match rseq::start(cfg.index).map(rseq::Start::path) {
+        Some(rseq::Path::Fenced) => Ok(true),
+        other => Err(format!(
+            "a worker with rseq turned off takes {other:?}, not the fenced fallback"
         )),
     }
 }
@@ -402,7 +447,12 @@ fn run_threads<M: Send>(
             peers: &peers,
             me,
         };
-        let r = body(&ctx);
+        let r = turn_rseq_off(cfg, me).and_then(|off| {
+            body(&ctx).map(|t| Tally {
+                rseq_off: u64::from(off),
+                ..t
+            })
+        });
         // Finished: the others stop signalling this thread (a signal sent
         // after its body, between their load and this store, is harmless).
         peers[me].store(0, Ordering::Release);
@@ -443,6 +493,7 @@ fn run_threads<M: Send>(
                     tally.empty += t.empty;
                     tally.aborts += t.aborts;
                     tally.signals += t.signals;
+                    tally.rseq_off += t.rseq_off;
                 }
                 Ok(Err(e)) => errors.push(e),
                 Err(p) => errors.push(panic_text(&p)),
@@ -517,6 +568,7 @@ fn result<M>(cfg: &Config, name: &'static str, run: &Run<M>, check: Vec<String>)
         aborts: run.tally.aborts,
         empty: run.tally.empty,
         signals: run.tally.signals,
+        rseq_off_threads: run.tally.rseq_off,
         elapsed_ms: run.elapsed.as_secs_f64() * 1e3,
         detail: if ok {
             String::new()
@@ -540,6 +592,7 @@ fn not_run(
         aborts: 0,
         empty: 0,
         signals: 0,
+        rseq_off_threads: 0,
         elapsed_ms: 0.0,
         detail,
     }
@@ -998,16 +1051,14 @@ fn memcpy(cfg: &Config) -> ScenarioResult {
 // --------------------------------------------------------------- membarrier
 
 fn membarrier(cfg: &Config) -> ScenarioResult {
-    if rseq::path() != rseq::Path::CriticalSections {
-        return not_run(
-            cfg,
-            "membarrier",
-            "skipped",
-            "the locked fallback does not abort on a fence".into(),
-        );
-    }
+    // With only critical sections, the manager swaps a pointer and fences
+    // the slot's CPU, as the kernel's test does. A fallback operation does
+    // not run in a section, so a fence alone does not stop it: with workers
+    // that have rseq off, or on the locked path, the manager swaps under
+    // `rseq::exclusive`, which closes the value's gate and fences.
+    let exclusive = cfg.rseq_off_every > 0 || rseq::path() == rseq::Path::Locked;
     let kind = fence::kind();
-    if kind != FenceKind::Rseq {
+    if kind != FenceKind::Rseq && rseq::path() != rseq::Path::Locked {
         return not_run(
             cfg,
             "membarrier",
@@ -1041,12 +1092,19 @@ fn membarrier(cfg: &Config) -> ScenarioResult {
                         ));
                     }
                 }
-                active[slot]
-                    .0
-                    .store(arrays[new][slot].0.as_ptr() as i64, Ordering::Release);
-                let fenced = match cfg.index {
-                    Index::CpuId => fence::fence_cpu(slot as u32),
-                    Index::MmCid => fence::fence_all(),
+                let swap = || {
+                    active[slot]
+                        .0
+                        .store(arrays[new][slot].0.as_ptr() as i64, Ordering::Release)
+                };
+                let fenced = if exclusive {
+                    rseq::exclusive(cfg.index, slot as u32).map(|_held| swap())
+                } else {
+                    swap();
+                    match cfg.index {
+                        Index::CpuId => fence::fence_cpu(slot as u32),
+                        Index::MmCid => fence::fence_all(),
+                    }
                 };
                 if let Err(e) = fenced {
                     problems.push(format!("fence on slot {slot}: {e}"));
@@ -1091,7 +1149,11 @@ fn membarrier(cfg: &Config) -> ScenarioResult {
     }
     let mut r = result(cfg, "membarrier", &run, check);
     if r.detail.is_empty() {
-        r.detail = format!("{swaps} swaps with fences");
+        r.detail = if exclusive {
+            format!("{swaps} swaps under rseq::exclusive")
+        } else {
+            format!("{swaps} swaps with fences")
+        };
     }
     r
 }
@@ -1142,6 +1204,56 @@ fn set_delays(inside: u64, before: u64) -> Result<(u64, u64), String> {
     Ok((0, 0))
 }
 
+/// The environment variable that marks a `ktl stress` run again by itself
+/// with the C library's registration turned off.
+const RERUN: &str = "KTL_STRESS_RERUN";
+
+/// Checks that workers can turn rseq off: ktl must own the areas, and the
+/// fenced fallback must be available. Where the C library owns the areas,
+/// replaces this process with the same command under
+/// `glibc.pthread.rseq=0` (and returns only if that fails).
+fn check_rseq_off() -> Result<(), String> {
+    match ktl::layout().owner {
+        ktl::Owner::Ktl(_) => {}
+        ktl::Owner::Libc if std::env::var_os(RERUN).is_none() => return rerun_with_ktl_owner(),
+        owner => {
+            return Err(format!(
+                "--rseq-off-every needs ktl to own the rseq areas, and the owner is {owner}"
+            ));
+        }
+    }
+    if rseq::without_area() != Some(rseq::Path::Fenced) {
+        return Err(format!(
+            "--rseq-off-every needs the membarrier rseq fence (Linux 5.10+), so that workers \
+             without rseq can share data with the others; the fence here is {}",
+            fence::kind()
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces this process with the same command, with the C library's rseq
+/// registration turned off, so that ktl owns the areas.
+fn rerun_with_ktl_owner() -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this executable to run it again: {e}"))?;
+    let tunables = match std::env::var("GLIBC_TUNABLES") {
+        Ok(t) if !t.is_empty() => format!("{t}:glibc.pthread.rseq=0"),
+        _ => "glibc.pthread.rseq=0".to_string(),
+    };
+    eprintln!(
+        "ktl stress: the C library owns the rseq areas; running again with \
+         GLIBC_TUNABLES={tunables} so that ktl owns them and can turn rseq off per worker"
+    );
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", tunables)
+        .env(RERUN, "1")
+        .exec();
+    Err(format!("cannot run this executable again: {err}"))
+}
+
 /// Runs `ktl stress`.
 pub fn run(args: &StressArgs) -> Result<(), String> {
     if args.reps == 0 {
@@ -1151,6 +1263,9 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
         return Err("--threads must be at least 1".into());
     }
     let (delay_inside, delay_before) = set_delays(args.delay_inside, args.delay_before)?;
+    if args.rseq_off_every > 0 {
+        check_rseq_off()?;
+    }
     if rseq::start(Index::CpuId).is_none() {
         return Err(format!(
             "rseq is unavailable in this thread (owner: {}): ktl stress needs a live rseq area",
@@ -1177,6 +1292,7 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
         yield_every: args.yield_every,
         sleep_every: args.sleep_every,
         signal_every: args.signal_every,
+        rseq_off_every: args.rseq_off_every,
         json: args.json,
         slots,
         reachable,
@@ -1234,6 +1350,7 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
         signal_every: cfg.signal_every,
         delay_inside,
         delay_before,
+        rseq_off_every: cfg.rseq_off_every,
         slots: cfg.slots,
         scenarios: results,
         pass,
@@ -1248,7 +1365,8 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
         }
         println!(
             "{} threads x {} reps, index {}, {}, {} slots, \
-             yield/sleep/signal every {}/{}/{}, delay {} inside/{} before",
+             yield/sleep/signal every {}/{}/{}, delay {} inside/{} before, \
+             rseq off in every {} workers",
             report.threads,
             report.reps,
             report.index,
@@ -1259,6 +1377,7 @@ pub fn run(args: &StressArgs) -> Result<(), String> {
             report.signal_every,
             report.delay_inside,
             report.delay_before,
+            report.rseq_off_every,
         );
     }
     if pass {

@@ -150,8 +150,56 @@ fn every_scenario_on_the_locked_fallback() {
         r["path"], "a lock per index value (rseq unavailable)",
         "{r:#}"
     );
+    // The manager swaps under rseq::exclusive, which the locked path has.
     let membarrier = &r["scenarios"][5];
-    assert_eq!(membarrier["status"], "skipped", "{r:#}");
+    assert_eq!(membarrier["status"], "ok", "{r:#}");
+    assert!(
+        membarrier["detail"].as_str().unwrap().contains("exclusive"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn rseq_off_in_every_third_worker_runs_next_to_the_sections() {
+    for index in ["cpu", "mm-cid"] {
+        // Where glibc owns the areas, ktl stress runs itself again with
+        // glibc's registration off; the JSON is the re-run's.
+        let r = stress(
+            &[
+                "--index",
+                index,
+                "--rseq-off-every",
+                "3",
+                "--signal-every",
+                "100",
+            ],
+            12,
+            1000,
+            &ALL,
+        );
+        assert_eq!(r["rseq_off_every"], 3);
+        for s in ran(&r) {
+            assert_eq!(s["rseq_off_threads"], 4, "{s:#}");
+        }
+        assert_eq!(ran(&r).len(), 6, "every scenario ran: {r:#}");
+    }
+}
+
+#[test]
+fn rseq_off_needs_rseq() {
+    let program = seccomp::deny_rseq_program(libc::ENOSYS);
+    let out = ktl_with(&["--rseq-off-every", "2", "--reps", "10"], |cmd| {
+        // SAFETY: as in `every_scenario_on_the_locked_fallback`.
+        unsafe {
+            cmd.pre_exec(move || seccomp::install(&program, false));
+        }
+    });
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--rseq-off-every needs ktl to own"),
+        "{stderr}"
+    );
 }
 
 /// The scenarios that ran (status `ok`).
