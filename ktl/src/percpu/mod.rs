@@ -192,6 +192,19 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn the_structures_are_send_and_sync() {
+        send_sync::<PerCpu<AtomicU64>>();
+        send_sync::<PerCpuCounter>();
+        send_sync::<PerCpuCounterU64>();
+        // Values that are Send but not Sync may still be shared through them.
+        send_sync::<PerCpuStack<std::cell::Cell<u8>>>();
+        send_sync::<Pool<std::cell::Cell<u8>>>();
+        send_sync::<Pooled<'static, Vec<u8>>>();
+    }
+
     #[test]
     fn sized_by_the_possible_cpus_with_padded_slots() {
         let p: PerCpu<u8> = PerCpu::new(Index::CpuId);

@@ -28,6 +28,15 @@ unsafe impl<T: Send> Send for Owned<T> {}
 /// only then makes a new object. When a cache holds
 /// [`cache`](PoolBuilder::cache) objects, returns go to the overflow.
 ///
+/// The pool is `Send` and `Sync` when `T` is `Send`, and a [`Pooled`] is
+/// `Send` when `T` is: an object may be returned from another thread. A
+/// pool of objects that must stay on their thread cannot be shared:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// shared(&ktl::percpu::Pool::new(|| std::rc::Rc::new(0u8)));
+/// ```
+///
 /// No object is lost or handed out twice, even when threads migrate in the
 /// middle of an operation: a cache's list changes only in critical sections
 /// on its CPU, which abort when the thread moves, or under `exclusive`. The

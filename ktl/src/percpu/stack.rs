@@ -36,6 +36,15 @@ use std::sync::Mutex;
 ///
 /// Each push allocates a node and each pop frees one.
 ///
+/// Like a `Mutex<Vec<T>>`, it is `Send` and `Sync` when `T` is `Send`: values
+/// move between threads through it. Values that must stay on their thread
+/// cannot go in a shared stack:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// shared(&ktl::percpu::PerCpuStack::<std::rc::Rc<u8>>::new());
+/// ```
+///
 /// ```
 /// use ktl::percpu::PerCpuStack;
 ///

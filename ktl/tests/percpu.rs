@@ -1,0 +1,162 @@
+//! The per-CPU structures under load: exact totals over ten million
+//! counter updates, and pools and stacks whose threads are moved from CPU
+//! to CPU while they run, with every object accounted for at the end.
+
+#[path = "support/affinity.rs"]
+mod affinity;
+
+use affinity::{allowed_cpus, pin};
+use ktl::percpu::{PerCpuCounter, PerCpuCounterU64, PerCpuStack, PoolBuilder};
+use ktl::rseq::Index;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Moves the calling thread to the next allowed CPU every `every` calls.
+struct Mover {
+    cpus: Vec<usize>,
+    at: usize,
+    calls: u64,
+    every: u64,
+}
+
+impl Mover {
+    fn new(start: usize, every: u64) -> Self {
+        Mover {
+            cpus: allowed_cpus(),
+            at: start,
+            calls: 0,
+            every,
+        }
+    }
+
+    fn step(&mut self) {
+        self.calls += 1;
+        if self.calls.is_multiple_of(self.every) {
+            self.at = (self.at + 1) % self.cpus.len();
+            pin(self.cpus[self.at]);
+        }
+    }
+}
+
+#[test]
+fn ten_million_counter_updates_sum_exactly() {
+    const THREADS: u64 = 8;
+    const PER_THREAD: u64 = 1_250_000;
+    for index in [Index::CpuId, Index::MmCid] {
+        let signed = PerCpuCounter::with_index(index);
+        let unsigned = PerCpuCounterU64::with_index(index);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (signed, unsigned) = (&signed, &unsigned);
+                s.spawn(move || {
+                    let mut mover = Mover::new(t as usize, 100_000);
+                    for i in 0..PER_THREAD {
+                        signed.add(3);
+                        signed.sub(2);
+                        unsigned.add(i);
+                        mover.step();
+                    }
+                });
+            }
+        });
+        assert_eq!(signed.sum() as u64, THREADS * PER_THREAD, "{index:?}");
+        let per_thread: u64 = (0..PER_THREAD).sum();
+        assert_eq!(unsigned.sum(), THREADS * per_thread, "{index:?}");
+    }
+}
+
+#[test]
+fn pool_objects_survive_migrations_mid_operation() {
+    for index in [Index::CpuId, Index::MmCid] {
+        let mut pool = PoolBuilder::new()
+            .index(index)
+            .cache(16)
+            .build(|| (AtomicBool::new(false), AtomicU64::new(0)));
+        let gets = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..6 {
+                let (pool, gets) = (&pool, &gets);
+                s.spawn(move || {
+                    let mut mover = Mover::new(t, 1_000);
+                    let mut held = Vec::new();
+                    for i in 0..100_000u64 {
+                        let o = pool.get();
+                        assert!(!o.0.swap(true, Ordering::Relaxed), "an object out twice");
+                        o.1.fetch_add(1, Ordering::Relaxed);
+                        held.push(o);
+                        // Return in bursts, after a move now and then, so
+                        // objects go back to another CPU's cache than the
+                        // one they came from.
+                        if held.len() as u64 > (i * 7 + t as u64) % 40 {
+                            mover.step();
+                            for o in held.drain(..) {
+                                o.0.store(false, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    for o in held.drain(..) {
+                        o.0.store(false, Ordering::Relaxed);
+                    }
+                    gets.fetch_add(100_000, Ordering::Relaxed);
+                });
+            }
+        });
+        let created = pool.created() as usize;
+        let (caches, overflow) = pool.available();
+        assert_eq!(
+            caches.iter().sum::<usize>() + overflow,
+            created,
+            "{index:?}"
+        );
+        let objects = pool.drain();
+        assert_eq!(objects.len(), created);
+        let uses: u64 = objects.iter().map(|o| o.1.load(Ordering::Relaxed)).sum();
+        assert_eq!(
+            uses,
+            gets.load(Ordering::Relaxed),
+            "{index:?}: every get counted once"
+        );
+        assert!(objects.iter().all(|o| !o.0.load(Ordering::Relaxed)));
+    }
+}
+
+#[test]
+fn stack_values_survive_migrations_mid_operation() {
+    for index in [Index::CpuId, Index::MmCid] {
+        let stack = PerCpuStack::with_index(index);
+        let popped = AtomicU64::new(0);
+        let popped_sum = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..6u64 {
+                let (stack, popped, popped_sum) = (&stack, &popped, &popped_sum);
+                s.spawn(move || {
+                    let mut mover = Mover::new(t as usize, 500);
+                    for i in 0..50_000u64 {
+                        stack.push(t * 1_000_000 + i);
+                        if i % 2 == 0
+                            && let Some(v) = stack.pop_any()
+                        {
+                            popped.fetch_add(1, Ordering::Relaxed);
+                            popped_sum.fetch_add(v, Ordering::Relaxed);
+                        }
+                        mover.step();
+                    }
+                });
+            }
+        });
+        let mut stack = stack;
+        let rest = stack.drain();
+        let all_sum: u64 = (0..6u64)
+            .map(|t| (0..50_000u64).map(|i| t * 1_000_000 + i).sum::<u64>())
+            .sum();
+        assert_eq!(
+            popped.load(Ordering::Relaxed) + rest.len() as u64,
+            6 * 50_000,
+            "{index:?}"
+        );
+        assert_eq!(
+            popped_sum.load(Ordering::Relaxed) + rest.iter().sum::<u64>(),
+            all_sum,
+            "{index:?}: every value once"
+        );
+    }
+}
