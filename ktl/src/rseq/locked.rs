@@ -195,6 +195,8 @@ unsafe fn word<'a>(p: *mut i64) -> &'a AtomicI64 {
 ///
 /// # Safety
 /// The contract of [`super::add`].
+#[cold]
+#[inline(never)]
 pub(super) unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
     let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
@@ -210,6 +212,8 @@ pub(super) unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Fa
 ///
 /// # Safety
 /// The contract of [`super::cmpeqv_storev`].
+#[cold]
+#[inline(never)]
 pub(super) unsafe fn cmpeqv_storev(
     start: Start,
     v: *mut i64,
@@ -230,6 +234,8 @@ pub(super) unsafe fn cmpeqv_storev(
 ///
 /// # Safety
 /// The contract of [`super::cmpnev_storeoffp_load`].
+#[cold]
+#[inline(never)]
 pub(super) unsafe fn cmpnev_storeoffp_load(
     start: Start,
     head: *mut *mut u8,
@@ -257,6 +263,8 @@ pub(super) unsafe fn cmpnev_storeoffp_load(
 ///
 /// # Safety
 /// The contract of [`super::offset_deref_addv`].
+#[cold]
+#[inline(never)]
 pub(super) unsafe fn offset_deref_addv(
     start: Start,
     ptr: *mut *mut u8,
@@ -280,6 +288,8 @@ pub(super) unsafe fn offset_deref_addv(
 ///
 /// # Safety
 /// The contract of [`super::cmpeqv_cmpeqv_storev`].
+#[cold]
+#[inline(never)]
 pub(super) unsafe fn cmpeqv_cmpeqv_storev(
     start: Start,
     v: *mut i64,
@@ -313,6 +323,8 @@ fn order(commit: Commit) -> Ordering {
 ///
 /// # Safety
 /// The contract of [`super::cmpeqv_trystorev_storev`].
+#[cold]
+#[inline(never)]
 pub(super) unsafe fn cmpeqv_trystorev_storev(
     start: Start,
     v: *mut i64,
@@ -339,6 +351,8 @@ pub(super) unsafe fn cmpeqv_trystorev_storev(
 ///
 /// # Safety
 /// The contract of [`super::cmpeqv_trymemcpy_storev`].
+#[cold]
+#[inline(never)]
 pub(super) unsafe fn cmpeqv_trymemcpy_storev(
     start: Start,
     v: *mut i64,

@@ -149,7 +149,10 @@ pub fn start(index: Index) -> Option<Start> {
     // where the kernel provides mm_cid, and the dead area otherwise.
     let cpu = unsafe { arch::tp_load_u32::<OFFSET_CPU_ID>(area) };
     if (cpu as i32) < 0 {
-        return start_slow(index);
+        // The slow path answers with a pair of scalars, which come back in
+        // registers; the `Start` is built here, in the caller's registers.
+        let (area, value) = start_slow(index);
+        return (area != NO_START).then_some(Start { index, value, area });
     }
     let value = match index {
         // While the area is registered, cpu_id equals cpu_id_start.
@@ -161,10 +164,11 @@ pub fn start(index: Index) -> Option<Start> {
 }
 
 /// The slow path of [`start`]: decides the owner and registers the thread
-/// if needed.
+/// if needed. Returns the start's `(area, value)`, or `area` [`NO_START`]
+/// where `start` returns `None`.
 #[cold]
 #[inline(never)]
-fn start_slow(index: Index) -> Option<Start> {
+fn start_slow(index: Index) -> (isize, u32) {
     let Some(area) = area::thread_area() else {
         return fallback_start(index);
     };
@@ -173,14 +177,17 @@ fn start_slow(index: Index) -> Option<Start> {
         Index::CpuId => unsafe { arch::tp_load_u32::<OFFSET_CPU_ID_START>(area) },
         Index::MmCid => {
             if !area::layout().features.contains(Features::MM_CID) {
-                return None;
+                return (NO_START, 0);
             }
             // SAFETY: as above.
             unsafe { arch::tp_load_u32::<OFFSET_MM_CID>(area) }
         }
     };
-    Some(Start { index, value, area })
+    (area, value)
 }
+
+/// [`start_slow`]'s `area` when there is no start.
+const NO_START: isize = isize::MIN + 2;
 
 /// The `area` of a [`Path::Locked`] [`Start`]: never a thread-pointer
 /// offset of a real area.
@@ -239,12 +246,13 @@ pub fn without_area() -> Option<Path> {
 /// The start of an operation in a thread without a live area, on the path
 /// that [`without_area`] names. The index value comes from the accessors'
 /// fallbacks; for `mm_cid` that is the CPU number, below the possible CPUs.
-fn fallback_start(index: Index) -> Option<Start> {
-    let area = match without_area()? {
-        Path::Locked => LOCKED,
-        _ => {
+fn fallback_start(index: Index) -> (isize, u32) {
+    let area = match without_area() {
+        None => return (NO_START, 0),
+        Some(Path::Locked) => LOCKED,
+        Some(_) => {
             if index == Index::MmCid && !area::layout().features.contains(Features::MM_CID) {
-                return None;
+                return (NO_START, 0);
             }
             FENCED
         }
@@ -253,7 +261,7 @@ fn fallback_start(index: Index) -> Option<Start> {
         Index::CpuId => crate::cpu_id(),
         Index::MmCid => crate::mm_cid(),
     };
-    Some(Start { index, value, area })
+    (area, value)
 }
 
 /// Runs the architecture's operation `$op` for `$start`'s index: the field
@@ -568,6 +576,7 @@ thread_local! {
 ///     assert_eq!(slots.iter().sum::<i64>(), 1);
 /// }
 /// ```
+#[inline]
 pub fn retry<T>(
     index: Index,
     mut op: impl FnMut(Start) -> Result<T, Failure>,
@@ -575,12 +584,17 @@ pub fn retry<T>(
     loop {
         let s = start(index)?;
         match op(s) {
-            Err(Failure::Aborted) => {
-                let _ = ABORTS.try_with(|a| a.fetch_add(1, Ordering::Relaxed));
-            }
+            Err(Failure::Aborted) => count_abort(),
             other => return Some(other),
         }
     }
+}
+
+/// Counts an abort for [`aborts`]; out of line, off the fast path.
+#[cold]
+#[inline(never)]
+fn count_abort() {
+    let _ = ABORTS.try_with(|a| a.fetch_add(1, Ordering::Relaxed));
 }
 
 /// How many aborts [`retry`] has seen in the calling thread.
