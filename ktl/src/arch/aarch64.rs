@@ -143,7 +143,7 @@ macro_rules! rseq_cs_enter {
             "add x10, x10, :lo12:3b\n",
             "str x10, [x0, #8]\n",
             "6:\n",
-            "ldr w10, [x0, #{field}]\n",
+            "ldr w10, [x0, {field}]\n",
             "cmp w10, w1\n",
             "b.ne 8f\n",
             "ldar w10, [{gate}]\n",
@@ -215,7 +215,7 @@ macro_rules! rseq_cs_leave {
     };
 }
 
-/// Adds `count` to `*v` while the index field at byte `FIELD` of the area at
+/// Adds `count` to `*v` while the index field at byte `field` of the area at
 /// `area` still equals `value`.
 ///
 /// # Safety
@@ -224,8 +224,10 @@ macro_rules! rseq_cs_leave {
 /// 4-byte aligned; `v` must be valid for reads and writes of an `i64` and
 /// 8-byte aligned. The block uses 16 bytes of stack.
 #[inline(always)]
-pub(crate) unsafe fn rseq_add<const FIELD: usize>(
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_add(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -242,7 +244,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
             "add x10, x10, x3",
             "str x10, [x2]",
             rseq_cs_leave!(),
-            field = const FIELD,
+            field = in(reg) field,
             in("x0") area,
             gate = in(reg) gate,
             in("w1") value,
@@ -260,8 +262,10 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
 /// # Safety
 /// As for [`rseq_add`].
 #[inline(always)]
-pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_cmpeqv_storev(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -280,7 +284,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
             "b.ne 9f",
             "str x4, [x2]",
             rseq_cs_leave!(cmpfail),
-            field = const FIELD,
+            field = in(reg) field,
             in("x0") area,
             gate = in(reg) gate,
             in("w1") value,
@@ -302,8 +306,10 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
 /// # Safety
 /// As for the x86_64 version.
 #[inline(always)]
-pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut *mut u8,
@@ -325,7 +331,7 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
             "ldr x11, [x10, x4]",
             "str x11, [x2]",
             rseq_cs_leave!(cmpfail),
-            field = const FIELD,
+            field = in(reg) field,
             in("x0") area,
             gate = in(reg) gate,
             in("w1") value,
@@ -345,8 +351,10 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
 /// # Safety
 /// As for the x86_64 version.
 #[inline(always)]
-pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_offset_deref_addv(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     ptr: *mut *mut u8,
@@ -366,7 +374,7 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
             "add x11, x11, x4",
             "str x11, [x10]",
             rseq_cs_leave!(),
-            field = const FIELD,
+            field = in(reg) field,
             in("x0") area,
             gate = in(reg) gate,
             in("w1") value,
@@ -385,8 +393,9 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
 /// As for the x86_64 version.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
+pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -410,7 +419,7 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
             "b.ne 9f",
             "str x6, [x2]",
             rseq_cs_leave!(cmpfail),
-            field = const FIELD,
+            field = in(reg) field,
             in("x0") area,
             gate = in(reg) gate,
             in("w1") value,
@@ -433,8 +442,9 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
 /// As for the x86_64 version.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELEASE: bool>(
+pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -460,7 +470,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
             "str x6, [x2]",
             ".endif",
             rseq_cs_leave!(cmpfail),
-            field = const FIELD,
+            field = in(reg) field,
             release = const RELEASE as u8,
             in("x0") area,
             gate = in(reg) gate,
@@ -484,8 +494,9 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
 /// As for the x86_64 version.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELEASE: bool>(
+pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -520,7 +531,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELE
             "str x7, [x2]",
             ".endif",
             rseq_cs_leave!(cmpfail),
-            field = const FIELD,
+            field = in(reg) field,
             release = const RELEASE as u8,
             in("x0") area,
             gate = in(reg) gate,

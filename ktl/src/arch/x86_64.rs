@@ -274,7 +274,7 @@ macro_rules! rseq_abort_handler {
 }
 
 /// Adds `count` to `*v` in a critical section that commits only while the
-/// index field at byte `FIELD` of the area at `area` still equals `value`.
+/// index field at byte `field` of the area at `area` still equals `value`.
 ///
 /// # Safety
 /// `area` must be the offset from the thread pointer of the calling thread's
@@ -282,8 +282,10 @@ macro_rules! rseq_abort_handler {
 /// 4-byte aligned; `v` must be valid for reads and writes of an `i64` and
 /// 8-byte aligned.
 #[inline(always)]
-pub(crate) unsafe fn rseq_add<const FIELD: usize>(
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_add(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -301,7 +303,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
             rseq_abort_handler!(),
             "jmp {abort}",
             ".popsection",
-            field = const FIELD,
+            field = in(reg) field,
             in("rdi") area,
             gate = in(reg) gate,
             in("rax") 0usize,
@@ -315,13 +317,15 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize>(
 }
 
 /// Stores `newv` into `*v` if `*v == expect`, in a critical section that
-/// commits only while the index field at byte `FIELD` still equals `value`.
+/// commits only while the index field at byte `field` still equals `value`.
 ///
 /// # Safety
 /// As for [`rseq_add`].
 #[inline(always)]
-pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_cmpeqv_storev(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -341,7 +345,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
             rseq_abort_handler!(),
             "jmp {abort}",
             ".popsection",
-            field = const FIELD,
+            field = in(reg) field,
             in("rdi") area,
             gate = in(reg) gate,
             in("rax") 0usize,
@@ -366,8 +370,10 @@ pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize>(
 /// As for [`rseq_add`]; `load` must be valid for a pointer-sized write, and
 /// every node reachable from `*v` valid for a read at `voffp`.
 #[inline(always)]
-pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut *mut u8,
@@ -395,7 +401,7 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
             "xor eax, eax",
             "jmp {cmpfail}",
             ".popsection",
-            field = const FIELD,
+            field = in(reg) field,
             in("rdi") area,
             gate = in(reg) gate,
             in("rax") 0usize,
@@ -418,8 +424,10 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize>(
 /// As for [`rseq_add`]; `*ptr + off` must be valid for an aligned `i64`
 /// read and write.
 #[inline(always)]
-pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
+#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
+pub(crate) unsafe fn rseq_offset_deref_addv(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     ptr: *mut *mut u8,
@@ -438,7 +446,7 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
             rseq_abort_handler!(),
             "jmp {abort}",
             ".popsection",
-            field = const FIELD,
+            field = in(reg) field,
             in("rdi") area,
             gate = in(reg) gate,
             in("rax") 0usize,
@@ -458,8 +466,9 @@ pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize>(
 /// As for [`rseq_add`]; `v2` must be valid for an aligned `i64` read.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
+pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -483,7 +492,7 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
             rseq_abort_handler!(),
             "jmp {abort}",
             ".popsection",
-            field = const FIELD,
+            field = in(reg) field,
             in("rdi") area,
             gate = in(reg) gate,
             in("rax") 0usize,
@@ -510,8 +519,9 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize>(
 /// As for [`rseq_add`]; `v2` must be valid for an aligned `i64` write.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELEASE: bool>(
+pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -534,7 +544,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
             rseq_abort_handler!(),
             "jmp {abort}",
             ".popsection",
-            field = const FIELD,
+            field = in(reg) field,
             in("rdi") area,
             gate = in(reg) gate,
             in("rax") 0usize,
@@ -564,8 +574,9 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const FIELD: usize, const RELE
 /// the critical section, which restarts from the beginning on every abort.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELEASE: bool>(
+pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
     area: isize,
+    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -606,7 +617,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const FIELD: usize, const RELE
             "xor eax, eax",
             "jmp {cmpfail}",
             ".popsection",
-            field = const FIELD,
+            field = in(reg) field,
             in("rdi") area,
             gate = in(reg) gate,
             in("rax") 0usize,

@@ -74,15 +74,33 @@ impl PerCpuCounter {
     }
 
     /// Adds `n` (wrapping on overflow).
+    ///
+    /// The inlined part is one attempt of the operation; everything else
+    /// (a retry after an abort, a thread without an area) is out of line, so
+    /// that a caller's loop stays small enough to keep this inlined.
     #[inline]
     pub fn add(&self, n: i64) {
-        let slots = &self.slots;
-        let done = rseq::retry(slots.index(), |s| match slots.slot(s) {
+        if let Some(s) = rseq::start(self.slots.index())
+            && let Some(slot) = self.slots.slot(s)
             // SAFETY: the slots are private to this counter and only ever
-            // written by this `rseq::add`, started with the index value of
-            // the slot it writes (`slot(s)` is slot `s.value()`); `reset`
+            // written by `rseq::add` started with the index value of the
+            // slot it writes (`slot(s)` is slot `s.value()`); `reset`
             // writes them only through `&mut self`, when no add can run.
             // Each slot is a live, aligned AtomicI64 for as long as `self`.
+            && unsafe { rseq::add(s, slot.as_ptr(), n) }.is_ok()
+        {
+            return;
+        }
+        self.add_slow(n);
+    }
+
+    /// `add` after an abort, or where the first attempt could not run.
+    #[cold]
+    #[inline(never)]
+    fn add_slow(&self, n: i64) {
+        let slots = &self.slots;
+        let done = rseq::retry(slots.index(), |s| match slots.slot(s) {
+            // SAFETY: as in `add`.
             Some(slot) => unsafe { rseq::add(s, slot.as_ptr(), n) }.map(|()| true),
             None => Ok(false),
         });

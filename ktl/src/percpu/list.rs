@@ -110,57 +110,110 @@ impl<T> Heads<T> {
     /// # Safety
     /// As for [`push_counted`](Self::push_counted) when `counted`, else as
     /// for [`push`](Self::push).
+    #[inline]
     unsafe fn push_with(&self, node: *mut Node<T>, counted: bool) -> Result<usize, NoSlot> {
-        let mut depth = 0;
+        // One attempt inline, the rest out of line (as in `pop`).
+        if let Some(s) = rseq::start(self.index())
+            // SAFETY: forwarded to the caller.
+            && let Ok(Some(depth)) = unsafe { self.push_once(s, node, counted) }
+        {
+            return Ok(depth);
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.push_slow(node, counted) }
+    }
+
+    /// # Safety
+    /// As for [`push_with`](Self::push_with).
+    #[cold]
+    #[inline(never)]
+    unsafe fn push_slow(&self, node: *mut Node<T>, counted: bool) -> Result<usize, NoSlot> {
         loop {
-            let r = rseq::retry(self.index(), |s| {
-                let Some(head) = self.heads.slot(s) else {
-                    return Ok(false);
-                };
-                let old = head.load(Ordering::Relaxed);
-                if counted {
-                    depth = 1 + if old.is_null() {
-                        0
-                    } else {
-                        // SAFETY: the caller keeps every node that was on
-                        // the lists allocated; `depth` is atomic because
-                        // the node may be pushed again meanwhile.
-                        unsafe { (*old).depth.load(Ordering::Relaxed) }
-                    };
-                    // SAFETY: the caller owns `node` until the push commits.
-                    unsafe { (*node).depth.store(depth, Ordering::Relaxed) };
-                }
-                // SAFETY: the caller owns `node` until the push commits.
-                unsafe { (*node).next.store(old, Ordering::Relaxed) };
-                // SAFETY: the heads are written only by rseq operations
-                // started with the head's index value (this one and `pop`)
-                // and by holders of `rseq::exclusive` for it (`steal`, with
-                // atomics); the head is a live, aligned pointer-sized word.
-                unsafe { rseq::cmpeqv_storev(s, head.as_ptr().cast(), old as i64, node as i64) }
-                    .map(|()| true)
+            // SAFETY: forwarded to the caller.
+            let r = rseq::retry(self.index(), |s| unsafe {
+                self.push_once(s, node, counted)
             });
             match r {
-                Some(Ok(true)) => return Ok(depth),
+                Some(Ok(Some(depth))) => return Ok(depth),
                 Some(Err(Failure::CompareFailed)) => continue,
                 _ => return Err(NoSlot::Unavailable),
             }
         }
     }
 
-    /// Pops a node from the list of the CPU the thread runs on: `Ok(None)`
-    /// when that list is empty. The caller owns the node returned.
-    pub(crate) fn pop(&self) -> Result<Option<*mut Node<T>>, NoSlot> {
-        let next = core::mem::offset_of!(Node<T>, next) as isize;
-        let r = rseq::retry(self.index(), |s| {
-            let Some(head) = self.heads.slot(s) else {
-                return Ok(None);
+    /// One push attempt with `s`: the depth recorded on success (0 when not
+    /// `counted`), `Ok(None)` when `s` has no slot.
+    ///
+    /// # Safety
+    /// As for [`push_with`](Self::push_with).
+    #[inline(always)]
+    unsafe fn push_once(
+        &self,
+        s: rseq::Start,
+        node: *mut Node<T>,
+        counted: bool,
+    ) -> Result<Option<usize>, Failure> {
+        let Some(head) = self.heads.slot(s) else {
+            return Ok(None);
+        };
+        let old = head.load(Ordering::Relaxed);
+        let mut depth = 0;
+        if counted {
+            depth = 1 + if old.is_null() {
+                0
+            } else {
+                // SAFETY: the caller keeps every node that was on the lists
+                // allocated; `depth` is atomic because the node may be
+                // pushed again meanwhile.
+                unsafe { (*old).depth.load(Ordering::Relaxed) }
             };
-            // SAFETY: as in `push`; every node on a list is live (nodes are
-            // freed only after they are popped), so `next` can be read.
-            unsafe { rseq::cmpnev_storeoffp_load(s, head.as_ptr().cast(), ptr::null_mut(), next) }
-                .map(|p| Some(p.cast::<Node<T>>()))
-        });
-        match r {
+            // SAFETY: the caller owns `node` until the push commits.
+            unsafe { (*node).depth.store(depth, Ordering::Relaxed) };
+        }
+        // SAFETY: the caller owns `node` until the push commits.
+        unsafe { (*node).next.store(old, Ordering::Relaxed) };
+        // SAFETY: the heads are written only by rseq operations started with
+        // the head's index value (this one and `pop`) and by holders of
+        // `rseq::exclusive` for it (`steal`, with atomics); the head is a
+        // live, aligned pointer-sized word.
+        unsafe { rseq::cmpeqv_storev(s, head.as_ptr().cast(), old as i64, node as i64) }
+            .map(|()| Some(depth))
+    }
+
+    #[inline]
+    pub(crate) fn pop(&self) -> Result<Option<*mut Node<T>>, NoSlot> {
+        // One attempt inline; a retry after an abort, or a thread without
+        // an area, goes out of line (see `PerCpuCounter::add`).
+        if let Some(s) = rseq::start(self.index())
+            && self.heads.slot(s).is_some()
+        {
+            match self.pop_with(s) {
+                Ok(node) => return Ok(node),
+                Err(Failure::CompareFailed) => return Ok(None),
+                Err(Failure::Aborted) => {}
+            }
+        }
+        self.pop_slow()
+    }
+
+    /// One pop attempt with `s`: `Ok(None)` when `s` has no slot (the
+    /// callers tell that from an empty list).
+    #[inline(always)]
+    fn pop_with(&self, s: rseq::Start) -> Result<Option<*mut Node<T>>, Failure> {
+        let next = core::mem::offset_of!(Node<T>, next) as isize;
+        let Some(head) = self.heads.slot(s) else {
+            return Ok(None);
+        };
+        // SAFETY: as in `push`; every node on a list is live (nodes are
+        // freed only after they are popped), so `next` can be read.
+        unsafe { rseq::cmpnev_storeoffp_load(s, head.as_ptr().cast(), ptr::null_mut(), next) }
+            .map(|p| Some(p.cast::<Node<T>>()))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pop_slow(&self) -> Result<Option<*mut Node<T>>, NoSlot> {
+        match rseq::retry(self.index(), |s| self.pop_with(s)) {
             Some(Ok(Some(node))) => Ok(Some(node)),
             Some(Err(Failure::CompareFailed)) => Ok(None),
             _ => Err(NoSlot::Unavailable),

@@ -37,7 +37,7 @@
 //! child does not have.
 
 use super::fence::{self, FenceError};
-use super::{Commit, Failure, Index, LOCKED, Start};
+use super::{Commit, Failure, Index};
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Once;
 
@@ -77,6 +77,18 @@ extern "C" fn open_all_in_child() {
     }
 }
 
+/// What a fallback operation needs of its start: 8 bytes, passed in one
+/// register, so that the inlined fast path never spills its `Start` to
+/// pass it to the out-of-line fallbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Key {
+    pub(super) index: Index,
+    pub(super) value: u32,
+    /// Whether other threads run critical sections, so closing the gate
+    /// must be followed by the fence.
+    pub(super) fenced: bool,
+}
+
 /// Holds the gate of one index value, with signals blocked, until dropped.
 struct Guard {
     gate: &'static AtomicU32,
@@ -84,12 +96,12 @@ struct Guard {
 }
 
 impl Guard {
-    /// Closes `start`'s gate, and for a fenced start runs the fence.
+    /// Closes `key`'s gate, and for a fenced key runs the fence.
     ///
     /// Returns the fence's error, with the gate open again, if the fence
     /// fails; the kernel accepts the fence once the process has registered
     /// for it, so that is not expected.
-    fn acquire(start: Start) -> Result<Guard, FenceError> {
+    fn acquire(key: Key) -> Result<Guard, FenceError> {
         static AT_FORK: Once = Once::new();
         AT_FORK.call_once(|| {
             // SAFETY: registers a child handler that only touches the gates.
@@ -97,7 +109,7 @@ impl Guard {
             // closed gate, as with any lock held across fork.
             unsafe { libc::pthread_atfork(None, None, Some(open_all_in_child)) };
         });
-        let n = start.value as usize % GATES;
+        let n = key.value as usize % GATES;
         HIGHEST.fetch_max(n, Ordering::Relaxed);
         let gate = &GATE[n].0;
         // SAFETY: sigset_t is plain data; sigfillset initializes it, and
@@ -122,9 +134,9 @@ impl Guard {
             }
         }
         let guard = Guard { gate, old_mask };
-        if start.area != LOCKED {
-            match start.index {
-                Index::CpuId => fence::fence_cpu(start.value).or_else(|_| fence::fence_all()),
+        if key.fenced {
+            match key.index {
+                Index::CpuId => fence::fence_cpu(key.value).or_else(|_| fence::fence_all()),
                 Index::MmCid => fence::fence_all(),
             }?;
         }
@@ -152,11 +164,11 @@ pub struct Exclusive {
 }
 
 impl Exclusive {
-    pub(super) fn take(start: Start) -> Result<Exclusive, FenceError> {
+    pub(super) fn take(key: Key) -> Result<Exclusive, FenceError> {
         Ok(Exclusive {
-            _guard: Guard::acquire(start)?,
-            index: start.index,
-            value: start.value,
+            _guard: Guard::acquire(key)?,
+            index: key.index,
+            value: key.value,
             _not_send: core::marker::PhantomData,
         })
     }
@@ -197,8 +209,8 @@ unsafe fn word<'a>(p: *mut i64) -> &'a AtomicI64 {
 /// The contract of [`super::add`].
 #[cold]
 #[inline(never)]
-pub(super) unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
-    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
+pub(super) unsafe fn add(key: Key, v: *mut i64, count: i64) -> Result<(), Failure> {
+    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     w.store(
@@ -215,12 +227,12 @@ pub(super) unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Fa
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn cmpeqv_storev(
-    start: Start,
+    key: Key,
     v: *mut i64,
     expect: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     if w.load(Ordering::Relaxed) != expect {
@@ -237,12 +249,12 @@ pub(super) unsafe fn cmpeqv_storev(
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn cmpnev_storeoffp_load(
-    start: Start,
+    key: Key,
     head: *mut *mut u8,
     expectnot: *mut u8,
     next_offset: isize,
 ) -> Result<*mut u8, Failure> {
-    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract: `head` is a valid, aligned pointer
     // slot, and a node on the list is valid for a pointer read at
     // `next_offset`.
@@ -266,12 +278,12 @@ pub(super) unsafe fn cmpnev_storeoffp_load(
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn offset_deref_addv(
-    start: Start,
+    key: Key,
     ptr: *mut *mut u8,
     offset: isize,
     inc: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     unsafe {
         let base = AtomicPtr::from_ptr(ptr).load(Ordering::Relaxed);
@@ -291,14 +303,14 @@ pub(super) unsafe fn offset_deref_addv(
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn cmpeqv_cmpeqv_storev(
-    start: Start,
+    key: Key,
     v: *mut i64,
     expect: i64,
     v2: *const i64,
     expect2: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -326,7 +338,7 @@ fn order(commit: Commit) -> Ordering {
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn cmpeqv_trystorev_storev(
-    start: Start,
+    key: Key,
     v: *mut i64,
     expect: i64,
     v2: *mut i64,
@@ -334,7 +346,7 @@ pub(super) unsafe fn cmpeqv_trystorev_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -354,7 +366,7 @@ pub(super) unsafe fn cmpeqv_trystorev_storev(
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn cmpeqv_trymemcpy_storev(
-    start: Start,
+    key: Key,
     v: *mut i64,
     expect: i64,
     dst: *mut u8,
@@ -362,7 +374,7 @@ pub(super) unsafe fn cmpeqv_trymemcpy_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(start).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
     // SAFETY: the operation's contract: `dst` is valid for `src.len()` bytes
     // of writes that nothing else accesses until the commit publishes them.
     unsafe {

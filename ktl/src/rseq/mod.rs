@@ -116,6 +116,16 @@ impl Start {
         self.index
     }
 
+    /// The fallbacks' view of this start.
+    #[inline(always)]
+    fn key(self) -> locked::Key {
+        locked::Key {
+            index: self.index,
+            value: self.value,
+            fenced: self.area == FENCED,
+        }
+    }
+
     /// How operations with this start run.
     pub fn path(self) -> Path {
         match self.area {
@@ -265,17 +275,21 @@ fn fallback_start(index: Index) -> (isize, u32) {
 }
 
 /// Runs the architecture's operation `$op` for `$start`'s index: the field
-/// compared in the section is `cpu_id` or `mm_cid`.
+/// compared in the section is `cpu_id` or `mm_cid`, passed in a register, so
+/// that each operation is one section whatever the index (two would double
+/// the code inlined into the caller's loop).
 macro_rules! dispatch {
     ($start:expr, $op:ident $(, $flag:expr)? ; $($arg:expr),* $(,)?) => {
-        match $start.index {
-            Index::CpuId => arch::$op::<OFFSET_CPU_ID $(, $flag)?>(
-                $start.area, $start.value, locked::gate($start.value), $($arg),*
-            ),
-            Index::MmCid => arch::$op::<OFFSET_MM_CID $(, $flag)?>(
-                $start.area, $start.value, locked::gate($start.value), $($arg),*
-            ),
-        }
+        arch::$op $(::<$flag>)? (
+            $start.area,
+            match $start.index {
+                Index::CpuId => OFFSET_CPU_ID,
+                Index::MmCid => OFFSET_MM_CID,
+            },
+            $start.value,
+            locked::gate($start.value),
+            $($arg),*
+        )
     };
 }
 
@@ -305,7 +319,7 @@ pub enum Commit {
 pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
     if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::add(start, v, count) };
+        return unsafe { locked::add(start.key(), v, count) };
     }
     delay_before();
     // SAFETY: forwarded to the caller's contract; `start.area` is this
@@ -327,7 +341,7 @@ pub unsafe fn cmpeqv_storev(
 ) -> Result<(), Failure> {
     if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::cmpeqv_storev(start, v, expect, newv) };
+        return unsafe { locked::cmpeqv_storev(start.key(), v, expect, newv) };
     }
     delay_before();
     // SAFETY: as in `add`.
@@ -354,7 +368,7 @@ pub unsafe fn cmpnev_storeoffp_load(
 ) -> Result<*mut u8, Failure> {
     if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::cmpnev_storeoffp_load(start, head, expectnot, next_offset) };
+        return unsafe { locked::cmpnev_storeoffp_load(start.key(), head, expectnot, next_offset) };
     }
     delay_before();
     let mut popped: *mut u8 = core::ptr::null_mut();
@@ -380,7 +394,7 @@ pub unsafe fn offset_deref_addv(
 ) -> Result<(), Failure> {
     if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::offset_deref_addv(start, ptr, offset, inc) };
+        return unsafe { locked::offset_deref_addv(start.key(), ptr, offset, inc) };
     }
     delay_before();
     // SAFETY: as in `add`.
@@ -404,7 +418,7 @@ pub unsafe fn cmpeqv_cmpeqv_storev(
 ) -> Result<(), Failure> {
     if start.area <= FENCED {
         // SAFETY: the caller's contract.
-        return unsafe { locked::cmpeqv_cmpeqv_storev(start, v, expect, v2, expect2, newv) };
+        return unsafe { locked::cmpeqv_cmpeqv_storev(start.key(), v, expect, v2, expect2, newv) };
     }
     delay_before();
     // SAFETY: as in `add`.
@@ -435,7 +449,7 @@ pub unsafe fn cmpeqv_trystorev_storev(
     if start.area <= FENCED {
         // SAFETY: the caller's contract.
         return unsafe {
-            locked::cmpeqv_trystorev_storev(start, v, expect, v2, newv2, newv, commit)
+            locked::cmpeqv_trystorev_storev(start.key(), v, expect, v2, newv2, newv, commit)
         };
     }
     delay_before();
@@ -475,7 +489,7 @@ pub unsafe fn cmpeqv_trymemcpy_storev(
     if start.area <= FENCED {
         // SAFETY: the caller's contract.
         return unsafe {
-            locked::cmpeqv_trymemcpy_storev(start, v, expect, dst, src, newv, commit)
+            locked::cmpeqv_trymemcpy_storev(start.key(), v, expect, dst, src, newv, commit)
         };
     }
     delay_before();
@@ -546,7 +560,11 @@ pub fn exclusive(index: Index, value: u32) -> Result<locked::Exclusive, fence::F
             FENCED
         }
     };
-    locked::Exclusive::take(Start { index, value, area })
+    locked::Exclusive::take(locked::Key {
+        index,
+        value,
+        fenced: area == FENCED,
+    })
 }
 
 thread_local! {
