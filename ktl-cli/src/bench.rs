@@ -1,5 +1,5 @@
-//! `ktl bench`: measures the per-thread accessors and the restartable
-//! sequences against their alternatives.
+//! `ktl bench`: measures the per-thread accessors, the restartable
+//! sequences and the per-CPU structures against their alternatives.
 //!
 //! The framework is small and meant to grow. A [`Row`] is a named operation
 //! in a group, or the reason it cannot run on this machine. For the rows that
@@ -8,7 +8,7 @@
 //! warm-up, then takes `--samples` rounds of timed samples, one sample of
 //! every row per round (every group's rows take part in the same rounds).
 //!
-//! Two groups of rows:
+//! Three groups of rows:
 //! - `cpu`: `ktl::cpu_id()` and the other accessors, the raw load they are
 //!   held to, and the other ways to learn the CPU (glibc, vDSO, system call,
 //!   RDPID).
@@ -20,28 +20,41 @@
 //!   through [`ktl::rseq::retry`], so the cost of reading the CPU number is
 //!   part of it. The rows need a live rseq area in the benchmarking thread;
 //!   without one they are listed as "n/a".
+//! - `percpu`: the structures of [`ktl::percpu`] against what programs use
+//!   today, each at 1, 2 and 8 threads on one shared structure (see the
+//!   `percpu` submodule): counter add ([`ktl::percpu::PerCpuCounter`]
+//!   against a shared `AtomicU64`, a `thread_local::ThreadLocal<Cell<u64>>`
+//!   and a `Mutex<u64>`), pool get+put ([`ktl::percpu::Pool`] against
+//!   crossbeam's `ArrayQueue` and `SegQueue` and a `Mutex<Vec<_>>`) and stack
+//!   push+pop ([`ktl::percpu::PerCpuStack`] against the same three). Each
+//!   row's ratio is taken against ktl's structure with the same operation
+//!   and thread count.
 //!
-//! The `2 threads` rows run the loop in two threads at once: the benchmarking
-//! thread and a helper thread that the row spawns once and drives sample by
-//! sample. The helper blocks between samples; at the start of a sample the
-//! two threads meet in a short spin, the benchmarking thread reads the clock
-//! and releases the helper, both run the sample's iteration count, and the
-//! clock is read again once both have finished. The time per operation is
-//! that wall time divided by the iterations of *one* thread (times the calls
-//! per iteration): what one operation costs a thread while another thread
-//! hammers the same counter. The rseq row's threads update their own CPUs'
-//! slots (no line is shared); the atomic row's threads share one `AtomicU64`,
-//! the classic contended counter. The threads are not pinned: on a machine
-//! with two CPUs or more the scheduler keeps them on different CPUs nearly
-//! all the time, and when it does not, the rseq sections abort and restart
-//! and the shared counter's line stays in one cache (both are part of what
-//! is measured).
+//! A row of N threads runs the loop in N threads at once: the benchmarking
+//! thread and N - 1 helper threads that the row spawns once and drives
+//! sample by sample (a [`Crew`]). The helpers block between samples; at the
+//! start of a sample the threads meet in a short spin, the benchmarking
+//! thread reads the clock and releases the helpers, all run the sample's
+//! iteration count, and the clock is read again once all have finished. The
+//! time per operation is that wall time divided by the iterations of *one*
+//! thread (times the calls per iteration): what one operation costs a thread
+//! while the others hammer the same structure. With more threads than CPUs
+//! (the 8-thread rows on a smaller machine) the threads take turns, and the
+//! time per operation grows with the oversubscription. The rseq row's
+//! threads update their own CPUs' slots (no line is shared); the atomic
+//! row's threads share one `AtomicU64`, the classic contended counter. The
+//! threads are not pinned: on a machine with two CPUs or more the scheduler
+//! keeps two threads on different CPUs nearly all the time, and when it does
+//! not, the rseq sections abort and restart and the shared counter's line
+//! stays in one cache (both are part of what is measured).
 //!
-//! Every `rseq` row checks its result: its loops count the operations they
-//! perform (calibration and warm-up included), and after the samples the
-//! slots (or the atomic) must sum to that count exactly. A mismatch is a
-//! correctness failure, not noise: the report is printed, the mismatch named,
-//! and `ktl bench` returns an error.
+//! Every `rseq` and `percpu` row checks its result: its loops count the
+//! operations they perform (calibration and warm-up included), and after the
+//! samples, once the row's threads are gone, the counters must sum to that
+//! count exactly, and the pools and stacks must hold every object they made,
+//! whose use counts must sum to that count. A mismatch is a correctness
+//! failure, not noise: the report is printed, the mismatch named, and
+//! `ktl bench` returns an error.
 //!
 //! Two loop shapes are available (`--shape`):
 //! - `call` (the default): each iteration makes one call and adds its result
@@ -56,19 +69,39 @@
 //!   counter rows' calls are not independent: each updates the same word.)
 //!
 //! The report gives, per row, the median, minimum and maximum time per call
-//! and the spread, `(max - min) / median`, and a ratio to the group's
-//! baseline row (`ktl::cpu_id()` in `cpu`, the uncontended `fetch_add` in
-//! `rseq`). Below the table come the comparisons the project promises,
-//! computed from the medians of the same run:
+//! and the spread, `(max - min) / median`, and a ratio to the row's baseline
+//! (`ktl::cpu_id()` in `cpu`, the uncontended `fetch_add` in `rseq`, ktl's
+//! structure with the same operation and threads in `percpu`). Below the
+//! table come the comparisons the project promises, computed from the
+//! medians of the same run:
 //! - `ktl::cpu_id()` costs at most 1.5x the raw thread-pointer-relative load;
 //! - `ktl::cpu_id()` is at least 4x faster than glibc's `sched_getcpu`;
 //! - `rseq add` with 2 threads is at least 5x faster per operation than a
 //!   shared `AtomicU64::fetch_add` with 2 threads;
 //! - a single-thread `rseq add` costs at most half an uncontended
-//!   `fetch_add`.
+//!   `fetch_add`;
+//! - `PerCpuCounter::add` with 2 threads is at least 5x faster per operation
+//!   than a shared `AtomicU64::fetch_add` with 2 threads;
+//! - `Pool` get+put with 2 threads is at least 2x faster per operation than
+//!   `ArrayQueue` pop+push with 2 threads;
+//! - `PerCpu<T>` takes exactly possible CPUs x `size_of::<CachePadded<T>>()`
+//!   bytes ([`ktl::percpu::PerCpu::footprint`], for a few `T`; computed, not
+//!   measured, whenever a `percpu` row runs).
 //!
 //! A failed comparison is reported, never turned into an error: machines are
 //! noisy.
+//!
+//! `--quick` (and `ktl` with no subcommand) takes fewer, shorter samples, and
+//! of the `percpu` group runs only the 2-thread counter and pool rows, which
+//! the promises compare. A filter that is a group's name selects that group
+//! (`cpu` does not select `percpu`); any other filter selects the rows whose
+//! name or group contains it.
+//!
+//! `--plot FILE.svg` draws two SVG charts (see [`crate::plot`]): the rows of
+//! the run as bars into `FILE.svg`, and, into `FILE-scaling.svg`, the thread
+//! scaling of the counters and pools that the filter selects, measured after
+//! the rows at 1, 2, 4, 8 and 32 threads, with the same settings and the
+//! same checks. Both paths are checked before anything is measured.
 //!
 //! The JSON form (`--json`) follows the schema `ktl-bench/1`:
 //!
@@ -77,15 +110,25 @@
 //!  "machine": {"cpu_model", "kernel", "arch", "logical_cpus", "usable_cpus"},
 //!  "owner": "libc" | "ktl" | "unavailable",
 //!  "shape": "call" | "throughput",
-//!  "rows": [{"name", "group", "available", "reason", "median_ns", "min_ns",
-//!            "max_ns", "spread_pct", "samples", "iters_per_sample"}],
-//!  "checks": [{"name", "ratio", "limit", "bound", "pass", "reason"}]}
+//!  "rows": [{"name", "group", "threads", "available", "reason", "median_ns",
+//!            "min_ns", "max_ns", "spread_pct", "samples", "iters_per_sample"}],
+//!  "checks": [{"name", "ratio", "limit", "bound", "pass", "reason", "detail"}],
+//!  "scaling": [{"structure", "implementation", "ours", "threads",
+//!               "median_ns", "min_ns", "max_ns", "reason"}]}
 //! ```
 //!
 //! Numbers of a row that did not run, and the ratio and verdict of a check
 //! that could not be computed, are `null`; `reason` says why. `bound` is
-//! `"max"` when `ratio` must be at most `limit`, `"min"` when at least.
+//! `"max"` when `ratio` must be at most `limit`, `"min"` when at least, and
+//! `"exact"` when it must equal it (the footprint check, whose `ratio` is
+//! bytes taken / bytes expected and whose `detail` gives the sizes in
+//! words; `detail` is `null` for the others). `scaling` is empty without
+//! `--plot`. `rows[].threads`, `checks[].detail` and `scaling` were added
+//! within version 1 (a version only ever gains fields).
 
+mod percpu;
+
+use crate::plot;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ktl::cpu::Source;
 use ktl::rseq::{Failure, Index, Start};
@@ -93,6 +136,7 @@ use serde::Serialize;
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -120,7 +164,15 @@ const SHARED_ADD_2: &str = "shared AtomicU64 fetch_add (2 threads)";
 const RSEQ_CAS_1: &str = "rseq cmpeqv_storev (1 thread)";
 const CAS_1: &str = "compare_exchange uncontended (1 thread)";
 
-/// Each group's baseline: the row the ratio column compares against.
+/// The `percpu` group's rows that the promises compare.
+const PERCPU_ADD_2: &str = "counter: PerCpuCounter::add (2 threads)";
+const PERCPU_SHARED_ADD_2: &str = "counter: shared AtomicU64 fetch_add (2 threads)";
+const POOL_2: &str = "pool: Pool get+put (2 threads)";
+const ARRAY_QUEUE_2: &str = "pool: ArrayQueue pop+push (2 threads)";
+
+/// Each group's baseline: the row the ratio column compares against. The
+/// `percpu` group's rows each name their own (ktl's structure with the same
+/// operation and thread count).
 const BASELINES: &[(&str, &str)] = &[("cpu", BASELINE), ("rseq", FETCH_ADD_1)];
 
 /// Calls of the operation per timed iteration in the throughput shape.
@@ -169,11 +221,12 @@ pub struct BenchArgs {
     /// --quick].
     #[arg(long, value_name = "MS")]
     pub sample_ms: Option<u64>,
-    /// The short run: fewer, shorter samples (about a second in all).
+    /// The short run: fewer, shorter samples, and of the percpu group only
+    /// the 2-thread counter and pool rows (a few seconds in all).
     #[arg(long)]
     pub quick: bool,
-    /// Run only the rows whose name or group contains this text (ignoring
-    /// case).
+    /// Run only the rows of this group (cpu, rseq, percpu), or else the rows
+    /// whose name or group contains this text (ignoring case).
     #[arg(long, value_name = "SUBSTRING")]
     pub filter: Option<String>,
     /// Print the results as JSON (schema `ktl-bench/1`), without a progress
@@ -184,6 +237,11 @@ pub struct BenchArgs {
     /// `throughput` (8 unrolled, independent calls per iteration).
     #[arg(long, value_enum, default_value_t = Shape::Call)]
     pub shape: Shape,
+    /// Draw SVG charts: the rows of the run as bars into FILE, and the thread
+    /// scaling of the counters and pools (1 to 32 threads, measured after
+    /// the rows) into FILE with `-scaling` added to its name.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -222,8 +280,9 @@ impl BenchArgs {
 /// elapsed time.
 type TimedLoop = Box<dyn Fn(u64, Shape) -> Duration>;
 
-/// A row's check after its samples: what was verified, or what went wrong.
-type Verify = Box<dyn Fn() -> Result<String, String>>;
+/// A row's check after its samples (and after its threads have stopped):
+/// what was verified, or what went wrong.
+type Verify = Box<dyn FnOnce() -> Result<String, String>>;
 
 /// One line of the benchmark: a named operation, or why it cannot run here.
 pub struct Row {
@@ -233,9 +292,20 @@ pub struct Row {
     pub group: String,
     /// The timed loop, or the reason the row is not available.
     op: Result<TimedLoop, String>,
-    /// Run after the row's samples (counting rows: the counters sum to the
-    /// operations performed); an error is a correctness failure.
+    /// Run after the row's samples, once its loop and threads are gone
+    /// (counting rows: the counters sum to the operations performed; object
+    /// rows: the structure holds every object); an error is a correctness
+    /// failure.
     verify: Option<Verify>,
+    /// Threads that run the loop at once (each its own `iters` iterations).
+    threads: u32,
+    /// Whether the row measures ktl's own code (charts draw it apart).
+    ours: bool,
+    /// Whether the quick run (`--quick`) measures it.
+    quick: bool,
+    /// The row the ratio column compares against; `None`: the group's
+    /// baseline ([`BASELINES`]).
+    baseline: Option<String>,
 }
 
 impl Row {
@@ -261,6 +331,10 @@ impl Row {
             group: group.to_owned(),
             op: Ok(op),
             verify,
+            threads: 1,
+            ours: false,
+            quick: true,
+            baseline: None,
         }
     }
 
@@ -271,17 +345,52 @@ impl Row {
             group: group.to_owned(),
             op: Err(reason.into()),
             verify: None,
+            threads: 1,
+            ours: false,
+            quick: true,
+            baseline: None,
         }
     }
 
-    /// Whether `filter` selects this row: a case-insensitive substring of its
-    /// name or group. No filter selects every row.
-    fn matches(&self, filter: Option<&str>) -> bool {
-        filter.is_none_or(|f| {
-            let f = f.to_lowercase();
-            self.name.to_lowercase().contains(&f) || self.group.to_lowercase().contains(&f)
-        })
+    /// The row, marked as measuring ktl's own code.
+    fn ours(mut self) -> Row {
+        self.ours = true;
+        self
     }
+
+    /// The row, measured by the quick run or not.
+    fn in_quick_run(mut self, quick: bool) -> Row {
+        self.quick = quick;
+        self
+    }
+
+    /// The row, with its ratio taken against the row named `baseline`.
+    fn compared_to(mut self, baseline: String) -> Row {
+        self.baseline = Some(baseline);
+        self
+    }
+
+    /// Whether `filter` selects this row (see [`selects`]).
+    fn matches(&self, filter: Option<&str>) -> bool {
+        selects(filter, &self.name, &self.group)
+    }
+}
+
+/// The groups of rows, in order.
+const GROUPS: &[&str] = &["cpu", "rseq", percpu::GROUP];
+
+/// Whether `filter` selects the row `name` of `group`. A filter that is a
+/// group's name (ignoring case) selects that group; any other filter
+/// selects the rows whose name or group contains it (ignoring case). No
+/// filter selects every row.
+fn selects(filter: Option<&str>, name: &str, group: &str) -> bool {
+    filter.is_none_or(|f| {
+        let f = f.to_lowercase();
+        if GROUPS.iter().any(|g| g.to_lowercase() == f) {
+            return group.to_lowercase() == f;
+        }
+        name.to_lowercase().contains(&f) || group.to_lowercase().contains(&f)
+    })
 }
 
 /// Runs `iters` iterations of `op` in the loop of `shape` and returns the
@@ -346,11 +455,12 @@ fn glibc_sched_getcpu() -> i32 {
     unsafe { libc::sched_getcpu() }
 }
 
-/// The rows of this version, in order: the `cpu` group, then the `rseq`
-/// group. Rows that cannot run here carry their reason.
+/// The rows of this version, in order: the `cpu` group, the `rseq` group,
+/// then the `percpu` group. Rows that cannot run here carry their reason.
 pub fn rows() -> Vec<Row> {
     let mut rows = cpu_rows();
     rows.extend(rseq_rows());
+    rows.extend(percpu::rows());
     rows
 }
 
@@ -362,7 +472,7 @@ fn cpu_rows() -> Vec<Row> {
     let layout = ktl::layout();
     let sources = ktl::cpu::sources();
 
-    let mut rows = vec![Row::new(BASELINE, G, ktl::cpu_id)];
+    let mut rows = vec![Row::new(BASELINE, G, ktl::cpu_id).ours()];
 
     rows.push(match (layout.offset, sources.cpu_id) {
         (Some(offset), Source::Area) => Row::new(RAW_LOAD, G, move || {
@@ -384,8 +494,8 @@ fn cpu_rows() -> Vec<Row> {
         ),
     });
 
-    rows.push(Row::new("ktl::node_id()", G, ktl::node_id));
-    rows.push(Row::new("ktl::mm_cid()", G, ktl::mm_cid));
+    rows.push(Row::new("ktl::node_id()", G, ktl::node_id).ours());
+    rows.push(Row::new("ktl::mm_cid()", G, ktl::mm_cid).ours());
 
     rows.push(if glibc_sched_getcpu() >= 0 {
         Row::new(GLIBC, G, || glibc_sched_getcpu() as u32)
@@ -532,46 +642,65 @@ fn counted(op: TimedLoop, threads: u64, count: OpCount) -> TimedLoop {
     })
 }
 
-/// The check of a counting row: the counters (read by `total`) sum to the
-/// operations performed, and the helper thread (if any) stayed up.
-fn exactness(
+/// The check of a row, run after its samples: `check` gets the operations
+/// performed and says what it verified, or what is wrong; either is prefixed
+/// with the row's name. It fails without calling `check` if one of the row's
+/// other threads stopped early (`lost`).
+fn verified(
     name: &str,
     count: OpCount,
     lost: Option<Rc<Cell<bool>>>,
-    total: impl Fn() -> i128 + 'static,
+    check: impl FnOnce(u64) -> Result<String, String> + 'static,
 ) -> Verify {
     let name = name.to_owned();
     Box::new(move || {
         if lost.as_ref().is_some_and(|l| l.get()) {
             return Err(format!(
-                "{name}: the second thread stopped before the samples finished"
+                "{name}: another thread of the row stopped before the samples finished"
             ));
         }
-        let (sum, ops) = (total(), count.get());
-        if sum == i128::from(ops) {
-            Ok(format!("{name}: {ops} operations, counters sum to {sum}"))
-        } else {
-            Err(format!(
-                "{name}: the counters sum to {sum} after {ops} operations"
-            ))
-        }
+        check(count.get())
+            .map(|m| format!("{name}: {m}"))
+            .map_err(|m| format!("{name}: {m}"))
     })
 }
 
-/// The work of one thread in a sample of a 2-thread row: runs `iters`
+/// Whether counters that sum to `sum` account for `ops` operations.
+fn counts_match(sum: i128, ops: u64) -> Result<String, String> {
+    if sum == i128::from(ops) {
+        Ok(format!("{ops} operations, counters sum to {sum}"))
+    } else {
+        Err(format!("the counters sum to {sum} after {ops} operations"))
+    }
+}
+
+/// The check of a counting row: the counters (read by `total`) sum to the
+/// operations performed, and the row's other threads (if any) stayed up.
+fn exactness(
+    name: &str,
+    count: OpCount,
+    lost: Option<Rc<Cell<bool>>>,
+    total: impl FnOnce() -> i128 + 'static,
+) -> Verify {
+    verified(name, count, lost, move |ops| counts_match(total(), ops))
+}
+
+/// The work of one thread in a sample of a multi-thread row: runs `iters`
 /// iterations of the row's loop in `shape` (untimed; the sample's clock is
-/// read around both threads).
+/// read around all the threads).
 type Work = Arc<dyn Fn(u64, Shape) + Send + Sync>;
 
-/// Where the two threads of a 2-thread row meet: each field holds the number
-/// of the last sample that reached the step.
+/// Where the threads of a multi-thread row meet. `ready` and `done` count
+/// the helpers that reached the step, summed over the samples (after sample
+/// `n` of a crew of `k` helpers, both are `n * k`); `go` holds the number of
+/// the last sample whose clock runs.
 #[derive(Default)]
 struct Rendezvous {
-    /// The helper has the sample's orders and waits for `go`.
+    /// Helpers that have the sample's orders and wait for `go`.
     ready: AtomicU64,
     /// The clock is running: start.
     go: AtomicU64,
-    /// The helper has finished the sample's loop.
+    /// Helpers that have finished the sample's loop.
     done: AtomicU64,
 }
 
@@ -593,78 +722,89 @@ fn spin_until(cond: impl Fn() -> bool, give_up: impl Fn() -> bool) -> bool {
     true
 }
 
-/// The second thread of a 2-thread row: spawned once, blocked between
-/// samples, and run alongside the benchmarking thread in every sample.
-struct Helper {
-    /// The orders of each sample: iterations, shape and sample number.
-    /// Dropping the sender stops the thread.
-    orders: Option<mpsc::Sender<(u64, Shape, u64)>>,
+/// The helper threads of a multi-thread row: spawned once, blocked between
+/// samples, and run alongside the benchmarking thread in every sample. A
+/// crew of 0 helpers times the benchmarking thread alone.
+struct Crew {
+    /// The orders of each sample, one channel per helper: iterations, shape
+    /// and sample number. Dropping the senders stops the threads.
+    orders: Vec<mpsc::Sender<(u64, Shape, u64)>>,
     meet: Arc<Rendezvous>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     /// The number of the last sample.
     sample: Cell<u64>,
-    /// Set when the thread was gone during a sample.
+    /// Set when a helper was gone during a sample.
     lost: Rc<Cell<bool>>,
 }
 
-impl Helper {
-    /// Spawns the helper, which runs `setup` first; the error says why the
-    /// thread could not start or `setup` failed.
-    fn spawn(work: Work, setup: fn() -> Result<(), String>) -> Result<Helper, String> {
-        let (orders, inbox) = mpsc::channel::<(u64, Shape, u64)>();
-        let (setup_tx, setup_rx) = mpsc::channel();
-        let meet = Arc::new(Rendezvous::default());
-        let their_meet = Arc::clone(&meet);
-        let thread = std::thread::Builder::new()
-            .name("ktl-bench-helper".to_owned())
-            .spawn(move || {
-                let ready = setup();
-                let ok = ready.is_ok();
-                let _ = setup_tx.send(ready);
-                if !ok {
-                    return;
-                }
-                let m = their_meet;
-                while let Ok((iters, shape, n)) = inbox.recv() {
-                    m.ready.store(n, Ordering::Release);
-                    spin_until(|| m.go.load(Ordering::Acquire) == n, || false);
-                    work(iters, shape);
-                    m.done.store(n, Ordering::Release);
-                }
-            })
-            .map_err(|e| format!("cannot start the second thread: {e}"))?;
-        let helper = Helper {
-            orders: Some(orders),
-            meet,
-            thread: Some(thread),
+impl Crew {
+    /// Spawns `helpers` threads, each of which runs `setup` first; the error
+    /// says why a thread could not start or `setup` failed (the threads
+    /// already started are then stopped).
+    fn spawn(
+        helpers: usize,
+        work: &Work,
+        setup: fn() -> Result<(), String>,
+    ) -> Result<Crew, String> {
+        let mut crew = Crew {
+            orders: Vec::with_capacity(helpers),
+            meet: Arc::new(Rendezvous::default()),
+            threads: Vec::with_capacity(helpers),
             sample: Cell::new(0),
             lost: Rc::new(Cell::new(false)),
         };
-        match setup_rx.recv() {
-            Ok(Ok(())) => Ok(helper),
-            Ok(Err(reason)) => Err(reason),
-            Err(_) => Err("the second thread stopped while starting".to_owned()),
+        for _ in 0..helpers {
+            let (orders, inbox) = mpsc::channel::<(u64, Shape, u64)>();
+            let (setup_tx, setup_rx) = mpsc::channel();
+            let m = Arc::clone(&crew.meet);
+            let work = Arc::clone(work);
+            let thread = std::thread::Builder::new()
+                .name("ktl-bench-helper".to_owned())
+                .spawn(move || {
+                    let ready = setup();
+                    let ok = ready.is_ok();
+                    let _ = setup_tx.send(ready);
+                    if !ok {
+                        return;
+                    }
+                    while let Ok((iters, shape, n)) = inbox.recv() {
+                        m.ready.fetch_add(1, Ordering::AcqRel);
+                        spin_until(|| m.go.load(Ordering::Acquire) == n, || false);
+                        work(iters, shape);
+                        m.done.fetch_add(1, Ordering::AcqRel);
+                    }
+                })
+                .map_err(|e| format!("cannot start a helper thread: {e}"))?;
+            crew.orders.push(orders);
+            crew.threads.push(thread);
+            match setup_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err(reason),
+                Err(_) => return Err("a helper thread stopped while starting".to_owned()),
+            }
         }
+        Ok(crew)
     }
 
-    /// One sample: both threads run `work(iters, shape)`. Returns the wall
-    /// time from the release of the helper until both have finished.
+    /// One sample: every thread runs `work(iters, shape)`. Returns the wall
+    /// time from the release of the helpers until all have finished.
     fn sample(&self, work: &Work, iters: u64, shape: Shape) -> Duration {
         let n = self.sample.get() + 1;
         self.sample.set(n);
-        let gone = || self.thread.as_ref().is_none_or(JoinHandle::is_finished);
+        let arrivals = n.saturating_mul(self.orders.len() as u64);
+        let gone = || self.threads.iter().any(JoinHandle::is_finished);
         let sent = self
             .orders
-            .as_ref()
-            .is_some_and(|o| o.send((iters, shape, n)).is_ok());
-        if !sent || !spin_until(|| self.meet.ready.load(Ordering::Acquire) == n, gone) {
+            .iter()
+            .all(|o| o.send((iters, shape, n)).is_ok());
+        if !sent || !spin_until(|| self.meet.ready.load(Ordering::Acquire) >= arrivals, gone) {
             self.lost.set(true);
             return Duration::ZERO;
         }
         let start = Instant::now();
         self.meet.go.store(n, Ordering::Release);
         work(iters, shape);
-        let finished = spin_until(|| self.meet.done.load(Ordering::Acquire) == n, gone);
+        let finished = spin_until(|| self.meet.done.load(Ordering::Acquire) >= arrivals, gone);
         let elapsed = start.elapsed();
         if !finished {
             self.lost.set(true);
@@ -673,11 +813,45 @@ impl Helper {
     }
 }
 
-impl Drop for Helper {
+impl Drop for Crew {
     fn drop(&mut self) {
-        self.orders = None;
-        if let Some(thread) = self.thread.take() {
+        self.orders.clear();
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+    }
+}
+
+/// A row of `threads` threads (the benchmarking thread and `threads - 1`
+/// helpers) that each run `work` in every sample, with `check` run after
+/// the samples (see [`verified`]).
+fn crew_row(
+    name: &str,
+    group: &str,
+    threads: u32,
+    work: Work,
+    setup: fn() -> Result<(), String>,
+    check: impl FnOnce(u64) -> Result<String, String> + 'static,
+) -> Row {
+    let helpers = threads.max(1) as usize - 1;
+    match Crew::spawn(helpers, &work, setup) {
+        Ok(crew) => {
+            let count = OpCount::default();
+            let lost = Rc::clone(&crew.lost);
+            let run: TimedLoop = Box::new(move |iters, shape| crew.sample(&work, iters, shape));
+            let mut row = Row::timed(
+                name,
+                group,
+                counted(run, u64::from(threads.max(1)), Rc::clone(&count)),
+                Some(verified(name, count, Some(lost), check)),
+            );
+            row.threads = threads.max(1);
+            row
+        }
+        Err(reason) => {
+            let mut row = Row::unavailable(name, group, reason);
+            row.threads = threads.max(1);
+            row
         }
     }
 }
@@ -689,22 +863,11 @@ fn two_thread_row(
     group: &str,
     work: Work,
     setup: fn() -> Result<(), String>,
-    total: impl Fn() -> i128 + 'static,
+    total: impl FnOnce() -> i128 + 'static,
 ) -> Row {
-    match Helper::spawn(Arc::clone(&work), setup) {
-        Ok(helper) => {
-            let count = OpCount::default();
-            let lost = Rc::clone(&helper.lost);
-            let run: TimedLoop = Box::new(move |iters, shape| helper.sample(&work, iters, shape));
-            Row::timed(
-                name,
-                group,
-                counted(run, 2, Rc::clone(&count)),
-                Some(exactness(name, count, Some(lost), total)),
-            )
-        }
-        Err(reason) => Row::unavailable(name, group, reason),
-    }
+    crew_row(name, group, 2, work, setup, move |ops| {
+        counts_match(total(), ops)
+    })
 }
 
 /// A 1-thread counting row, checked against `total` after the samples.
@@ -712,7 +875,7 @@ fn one_thread_row(
     name: &str,
     group: &str,
     run: TimedLoop,
-    total: impl Fn() -> i128 + 'static,
+    total: impl FnOnce() -> i128 + 'static,
 ) -> Row {
     let count = OpCount::default();
     Row::timed(
@@ -747,8 +910,8 @@ fn rseq_rows() -> Vec<Row> {
         (Some(_), Some(n)) => Ok(n as usize),
     };
     let rseq_row = |name: &str, make: &dyn Fn(usize) -> Row| match &cpus {
-        Ok(n) => make(*n),
-        Err(reason) => Row::unavailable(name, G, reason.clone()),
+        Ok(n) => make(*n).ours(),
+        Err(reason) => Row::unavailable(name, G, reason.clone()).ours(),
     };
     let mut rows = Vec::new();
 
@@ -882,6 +1045,12 @@ struct Outcome {
     /// The row's check after its samples, if it has one and ran: what was
     /// verified, or the correctness failure.
     verified: Option<Result<String, String>>,
+    /// Threads that ran the loop at once.
+    threads: u32,
+    /// Whether the row measures ktl's own code.
+    ours: bool,
+    /// The row the ratio compares against, when not the group's baseline.
+    baseline: Option<String>,
 }
 
 impl Outcome {
@@ -893,14 +1062,20 @@ impl Outcome {
 /// The iteration count that makes one sample of `op` last about `target`.
 ///
 /// Doubles the count until a run lasts a tenth of the target (long enough for
-/// `Instant` to resolve well), then scales it. These runs are also the start
-/// of the warm-up.
+/// `Instant` to resolve well), then scales it. A run that reaches the tenth
+/// is repeated and the faster of the two counts: a first run can carry a
+/// one-time cost (a registration with the kernel, page faults, a structure
+/// moving its objects to the threads' CPUs) that would otherwise make the
+/// count far too small. These runs are also the start of the warm-up.
 fn calibrate(op: &dyn Fn(u64) -> Duration, target: Duration) -> u64 {
     const MAX_ITERS: u64 = 1 << 40;
     let probe_target = target / 10;
     let mut iters = 1u64;
     loop {
-        let elapsed = op(iters);
+        let mut elapsed = op(iters);
+        if elapsed >= probe_target && iters < MAX_ITERS {
+            elapsed = elapsed.min(op(iters));
+        }
         if elapsed >= probe_target || iters >= MAX_ITERS {
             let per_iter = elapsed.as_secs_f64() / iters as f64;
             if per_iter <= 0.0 {
@@ -962,13 +1137,15 @@ fn progress_bar(total: u64, json: bool) -> ProgressBar {
 }
 
 /// Runs the selected rows side by side (see [`measure_all`]) and returns
-/// their outcomes, in order.
+/// their outcomes, in order; `what` is the progress bar's message. Each
+/// row's check runs after its loop, and with it the row's threads, is gone.
 fn run_rows(
     rows: Vec<Row>,
     shape: Shape,
     samples: u32,
     target: Duration,
     json: bool,
+    what: &str,
 ) -> Vec<Outcome> {
     let timed: Vec<Box<dyn Fn(u64) -> Duration + '_>> = rows
         .iter()
@@ -977,17 +1154,22 @@ fn run_rows(
         .collect();
     let refs: Vec<&dyn Fn(u64) -> Duration> = timed.iter().map(|b| b.as_ref()).collect();
     let bar = progress_bar(refs.len() as u64 * u64::from(samples), json);
-    bar.set_message("calibrating, then interleaved samples of every row");
+    bar.set_message(what.to_owned());
     let mut stats = measure_all(&refs, shape.calls_per_iter(), samples, target, &bar).into_iter();
     bar.finish_and_clear();
     drop(timed);
     rows.into_iter()
         .map(|row| {
             let (result, verified) = match row.op {
-                Ok(_) => (
-                    stats.next().ok_or_else(|| "not measured".to_owned()),
-                    row.verify.as_ref().map(|v| v()),
-                ),
+                Ok(op) => {
+                    // Stops the row's helper threads, so the check sees the
+                    // final state and may take the structure back.
+                    drop(op);
+                    (
+                        stats.next().ok_or_else(|| "not measured".to_owned()),
+                        row.verify.map(|v| v()),
+                    )
+                }
                 Err(reason) => (Err(reason), None),
             };
             Outcome {
@@ -995,6 +1177,9 @@ fn run_rows(
                 verified,
                 name: row.name,
                 group: row.group,
+                threads: row.threads,
+                ours: row.ours,
+                baseline: row.baseline,
             }
         })
         .collect()
@@ -1008,6 +1193,9 @@ enum Bound {
     Max,
     /// The ratio must be at least the limit.
     Min,
+    /// The ratio must equal the limit (a quantity that is not measured but
+    /// computed, such as a memory footprint).
+    Exact,
 }
 
 /// A promised comparison: `median(numerator) / median(denominator)` against
@@ -1050,13 +1238,32 @@ const CHECKS: &[CheckSpec] = &[
         bound: Bound::Max,
         limit: 0.5,
     },
+    CheckSpec {
+        name: "PerCpuCounter::add with 2 threads is at least 5x faster per op than a shared AtomicU64 fetch_add",
+        numerator: PERCPU_SHARED_ADD_2,
+        denominator: PERCPU_ADD_2,
+        bound: Bound::Min,
+        limit: 5.0,
+    },
+    CheckSpec {
+        name: "Pool get+put with 2 threads is at least 2x faster per op than ArrayQueue pop+push",
+        numerator: ARRAY_QUEUE_2,
+        denominator: POOL_2,
+        bound: Bound::Min,
+        limit: 2.0,
+    },
 ];
+
+/// The name of the footprint check, which is computed, not measured.
+const FOOTPRINT_CHECK: &str =
+    "PerCpu<T> takes possible CPUs x size_of::<CachePadded<T>>() bytes (PerCpu::footprint)";
 
 /// A comparison's result, as serialized.
 #[derive(Serialize, Debug)]
 struct Check {
     name: &'static str,
-    /// `median(numerator) / median(denominator)`; null when not computed.
+    /// `median(numerator) / median(denominator)` (for the footprint: bytes
+    /// taken / bytes expected); null when not computed.
     ratio: Option<f64>,
     limit: f64,
     bound: Bound,
@@ -1064,6 +1271,8 @@ struct Check {
     pass: Option<bool>,
     /// Why the ratio could not be computed.
     reason: Option<String>,
+    /// What was compared, in words (the footprint check); null otherwise.
+    detail: Option<String>,
 }
 
 /// Evaluates the checks from the medians of `outcomes`.
@@ -1090,6 +1299,7 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
             let pass = ratio.map(|r| match spec.bound {
                 Bound::Max => r <= spec.limit,
                 Bound::Min => r >= spec.limit,
+                Bound::Exact => r == spec.limit,
             });
             Check {
                 name: spec.name,
@@ -1098,9 +1308,39 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
                 bound: spec.bound,
                 pass,
                 reason,
+                detail: None,
             }
         })
+        .chain([footprint_check(outcomes)])
         .collect()
+}
+
+/// The footprint check, when a row of the `percpu` group ran: the bytes
+/// that [`ktl::percpu::PerCpu`] takes for a few slot types, against the
+/// possible CPUs times the padded slot.
+fn footprint_check(outcomes: &[Outcome]) -> Check {
+    let mut check = Check {
+        name: FOOTPRINT_CHECK,
+        ratio: None,
+        limit: 1.0,
+        bound: Bound::Exact,
+        pass: None,
+        reason: None,
+        detail: None,
+    };
+    if !outcomes.iter().any(|o| o.group == percpu::GROUP) {
+        check.reason = Some(format!("no {} row was run (--filter)", percpu::GROUP));
+        return check;
+    }
+    match percpu::footprints() {
+        Ok(f) => {
+            check.ratio = Some(f.taken as f64 / f.expected.max(1) as f64);
+            check.pass = Some(f.taken == f.expected && f.each_matches);
+            check.detail = Some(f.detail);
+        }
+        Err(reason) => check.reason = Some(reason),
+    }
+    check
 }
 
 /// The machine the numbers come from.
@@ -1155,6 +1395,8 @@ impl Machine {
 struct RowReport {
     name: String,
     group: String,
+    /// Threads that ran the loop at once.
+    threads: u32,
     available: bool,
     reason: Option<String>,
     median_ns: Option<f64>,
@@ -1177,10 +1419,38 @@ struct Report {
     shape: Shape,
     rows: Vec<RowReport>,
     checks: Vec<Check>,
+    /// The thread-scaling measurement of `--plot` (empty without it).
+    scaling: Vec<ScalingPoint>,
+}
+
+/// One point of the thread-scaling measurement, as serialized.
+#[derive(Serialize, Debug, Clone)]
+struct ScalingPoint {
+    /// `"counter"` or `"pool"`.
+    structure: &'static str,
+    /// The implementation, as in the row names (e.g. `"Pool get+put"`).
+    implementation: &'static str,
+    /// Whether it is ktl's.
+    ours: bool,
+    /// Threads on the one shared structure.
+    threads: u32,
+    /// Time per operation per thread (wall time of a sample / the
+    /// operations of one thread): median, fastest and slowest sample. Null
+    /// when the point could not be measured (`reason` says why).
+    median_ns: Option<f64>,
+    min_ns: Option<f64>,
+    max_ns: Option<f64>,
+    reason: Option<String>,
 }
 
 impl Report {
-    fn new(machine: Machine, owner: &ktl::Owner, shape: Shape, outcomes: &[Outcome]) -> Report {
+    fn new(
+        machine: Machine,
+        owner: &ktl::Owner,
+        shape: Shape,
+        outcomes: &[Outcome],
+        scaling: Vec<ScalingPoint>,
+    ) -> Report {
         let rows = outcomes
             .iter()
             .map(|o| {
@@ -1188,6 +1458,7 @@ impl Report {
                 RowReport {
                     name: o.name.clone(),
                     group: o.group.clone(),
+                    threads: o.threads,
                     available: stats.is_some(),
                     reason: o.result.as_ref().err().cloned(),
                     median_ns: stats.map(|s| s.median_ns),
@@ -1206,6 +1477,7 @@ impl Report {
             shape,
             rows,
             checks: checks(outcomes),
+            scaling,
         }
     }
 }
@@ -1249,6 +1521,7 @@ fn render_text(
     shape: Shape,
     samples: u32,
     target: Duration,
+    left_out: usize,
 ) -> String {
     let mut out = String::new();
     let m = &report.machine;
@@ -1297,11 +1570,18 @@ fn render_text(
             Some((group, name, median))
         })
         .collect();
-    let baseline = |group: &str| {
-        baselines
+    // The median a row's ratio divides by: its own baseline row's, or its
+    // group's.
+    let baseline = |o: &Outcome| match &o.baseline {
+        Some(name) => outcomes
             .iter()
-            .find(|(g, _, _)| *g == group)
-            .map(|&(_, _, b)| b)
+            .find(|b| &b.name == name)
+            .and_then(Outcome::median)
+            .filter(|&b| b > 0.0),
+        None => baselines
+            .iter()
+            .find(|(g, _, _)| *g == o.group)
+            .map(|&(_, _, b)| b),
     };
     let _ = writeln!(
         out,
@@ -1319,8 +1599,7 @@ fn render_text(
         }
         match &o.result {
             Ok(s) => {
-                let r =
-                    baseline(&o.group).map_or_else(|| "-".to_owned(), |b| ratio(s.median_ns / b));
+                let r = baseline(o).map_or_else(|| "-".to_owned(), |b| ratio(s.median_ns / b));
                 let _ = writeln!(
                     out,
                     "{:<width$}  {:>10}  {:>10}  {:>10}  {:>9.1}  {:>8}",
@@ -1337,22 +1616,42 @@ fn render_text(
             }
         }
     }
-    match baselines.as_slice() {
-        [] => {}
-        [(_, name, _)] => {
+    let mut bases: Vec<String> = baselines
+        .iter()
+        .map(|(group, name, _)| format!("{name} in [{group}]"))
+        .collect();
+    let own_baselines = outcomes.iter().any(|o| o.baseline.is_some());
+    if own_baselines {
+        bases.push(format!(
+            "ktl's structure with the same operation and threads in [{}]",
+            percpu::GROUP
+        ));
+    }
+    match (baselines.as_slice(), own_baselines) {
+        ([], false) => {}
+        ([(_, name, _)], false) => {
             let _ = writeln!(out, "ratio: median / median of {name}");
         }
-        several => {
-            let list: Vec<String> = several
-                .iter()
-                .map(|(group, name, _)| format!("{name} in [{group}]"))
-                .collect();
+        ([], true) => {
+            let _ = writeln!(
+                out,
+                "ratio: median / median of ktl's structure with the same operation and threads"
+            );
+        }
+        _ => {
             let _ = writeln!(
                 out,
                 "ratio: median / median of the group's baseline: {}",
-                list.join(", ")
+                bases.join(", ")
             );
         }
+    }
+    if outcomes.iter().any(|o| o.threads > 1 && o.result.is_ok()) {
+        let _ = writeln!(
+            out,
+            "rows of N threads: the wall time of a sample / the operations of one thread \
+             (all N threads run the same count)"
+        );
     }
     let verified: Vec<&Result<String, String>> = outcomes
         .iter()
@@ -1360,14 +1659,35 @@ fn render_text(
         .collect();
     if !verified.is_empty() {
         let exact = verified.iter().filter(|v| v.is_ok()).count();
-        let _ = writeln!(
-            out,
-            "exactness: the counters of {exact} of {} counting rows sum to the operations performed",
-            verified.len()
-        );
+        let objects = outcomes
+            .iter()
+            .any(|o| o.group == percpu::GROUP && o.verified.is_some());
+        if objects {
+            let _ = writeln!(
+                out,
+                "exactness: {exact} of {} checked rows are exact (counters sum to the operations \
+                 performed; pools and stacks hold every object made, whose uses sum to the \
+                 operations performed)",
+                verified.len()
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "exactness: the counters of {exact} of {} counting rows sum to the operations performed",
+                verified.len()
+            );
+        }
         for failure in verified.iter().filter_map(|v| v.as_ref().err()) {
             let _ = writeln!(out, "  MISMATCH {failure}");
         }
+    }
+    if left_out > 0 {
+        let _ = writeln!(
+            out,
+            "quick run: {left_out} selected rows left out (of the [{}] group it runs the 2-thread \
+             counter and pool rows); `ktl bench` runs them all",
+            percpu::GROUP
+        );
     }
 
     let _ = writeln!(out);
@@ -1376,9 +1696,13 @@ fn render_text(
         let op = match c.bound {
             Bound::Max => "<=",
             Bound::Min => ">=",
+            Bound::Exact => "=",
         };
-        let verdict = match (c.ratio, c.pass) {
-            (Some(r), Some(pass)) => format!(
+        let verdict = match (c.ratio, c.pass, &c.detail) {
+            (Some(_), Some(pass), Some(detail)) => {
+                format!("{} ({detail})", if pass { "pass" } else { "FAIL" })
+            }
+            (Some(r), Some(pass), None) => format!(
                 "{} (ratio {}, limit {op} {})",
                 if pass { "pass" } else { "FAIL" },
                 ratio(r),
@@ -1391,31 +1715,120 @@ fn render_text(
         };
         let _ = writeln!(out, "  {}: {verdict}", c.name);
     }
+    if !report.scaling.is_empty() {
+        let _ = writeln!(out);
+        out.push_str(&render_scaling(&report.scaling));
+    }
+    out
+}
+
+/// The thread-scaling measurement as a table: one line per implementation,
+/// one column per thread count (medians, ns per operation per thread).
+fn render_scaling(points: &[ScalingPoint]) -> String {
+    let mut out = String::new();
+    let mut threads: Vec<u32> = points.iter().map(|p| p.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let mut lines: Vec<(&str, &str)> = points
+        .iter()
+        .map(|p| (p.structure, p.implementation))
+        .collect();
+    lines.dedup();
+    let width = lines
+        .iter()
+        .map(|(s, i)| s.len() + 2 + i.len())
+        .chain([14])
+        .max()
+        .unwrap_or(14);
+    let _ = writeln!(
+        out,
+        "thread scaling (median ns per operation per thread; wall time of a sample / the \
+         operations of one thread):"
+    );
+    let _ = write!(out, "{:<width$}", "implementation");
+    for t in &threads {
+        let _ = write!(out, "  {:>9}", format!("{t} thr"));
+    }
+    let _ = writeln!(out);
+    for (structure, implementation) in lines {
+        let _ = write!(out, "{:<width$}", format!("{structure}: {implementation}"));
+        for t in &threads {
+            let cell = points
+                .iter()
+                .find(|p| {
+                    p.structure == structure
+                        && p.implementation == implementation
+                        && p.threads == *t
+                })
+                .and_then(|p| p.median_ns)
+                .map_or_else(|| "n/a".to_owned(), ns);
+            let _ = write!(out, "  {cell:>9}");
+        }
+        let _ = writeln!(out);
+    }
     out
 }
 
 /// `ktl bench`: runs the rows that match the filter, then prints the table
-/// (or JSON with `--json`) to stdout. Failed comparisons are reported, not
-/// returned as errors; a counting row whose counters do not sum to its
-/// operations is an error, returned after the report.
+/// (or JSON with `--json`) to stdout; with `--plot`, measures the thread
+/// scaling too and writes the charts. Failed comparisons are reported, not
+/// returned as errors; a row whose check fails (counters that do not sum to
+/// the operations, a structure that lost objects) is an error, returned
+/// after the report, and so is a chart that cannot be written.
 pub fn run_cli(args: &BenchArgs) -> Result<(), String> {
     let (samples, target) = args.settings()?;
+    // Before anything is measured: a chart that cannot be written fails now,
+    // not after the run.
+    let charts = args.plot.as_deref().map(plot::Charts::new).transpose()?;
     let filter = args.filter.as_deref();
     let all = rows();
     let names: Vec<String> = all.iter().map(|r| r.name.clone()).collect();
     let selected: Vec<Row> = all.into_iter().filter(|r| r.matches(filter)).collect();
     if selected.is_empty() {
         return Err(format!(
-            "no row matches --filter {:?}; the rows are: {}",
+            "no row matches --filter {:?}; the groups are {}, and the rows are: {}",
             filter.unwrap_or_default(),
+            GROUPS.join(", "),
             names.join(", ")
         ));
     }
+    let (selected, left_out): (Vec<Row>, Vec<Row>) = if args.quick {
+        selected.into_iter().partition(|r| r.quick)
+    } else {
+        (selected, Vec::new())
+    };
+    if selected.is_empty() {
+        return Err(format!(
+            "no row of the quick run matches --filter {:?}; without --quick, {} rows do",
+            filter.unwrap_or_default(),
+            left_out.len()
+        ));
+    }
+    let left_out = left_out.len();
 
     let owner = ktl::layout().owner;
     let machine = Machine::probe();
-    let outcomes = run_rows(selected, args.shape, samples, target, args.json);
-    let report = Report::new(machine, &owner, args.shape, &outcomes);
+    let outcomes = run_rows(
+        selected,
+        args.shape,
+        samples,
+        target,
+        args.json,
+        "calibrating, then interleaved samples of every row",
+    );
+    let mut failures: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.verified.as_ref()?.as_ref().err().cloned())
+        .collect();
+    let scaling = match charts {
+        Some(_) => {
+            let (points, scaling_failures) = run_scaling(args, filter, samples, target);
+            failures.extend(scaling_failures);
+            points
+        }
+        None => Vec::new(),
+    };
+    let report = Report::new(machine, &owner, args.shape, &outcomes, scaling);
 
     if args.json {
         let text = serde_json::to_string_pretty(&report)
@@ -1430,22 +1843,141 @@ pub fn run_cli(args: &BenchArgs) -> Result<(), String> {
                 &owner_text(&owner),
                 args.shape,
                 samples,
-                target
+                target,
+                left_out
             )
         );
     }
-    let failures: Vec<&str> = outcomes
-        .iter()
-        .filter_map(|o| o.verified.as_ref()?.as_ref().err().map(String::as_str))
-        .collect();
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "counters do not match the operations performed: {}",
+    let written = match &charts {
+        Some(charts) => draw_charts(charts, &report, &outcomes, samples, target),
+        None => Ok(()),
+    };
+    if !failures.is_empty() {
+        return Err(format!(
+            "counters or objects do not match the operations performed: {}",
             failures.join("; ")
-        ))
+        ));
     }
+    written
+}
+
+/// The thread-scaling measurement of `--plot`: the counters and pools that
+/// the filter selects, at 1 to 32 threads, measured side by side like the
+/// rows. Returns the points, and the failed checks.
+fn run_scaling(
+    args: &BenchArgs,
+    filter: Option<&str>,
+    samples: u32,
+    target: Duration,
+) -> (Vec<ScalingPoint>, Vec<String>) {
+    let (rows, lines): (Vec<Row>, Vec<percpu::Line>) =
+        percpu::scaling_rows(filter).into_iter().unzip();
+    if rows.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let max = lines.iter().map(|l| l.threads).max().unwrap_or(1);
+    let outcomes = run_rows(
+        rows,
+        args.shape,
+        samples,
+        target,
+        args.json,
+        &format!("thread scaling, 1 to {max} threads: calibrating, then interleaved samples"),
+    );
+    let failures = outcomes
+        .iter()
+        .filter_map(|o| o.verified.as_ref()?.as_ref().err().cloned())
+        .collect();
+    let points = outcomes
+        .iter()
+        .zip(lines)
+        .map(|(o, line)| {
+            let stats = o.result.as_ref().ok();
+            ScalingPoint {
+                structure: line.kind.name(),
+                implementation: line.label,
+                ours: line.ours,
+                threads: line.threads,
+                median_ns: stats.map(|s| s.median_ns),
+                min_ns: stats.map(|s| s.min_ns),
+                max_ns: stats.map(|s| s.max_ns),
+                reason: o.result.as_ref().err().cloned(),
+            }
+        })
+        .collect();
+    (points, failures)
+}
+
+/// Draws the charts of `--plot`: the rows of the run as bars, and the
+/// thread scaling (when it was measured), then writes them.
+fn draw_charts(
+    charts: &plot::Charts,
+    report: &Report,
+    outcomes: &[Outcome],
+    samples: u32,
+    target: Duration,
+) -> Result<(), String> {
+    let m = &report.machine;
+    let cpus = m
+        .usable_cpus
+        .map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let machine = format!(
+        "{}, Linux {}, {cpus} usable CPUs; {samples} samples of ~{} ms, loop shape {}",
+        m.cpu_model,
+        m.kernel,
+        target.as_millis(),
+        match report.shape {
+            Shape::Call => "call",
+            Shape::Throughput => "throughput",
+        }
+    );
+    let bars: Vec<plot::Bar> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let s = o.result.as_ref().ok()?;
+            Some(plot::Bar {
+                label: o.name.clone(),
+                group: o.group.clone(),
+                block: o.baseline.clone().unwrap_or_else(|| o.group.clone()),
+                median_ns: s.median_ns,
+                min_ns: s.min_ns,
+                max_ns: s.max_ns,
+                ours: o.ours,
+            })
+        })
+        .collect();
+    let mut series: Vec<plot::Series> = Vec::new();
+    for p in &report.scaling {
+        let Some(median) = p.median_ns else { continue };
+        let name = p.implementation.to_owned();
+        match series
+            .iter_mut()
+            .find(|s| s.panel == p.structure && s.name == name)
+        {
+            Some(s) => s.points.push((p.threads, median)),
+            None => series.push(plot::Series {
+                panel: p.structure.to_owned(),
+                name,
+                ours: p.ours,
+                points: vec![(p.threads, median)],
+            }),
+        }
+    }
+    let panels: Vec<(String, String)> = percpu::SCALED
+        .iter()
+        .map(|k| (k.name().to_owned(), k.operation().to_owned()))
+        .collect();
+    let written = charts.write(&bars, &series, &panels, m.usable_cpus, &machine)?;
+    for (what, path) in written {
+        eprintln!("ktl bench: wrote the {what} to {}", path.display());
+    }
+    if series.is_empty() {
+        eprintln!(
+            "ktl bench: no thread-scaling chart: the filter selects no counter or pool of the {} group",
+            percpu::GROUP
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1460,6 +1992,9 @@ mod tests {
                 .map(|m| Stats::from_samples(vec![m], 1))
                 .ok_or_else(|| "absent".to_owned()),
             verified: None,
+            threads: 1,
+            ours: false,
+            baseline: None,
         }
     }
 
@@ -1506,7 +2041,7 @@ mod tests {
         let rows = rows();
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
-            names,
+            names[..14],
             [
                 "ktl::cpu_id()",
                 "raw %fs load (limit)",
@@ -1524,6 +2059,11 @@ mod tests {
                 "compare_exchange uncontended (1 thread)",
             ]
         );
+        assert!(rows[14..].iter().all(|r| r.group == percpu::GROUP));
+        assert_eq!(rows.len(), 14 + 36);
+        assert_eq!(rows[14].name, "counter: PerCpuCounter::add (1 thread)");
+        assert_eq!(rows[49].name, "stack: Mutex<Vec> push+pop (8 threads)");
+        let names = &names[..14];
         assert!(rows[0].matches(Some("CPU_ID")));
         assert!(!rows[0].matches(Some("rdpid")));
         assert!(rows[0].op.is_ok(), "ktl::cpu_id() always runs");
@@ -1533,9 +2073,15 @@ mod tests {
             .map(|r| r.name.as_str())
             .collect();
         assert_eq!(rseq, names[8..], "--filter rseq selects the rseq group");
-        assert!(rows[8..].iter().all(|r| r.group == "rseq"));
+        assert!(rows[8..14].iter().all(|r| r.group == "rseq"));
         let cpu = rows.iter().filter(|r| r.matches(Some("cpu"))).count();
-        assert_eq!(cpu, 8, "--filter cpu selects the cpu group");
+        assert_eq!(cpu, 8, "--filter cpu selects the cpu group, not percpu");
+        let percpu = rows.iter().filter(|r| r.matches(Some("PerCpu"))).count();
+        assert_eq!(percpu, 36, "--filter percpu selects the percpu group");
+        let counters = rows.iter().filter(|r| r.matches(Some("counter"))).count();
+        assert_eq!(counters, 12);
+        let quick = rows.iter().filter(|r| r.quick).count();
+        assert_eq!(quick, 14 + 8, "the quick run: 2-thread counters and pools");
         for r in &rows[8..] {
             assert_eq!(r.op.is_ok(), r.verify.is_some(), "{} counts", r.name);
         }
@@ -1551,15 +2097,19 @@ mod tests {
         }
     }
 
-    /// Runs every counting row a few times, in both shapes, and checks its
-    /// counters, like `ktl bench` does after the samples.
+    /// Runs every checked row a few times, in both shapes, and checks its
+    /// counters or objects, like `ktl bench` does after the samples (once
+    /// the row's loop and threads are gone).
     #[test]
-    fn counting_rows_are_exact() {
+    fn checked_rows_are_exact() {
         let rows = rows();
-        let counting: Vec<&Row> = rows.iter().filter(|r| r.group == "rseq").collect();
-        assert_eq!(counting.len(), 6);
-        for row in counting {
-            let (Ok(op), Some(verify)) = (&row.op, &row.verify) else {
+        let checked = rows
+            .iter()
+            .filter(|r| r.group != "cpu" && r.op.is_ok())
+            .count();
+        assert!(checked >= 3 + 36, "{checked}");
+        for row in rows.into_iter().filter(|r| r.group != "cpu") {
+            let (Ok(op), Some(verify)) = (row.op, row.verify) else {
                 continue; // n/a here (no live rseq area)
             };
             for iters in [0, 1, 1000] {
@@ -1567,8 +2117,9 @@ mod tests {
                     op(iters, shape);
                 }
             }
+            drop(op);
             let verified = verify().unwrap();
-            let ops = if row.name.contains("2 threads") { 2 } else { 1 } * 1001 * (1 + UNROLL);
+            let ops = u64::from(row.threads) * 1001 * (1 + UNROLL);
             assert!(
                 verified.contains(&format!("{ops} operations")),
                 "{verified}"
@@ -1588,7 +2139,7 @@ mod tests {
         assert!(bad().unwrap_err().contains("sum to 79 after 80 operations"));
         let lost = Rc::new(Cell::new(true));
         let gone = exactness("r", count, Some(lost), || 80);
-        assert!(gone().unwrap_err().contains("second thread"));
+        assert!(gone().unwrap_err().contains("another thread"));
     }
 
     #[test]
@@ -1608,12 +2159,14 @@ mod tests {
             || Ok(()),
             move || i128::from(total[0].0.load(Ordering::Relaxed)),
         );
-        let op = row.op.as_ref().unwrap();
+        assert_eq!(row.threads, 2);
+        let op = row.op.unwrap();
         for _ in 0..20 {
             op(100, Shape::Call);
         }
         assert_eq!(slots[0].0.load(Ordering::Relaxed), 4000);
-        assert!(row.verify.as_ref().unwrap()().is_ok());
+        drop(op);
+        assert!(row.verify.unwrap()().is_ok());
         let failing = two_thread_row("x", "g", Arc::new(|_, _| {}), || Err("nope".into()), || 0);
         assert_eq!(failing.op.err().as_deref(), Some("nope"));
     }
@@ -1656,11 +2209,37 @@ mod tests {
             outcome(SHARED_ADD_2, Some(30.0)),
         ];
         let c = checks(&outcomes);
-        assert_eq!(c.len(), 4);
+        assert_eq!(c.len(), 7);
         assert_eq!((c[2].ratio, c[2].bound), (Some(10.0), Bound::Min));
         assert_eq!(c[2].pass, Some(true));
         assert_eq!((c[3].ratio, c[3].bound), (Some(1.2), Bound::Max));
         assert_eq!(c[3].pass, Some(false));
+        // No percpu row ran: the percpu checks are skipped.
+        assert!(c[4..].iter().all(|c| c.pass.is_none()));
+        assert!(c[6].reason.as_deref().unwrap().contains("no percpu row"));
+
+        let percpu = |name: &str, median: f64| Outcome {
+            group: percpu::GROUP.to_owned(),
+            threads: 2,
+            ..outcome(name, Some(median))
+        };
+        let outcomes = [
+            percpu(PERCPU_ADD_2, 2.0),
+            percpu(PERCPU_SHARED_ADD_2, 30.0),
+            percpu(POOL_2, 10.0),
+            percpu(ARRAY_QUEUE_2, 15.0),
+        ];
+        let c = checks(&outcomes);
+        assert_eq!((c[4].ratio, c[4].pass), (Some(15.0), Some(true)));
+        assert_eq!((c[5].ratio, c[5].pass), (Some(1.5), Some(false)));
+        assert_eq!((c[6].name, c[6].bound), (FOOTPRINT_CHECK, Bound::Exact));
+        assert_eq!((c[6].ratio, c[6].pass), (Some(1.0), Some(true)));
+        assert!(
+            c[6].detail
+                .as_deref()
+                .unwrap()
+                .contains("PerCpu<AtomicU64>")
+        );
 
         let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
         let c = checks(&outcomes);
@@ -1672,11 +2251,22 @@ mod tests {
     #[test]
     fn json_has_the_schema_fields() {
         let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
+        let point = ScalingPoint {
+            structure: "counter",
+            implementation: "PerCpuCounter::add",
+            ours: true,
+            threads: 4,
+            median_ns: Some(2.0),
+            min_ns: Some(1.5),
+            max_ns: Some(3.0),
+            reason: None,
+        };
         let report = Report::new(
             Machine::probe(),
             &ktl::layout().owner,
             Shape::Call,
             &outcomes,
+            vec![point],
         );
         let v = serde_json::to_value(&report).unwrap();
         assert_eq!(v["schema"], "ktl-bench/1");
@@ -1687,6 +2277,7 @@ mod tests {
         for key in [
             "name",
             "group",
+            "threads",
             "available",
             "reason",
             "median_ns",
@@ -1699,8 +2290,77 @@ mod tests {
             assert!(row.get(key).is_some(), "rows[].{key}");
         }
         assert_eq!(row["available"], false);
-        for key in ["name", "ratio", "limit", "pass"] {
+        for key in [
+            "name", "ratio", "limit", "bound", "pass", "reason", "detail",
+        ] {
             assert!(v["checks"][0].get(key).is_some(), "checks[].{key}");
         }
+        let p = &v["scaling"][0];
+        for key in [
+            "structure",
+            "implementation",
+            "ours",
+            "threads",
+            "median_ns",
+            "min_ns",
+            "max_ns",
+            "reason",
+        ] {
+            assert!(p.get(key).is_some(), "scaling[].{key}");
+        }
+    }
+
+    #[test]
+    fn percpu_ratios_compare_with_ktl_at_the_same_threads() {
+        let row = |name: &str, median: f64, base: &str| Outcome {
+            group: percpu::GROUP.to_owned(),
+            threads: 2,
+            baseline: Some(base.to_owned()),
+            ..outcome(name, Some(median))
+        };
+        let outcomes = [
+            row(PERCPU_ADD_2, 2.0, PERCPU_ADD_2),
+            row(PERCPU_SHARED_ADD_2, 30.0, PERCPU_ADD_2),
+        ];
+        let report = Report::new(
+            Machine::probe(),
+            &ktl::layout().owner,
+            Shape::Call,
+            &outcomes,
+            Vec::new(),
+        );
+        let text = render_text(
+            &report,
+            &outcomes,
+            "o",
+            Shape::Call,
+            1,
+            Duration::from_millis(1),
+            3,
+        );
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(line(PERCPU_ADD_2).ends_with("1.00x"), "{text}");
+        assert!(line(PERCPU_SHARED_ADD_2).ends_with("15.0x"), "{text}");
+        assert!(
+            text.contains("ratio: median / median of ktl's structure"),
+            "{text}"
+        );
+        assert!(text.contains("wall time of a sample / the operations of one thread"));
+        assert!(text.contains("quick run: 3 selected rows left out"));
+    }
+
+    #[test]
+    fn a_filter_outside_the_quick_run_is_an_error() {
+        let args = BenchArgs {
+            filter: Some("stack".to_owned()),
+            ..BenchArgs::quick()
+        };
+        let err = run_cli(&args).unwrap_err();
+        assert!(err.contains("no row of the quick run"), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod check;
 mod info;
+mod plot;
 mod stress;
 
 use clap::{Parser, Subcommand};
