@@ -143,84 +143,9 @@ fn filled_pool() -> Pool<Obj> {
     pool
 }
 
-/// A structure that holds objects: the alternatives, and [`PerCpuStack`].
-trait Store: Send + Sync + Sized + 'static {
-    fn empty() -> Self;
-    fn take(&self) -> Option<Obj>;
-    fn put(&self, o: Obj) -> Result<(), Obj>;
-    fn into_objects(self) -> Vec<Obj>;
-}
-
-impl Store for ArrayQueue<Obj> {
-    fn empty() -> Self {
-        ArrayQueue::new(2 * OBJECTS)
-    }
-    #[inline(always)]
-    fn take(&self) -> Option<Obj> {
-        self.pop()
-    }
-    #[inline(always)]
-    fn put(&self, o: Obj) -> Result<(), Obj> {
-        self.push(o)
-    }
-    fn into_objects(self) -> Vec<Obj> {
-        std::iter::from_fn(|| self.pop()).collect()
-    }
-}
-
-impl Store for SegQueue<Obj> {
-    fn empty() -> Self {
-        SegQueue::new()
-    }
-    #[inline(always)]
-    fn take(&self) -> Option<Obj> {
-        self.pop()
-    }
-    #[inline(always)]
-    fn put(&self, o: Obj) -> Result<(), Obj> {
-        self.push(o);
-        Ok(())
-    }
-    fn into_objects(self) -> Vec<Obj> {
-        std::iter::from_fn(|| self.pop()).collect()
-    }
-}
-
-impl Store for Mutex<Vec<Obj>> {
-    fn empty() -> Self {
-        Mutex::new(Vec::with_capacity(2 * OBJECTS))
-    }
-    #[inline(always)]
-    fn take(&self) -> Option<Obj> {
-        self.lock().unwrap_or_else(PoisonError::into_inner).pop()
-    }
-    #[inline(always)]
-    fn put(&self, o: Obj) -> Result<(), Obj> {
-        self.lock().unwrap_or_else(PoisonError::into_inner).push(o);
-        Ok(())
-    }
-    fn into_objects(self) -> Vec<Obj> {
-        self.into_inner().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Store for PerCpuStack<Obj> {
-    fn empty() -> Self {
-        PerCpuStack::new()
-    }
-    #[inline(always)]
-    fn take(&self) -> Option<Obj> {
-        self.pop().or_else(|| self.pop_any())
-    }
-    #[inline(always)]
-    fn put(&self, o: Obj) -> Result<(), Obj> {
-        self.push(o);
-        Ok(())
-    }
-    fn into_objects(mut self) -> Vec<Obj> {
-        self.drain()
-    }
-}
+#[path = "support/stores.rs"]
+mod stores;
+use stores::Store;
 
 /// A store with the objects it made and refused.
 struct Shelf<S> {

@@ -406,90 +406,9 @@ fn pool_ktl(pool: &Pool<Obj>, iters: u64, shape: Shape) {
     shaped!(iters, shape, || use_obj(&mut pool.get()));
 }
 
-/// A structure that holds objects: the alternatives, and [`PerCpuStack`].
-trait Store: Send + Sync + Sized + 'static {
-    /// An empty store with room for [`OBJECTS`] and more.
-    fn empty() -> Self;
-    /// Takes an object, if there is one.
-    fn take(&self) -> Option<Obj>;
-    /// Puts `o` in, or gives it back when the store is full.
-    fn put(&self, o: Obj) -> Result<(), Obj>;
-    /// Every object left, with exclusive access.
-    fn into_objects(self) -> Vec<Obj>;
-}
-
-impl Store for ArrayQueue<Obj> {
-    fn empty() -> Self {
-        ArrayQueue::new(2 * OBJECTS)
-    }
-    #[inline(always)]
-    fn take(&self) -> Option<Obj> {
-        self.pop()
-    }
-    #[inline(always)]
-    fn put(&self, o: Obj) -> Result<(), Obj> {
-        self.push(o)
-    }
-    fn into_objects(self) -> Vec<Obj> {
-        std::iter::from_fn(|| self.pop()).collect()
-    }
-}
-
-impl Store for SegQueue<Obj> {
-    fn empty() -> Self {
-        SegQueue::new()
-    }
-    #[inline(always)]
-    fn take(&self) -> Option<Obj> {
-        self.pop()
-    }
-    #[inline(always)]
-    fn put(&self, o: Obj) -> Result<(), Obj> {
-        self.push(o);
-        Ok(())
-    }
-    fn into_objects(self) -> Vec<Obj> {
-        std::iter::from_fn(|| self.pop()).collect()
-    }
-}
-
-impl Store for Mutex<Vec<Obj>> {
-    fn empty() -> Self {
-        Mutex::new(Vec::with_capacity(2 * OBJECTS))
-    }
-    #[inline(always)]
-    fn take(&self) -> Option<Obj> {
-        self.lock().unwrap_or_else(PoisonError::into_inner).pop()
-    }
-    #[inline(always)]
-    fn put(&self, o: Obj) -> Result<(), Obj> {
-        self.lock().unwrap_or_else(PoisonError::into_inner).push(o);
-        Ok(())
-    }
-    fn into_objects(self) -> Vec<Obj> {
-        self.into_inner().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Store for PerCpuStack<Obj> {
-    fn empty() -> Self {
-        PerCpuStack::new()
-    }
-    /// The current CPU's stack, else another CPU's (when the thread moved
-    /// between its push and its pop).
-    #[inline(always)]
-    fn take(&self) -> Option<Obj> {
-        self.pop().or_else(|| self.pop_any())
-    }
-    #[inline(always)]
-    fn put(&self, o: Obj) -> Result<(), Obj> {
-        self.push(o);
-        Ok(())
-    }
-    fn into_objects(mut self) -> Vec<Obj> {
-        self.drain()
-    }
-}
+#[path = "../../../ktl/benches/support/stores.rs"]
+mod stores;
+use stores::Store;
 
 /// A store with its accounting: the objects it made and refused.
 struct Shelf<S> {

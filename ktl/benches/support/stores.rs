@@ -1,0 +1,95 @@
+//! The object stores that the per-CPU benchmarks compare: crossbeam's
+//! `ArrayQueue` and `SegQueue`, a `Mutex<Vec>`, and ktl's `PerCpuStack`,
+//! behind one trait. Shared by `ktl bench` (ktl-cli) and the criterion
+//! bench `benches/percpu.rs`, which both include this file as a module;
+//! the including module defines `Obj` and `OBJECTS`.
+
+use super::{OBJECTS, Obj};
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use ktl::percpu::PerCpuStack;
+use std::sync::{Mutex, PoisonError};
+
+/// A structure that holds objects: the alternatives, and `PerCpuStack`.
+pub(crate) trait Store: Send + Sync + Sized + 'static {
+    /// An empty store with room for [`OBJECTS`] and more.
+    fn empty() -> Self;
+    /// Takes an object, if there is one.
+    fn take(&self) -> Option<Obj>;
+    /// Puts `o` in, or gives it back when the store is full.
+    fn put(&self, o: Obj) -> Result<(), Obj>;
+    /// Every object left, with exclusive access.
+    fn into_objects(self) -> Vec<Obj>;
+}
+
+impl Store for ArrayQueue<Obj> {
+    fn empty() -> Self {
+        ArrayQueue::new(2 * OBJECTS)
+    }
+    #[inline(always)]
+    fn take(&self) -> Option<Obj> {
+        self.pop()
+    }
+    #[inline(always)]
+    fn put(&self, o: Obj) -> Result<(), Obj> {
+        self.push(o)
+    }
+    fn into_objects(self) -> Vec<Obj> {
+        std::iter::from_fn(|| self.pop()).collect()
+    }
+}
+
+impl Store for SegQueue<Obj> {
+    fn empty() -> Self {
+        SegQueue::new()
+    }
+    #[inline(always)]
+    fn take(&self) -> Option<Obj> {
+        self.pop()
+    }
+    #[inline(always)]
+    fn put(&self, o: Obj) -> Result<(), Obj> {
+        self.push(o);
+        Ok(())
+    }
+    fn into_objects(self) -> Vec<Obj> {
+        std::iter::from_fn(|| self.pop()).collect()
+    }
+}
+
+impl Store for Mutex<Vec<Obj>> {
+    fn empty() -> Self {
+        Mutex::new(Vec::with_capacity(2 * OBJECTS))
+    }
+    #[inline(always)]
+    fn take(&self) -> Option<Obj> {
+        self.lock().unwrap_or_else(PoisonError::into_inner).pop()
+    }
+    #[inline(always)]
+    fn put(&self, o: Obj) -> Result<(), Obj> {
+        self.lock().unwrap_or_else(PoisonError::into_inner).push(o);
+        Ok(())
+    }
+    fn into_objects(self) -> Vec<Obj> {
+        self.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for PerCpuStack<Obj> {
+    fn empty() -> Self {
+        PerCpuStack::new()
+    }
+    /// The current CPU's stack, else another CPU's (when the thread moved
+    /// between its push and its pop).
+    #[inline(always)]
+    fn take(&self) -> Option<Obj> {
+        self.pop().or_else(|| self.pop_any())
+    }
+    #[inline(always)]
+    fn put(&self, o: Obj) -> Result<(), Obj> {
+        self.push(o);
+        Ok(())
+    }
+    fn into_objects(mut self) -> Vec<Obj> {
+        self.drain()
+    }
+}
