@@ -1,5 +1,5 @@
 //! The per-CPU structures under load: exact totals over ten million
-//! counter updates, and pools and stacks whose threads are moved from CPU
+//! counter updates (fewer on the locked fallback), and pools and stacks whose threads are moved from CPU
 //! to CPU while they run, with every object accounted for at the end.
 
 #[path = "support/affinity.rs"]
@@ -9,6 +9,17 @@ use affinity::{allowed_cpus, pin};
 use ktl::percpu::{PerCpuCounter, PerCpuCounterU64, PerCpuStack, PoolBuilder};
 use ktl::rseq::Index;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// `n` operations with critical sections; a fiftieth of that on the locked
+/// fallback, where every operation makes two system calls (and runs under
+/// emulators, where each is slow).
+fn scaled(n: u64) -> u64 {
+    if ktl::rseq::path() == ktl::rseq::Path::Locked {
+        (n / 50).max(10)
+    } else {
+        n
+    }
+}
 
 /// Moves the calling thread to the next allowed CPU every `every` calls.
 struct Mover {
@@ -40,7 +51,7 @@ impl Mover {
 #[test]
 fn ten_million_counter_updates_sum_exactly() {
     const THREADS: u64 = 8;
-    const PER_THREAD: u64 = 1_250_000;
+    let per_thread = scaled(1_250_000);
     for index in [Index::CpuId, Index::MmCid] {
         let signed = PerCpuCounter::with_index(index);
         let unsigned = PerCpuCounterU64::with_index(index);
@@ -49,7 +60,7 @@ fn ten_million_counter_updates_sum_exactly() {
                 let (signed, unsigned) = (&signed, &unsigned);
                 s.spawn(move || {
                     let mut mover = Mover::new(t as usize, 100_000);
-                    for i in 0..PER_THREAD {
+                    for i in 0..per_thread {
                         signed.add(3);
                         signed.sub(2);
                         unsigned.add(i);
@@ -58,9 +69,9 @@ fn ten_million_counter_updates_sum_exactly() {
                 });
             }
         });
-        assert_eq!(signed.sum() as u64, THREADS * PER_THREAD, "{index:?}");
-        let per_thread: u64 = (0..PER_THREAD).sum();
-        assert_eq!(unsigned.sum(), THREADS * per_thread, "{index:?}");
+        assert_eq!(signed.sum() as u64, THREADS * per_thread, "{index:?}");
+        let sum_of_i: u64 = (0..per_thread).sum();
+        assert_eq!(unsigned.sum(), THREADS * sum_of_i, "{index:?}");
     }
 }
 
@@ -78,7 +89,7 @@ fn pool_objects_survive_migrations_mid_operation() {
                 s.spawn(move || {
                     let mut mover = Mover::new(t, 1_000);
                     let mut held = Vec::new();
-                    for i in 0..100_000u64 {
+                    for i in 0..scaled(100_000) {
                         let o = pool.get();
                         assert!(!o.0.swap(true, Ordering::Relaxed), "an object out twice");
                         o.1.fetch_add(1, Ordering::Relaxed);
@@ -96,7 +107,7 @@ fn pool_objects_survive_migrations_mid_operation() {
                     for o in held.drain(..) {
                         o.0.store(false, Ordering::Relaxed);
                     }
-                    gets.fetch_add(100_000, Ordering::Relaxed);
+                    gets.fetch_add(scaled(100_000), Ordering::Relaxed);
                 });
             }
         });
@@ -130,7 +141,7 @@ fn stack_values_survive_migrations_mid_operation() {
                 let (stack, popped, popped_sum) = (&stack, &popped, &popped_sum);
                 s.spawn(move || {
                     let mut mover = Mover::new(t as usize, 500);
-                    for i in 0..50_000u64 {
+                    for i in 0..scaled(50_000) {
                         stack.push(t * 1_000_000 + i);
                         if i % 2 == 0
                             && let Some(v) = stack.pop_any()
@@ -145,12 +156,13 @@ fn stack_values_survive_migrations_mid_operation() {
         });
         let mut stack = stack;
         let rest = stack.drain();
+        let n = scaled(50_000);
         let all_sum: u64 = (0..6u64)
-            .map(|t| (0..50_000u64).map(|i| t * 1_000_000 + i).sum::<u64>())
+            .map(|t| (0..n).map(|i| t * 1_000_000 + i).sum::<u64>())
             .sum();
         assert_eq!(
             popped.load(Ordering::Relaxed) + rest.len() as u64,
-            6 * 50_000,
+            6 * n,
             "{index:?}"
         );
         assert_eq!(

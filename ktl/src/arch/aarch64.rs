@@ -126,6 +126,10 @@ pub(crate) unsafe fn rdpid() -> u64 {
 // stack depth is the same at every instruction of the section, so the abort
 // handler always restores the right slot. The signature before the abort
 // handler is `brk #0x45e0` (0xd428bc00), which traps if reached by mistake.
+// The abort handler and the compare-failure exit live in `__rseq_failure`,
+// which the linker may place more than the 1 MiB that a conditional branch
+// reaches (`b.cond`, `cbz`) from the section in a large binary; so the
+// section branches over an unconditional `b` (128 MiB) instead.
 
 /// Saves the scratch registers x10 and x11 on the stack, stores the
 /// descriptor's address into the area's `rseq_cs` (the area's address is in
@@ -145,9 +149,13 @@ macro_rules! rseq_cs_enter {
             "6:\n",
             "ldr w10, [x0, {field}]\n",
             "cmp w10, w1\n",
-            "b.ne 8f\n",
+            "b.eq 26f\n",
+            "b 8f\n",
+            "26:\n",
             "ldar w10, [{gate}]\n",
-            "cbnz w10, 8f\n",
+            "cbz w10, 27f\n",
+            "b 8f\n",
+            "27:\n",
             rseq_delay_inside!(),
         )
     };
@@ -281,7 +289,9 @@ pub(crate) unsafe fn rseq_cmpeqv_storev(
             rseq_cs_enter!(),
             "ldr x10, [x2]",
             "cmp x10, x3",
-            "b.ne 9f",
+            "b.eq 28f",
+            "b 9f",
+            "28:",
             "str x4, [x2]",
             rseq_cs_leave!(cmpfail),
             field = in(reg) field,
@@ -326,7 +336,9 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
             rseq_cs_enter!(),
             "ldr x10, [x2]",
             "cmp x10, x3",
-            "b.eq 9f",
+            "b.ne 28f",
+            "b 9f",
+            "28:",
             "str x10, [x5]",
             "ldr x11, [x10, x4]",
             "str x11, [x2]",
@@ -413,10 +425,14 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
             rseq_cs_enter!(),
             "ldr x10, [x2]",
             "cmp x10, x3",
-            "b.ne 9f",
+            "b.eq 28f",
+            "b 9f",
+            "28:",
             "ldr x10, [x4]",
             "cmp x10, x5",
-            "b.ne 9f",
+            "b.eq 28f",
+            "b 9f",
+            "28:",
             "str x6, [x2]",
             rseq_cs_leave!(cmpfail),
             field = in(reg) field,
@@ -462,7 +478,9 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
             rseq_cs_enter!(),
             "ldr x10, [x2]",
             "cmp x10, x3",
-            "b.ne 9f",
+            "b.eq 28f",
+            "b 9f",
+            "28:",
             "str x5, [x4]",
             ".if {release}",
             "stlr x6, [x2]",
@@ -515,7 +533,9 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
             rseq_cs_enter!(),
             "ldr x10, [x2]",
             "cmp x10, x3",
-            "b.ne 9f",
+            "b.eq 28f",
+            "b 9f",
+            "28:",
             "mov x10, #0",
             "2:",
             "cmp x10, x6",
