@@ -126,7 +126,10 @@ pub(crate) unsafe fn rdpid() -> u64 {
 // stack depth is the same at every instruction of the section, so the abort
 // handler always restores the right slot. The signature before the abort
 // handler is `brk #0x45e0` (0xd428bc00), which traps if reached by mistake.
-// The abort handler and the compare-failure exit live in `__rseq_failure`,
+// The index field's offset and the gate's address are inputs in the fixed
+// registers x12 and x13: the compiler must not place them in x10 or x11,
+// which the template overwrites. The abort handler and the compare-failure
+// exit live in `__rseq_failure`,
 // which the linker may place more than the 1 MiB that a conditional branch
 // reaches (`b.cond`, `cbz`) from the section in a large binary; so the
 // section branches over an unconditional `b` (128 MiB) instead.
@@ -135,8 +138,8 @@ pub(crate) unsafe fn rdpid() -> u64 {
 /// descriptor's address into the area's `rseq_cs` (the area's address is in
 /// x0), and enters the section at label 6, whose first instructions compare
 /// the index field with `value` (in w1), leaving for the abort handler if it
-/// changed, then leave the same way if the index value's gate (the `{gate}`
-/// operand) is closed: a thread without an area holds it (see
+/// changed, then leave the same way if the index value's gate (at x13) is
+/// closed: a thread without an area holds it (see
 /// `rseq::locked`). The gate is read with a load-acquire, so the section sees
 /// what the gate's last holder wrote before it opened the gate.
 macro_rules! rseq_cs_enter {
@@ -147,12 +150,12 @@ macro_rules! rseq_cs_enter {
             "add x10, x10, :lo12:3b\n",
             "str x10, [x0, #8]\n",
             "6:\n",
-            "ldr w10, [x0, {field}]\n",
+            "ldr w10, [x0, x12]\n",
             "cmp w10, w1\n",
             "b.eq 26f\n",
             "b 8f\n",
             "26:\n",
-            "ldar w10, [{gate}]\n",
+            "ldar w10, [x13]\n",
             "cbz w10, 27f\n",
             "b 8f\n",
             "27:\n",
@@ -252,9 +255,9 @@ pub(crate) unsafe fn rseq_add(
             "add x10, x10, x3",
             "str x10, [x2]",
             rseq_cs_leave!(),
-            field = in(reg) field,
+            in("x12") field,
             in("x0") area,
-            gate = in(reg) gate,
+            in("x13") gate,
             in("w1") value,
             in("x2") v,
             in("x3") count,
@@ -294,9 +297,9 @@ pub(crate) unsafe fn rseq_cmpeqv_storev(
             "28:",
             "str x4, [x2]",
             rseq_cs_leave!(cmpfail),
-            field = in(reg) field,
+            in("x12") field,
             in("x0") area,
-            gate = in(reg) gate,
+            in("x13") gate,
             in("w1") value,
             in("x2") v,
             in("x3") expect,
@@ -343,9 +346,9 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
             "ldr x11, [x10, x4]",
             "str x11, [x2]",
             rseq_cs_leave!(cmpfail),
-            field = in(reg) field,
+            in("x12") field,
             in("x0") area,
-            gate = in(reg) gate,
+            in("x13") gate,
             in("w1") value,
             in("x2") v,
             in("x3") expectnot,
@@ -386,9 +389,9 @@ pub(crate) unsafe fn rseq_offset_deref_addv(
             "add x11, x11, x4",
             "str x11, [x10]",
             rseq_cs_leave!(),
-            field = in(reg) field,
+            in("x12") field,
             in("x0") area,
-            gate = in(reg) gate,
+            in("x13") gate,
             in("w1") value,
             in("x2") ptr,
             in("x3") off,
@@ -435,9 +438,9 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
             "28:",
             "str x6, [x2]",
             rseq_cs_leave!(cmpfail),
-            field = in(reg) field,
+            in("x12") field,
             in("x0") area,
-            gate = in(reg) gate,
+            in("x13") gate,
             in("w1") value,
             in("x2") v,
             in("x3") expect,
@@ -488,10 +491,10 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
             "str x6, [x2]",
             ".endif",
             rseq_cs_leave!(cmpfail),
-            field = in(reg) field,
+            in("x12") field,
             release = const RELEASE as u8,
             in("x0") area,
-            gate = in(reg) gate,
+            in("x13") gate,
             in("w1") value,
             in("x2") v,
             in("x3") expect,
@@ -551,10 +554,10 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
             "str x7, [x2]",
             ".endif",
             rseq_cs_leave!(cmpfail),
-            field = in(reg) field,
+            in("x12") field,
             release = const RELEASE as u8,
             in("x0") area,
-            gate = in(reg) gate,
+            in("x13") gate,
             in("w1") value,
             in("x2") v,
             in("x3") expect,
