@@ -1128,10 +1128,11 @@ fn membarrier(cfg: &Config) -> ScenarioResult {
                     // SAFETY: the counters are written only by this rseq
                     // operation with `cfg.index` on the slot of its index
                     // value. The manager stores the pointers with atomic
-                    // stores and fences the slot's CPU before it relies on
-                    // the old counter, so a section that loaded the old
-                    // pointer aborts instead of committing; both arrays
-                    // outlive the threads.
+                    // stores and fences the slot's CPU (or, with fallbacks
+                    // running, swaps under `rseq::exclusive`) before it
+                    // relies on the old counter, so an operation that
+                    // loaded the old pointer aborts instead of committing;
+                    // both arrays outlive the threads.
                     unsafe { rseq::offset_deref_addv(s, ptr, 0, 1) }
                 }))?
                 .map_err(|e| format!("offset_deref_addv: {e}"))?;
