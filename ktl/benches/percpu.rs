@@ -145,50 +145,9 @@ fn filled_pool() -> Pool<Obj> {
 
 #[path = "support/stores.rs"]
 mod stores;
-use stores::Store;
-
-/// A store with the objects it made and refused.
-struct Shelf<S> {
-    store: S,
-    made: AtomicU64,
-    refused: AtomicU64,
-}
+use stores::{Shelf, Store};
 
 impl<S: Store> Shelf<S> {
-    fn filled() -> Self {
-        let shelf = Shelf {
-            store: S::empty(),
-            made: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-        };
-        on_each_cpu(|share| {
-            for _ in 0..share {
-                let o = shelf.make();
-                shelf.put(o);
-            }
-        });
-        shelf
-    }
-
-    #[cold]
-    fn make(&self) -> Obj {
-        self.made.fetch_add(1, Ordering::Relaxed);
-        new_obj()
-    }
-
-    #[inline(always)]
-    fn put(&self, o: Obj) {
-        if let Err(o) = self.store.put(o) {
-            self.refuse(o);
-        }
-    }
-
-    #[cold]
-    fn refuse(&self, o: Obj) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        drop(o);
-    }
-
     fn check(self, ops: u64) -> Result<(), String> {
         let made = self.made.into_inner();
         let refused = self.refused.into_inner();

@@ -408,57 +408,9 @@ fn pool_ktl(pool: &Pool<Obj>, iters: u64, shape: Shape) {
 
 #[path = "../../../ktl/benches/support/stores.rs"]
 mod stores;
-use stores::Store;
-
-/// A store with its accounting: the objects it made and refused.
-struct Shelf<S> {
-    store: S,
-    /// Objects made: the first [`OBJECTS`], then one each time the store
-    /// came up empty.
-    made: AtomicU64,
-    /// Objects the store refused (full), which are dropped.
-    refused: AtomicU64,
-}
+use stores::{Shelf, Store};
 
 impl<S: Store> Shelf<S> {
-    /// A store holding [`OBJECTS`] new objects, put in from each CPU in
-    /// turn (see [`on_each_cpu`]).
-    fn filled() -> Self {
-        let shelf = Shelf {
-            store: S::empty(),
-            made: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-        };
-        on_each_cpu(|share| {
-            for _ in 0..share {
-                let o = shelf.make();
-                shelf.put(o);
-            }
-        });
-        shelf
-    }
-
-    /// A new object, counted.
-    #[cold]
-    fn make(&self) -> Obj {
-        self.made.fetch_add(1, Ordering::Relaxed);
-        new_obj()
-    }
-
-    /// Puts `o` back, or counts and drops it if the store is full.
-    #[inline(always)]
-    fn put(&self, o: Obj) {
-        if let Err(o) = self.store.put(o) {
-            self.refuse(o);
-        }
-    }
-
-    #[cold]
-    fn refuse(&self, o: Obj) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        drop(o);
-    }
-
     /// The check after the samples: every object made is held, and their
     /// uses sum to `ops`.
     fn check(self, ops: u64) -> Result<String, String> {
