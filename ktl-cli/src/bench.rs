@@ -1,5 +1,6 @@
 //! `ktl bench`: measures the per-thread accessors, the restartable
-//! sequences and the per-CPU structures against their alternatives.
+//! sequences, the per-CPU structures and the random bytes against their
+//! alternatives.
 //!
 //! The framework is small and meant to grow. A [`Row`] is a named operation
 //! in a group, or the reason it cannot run on this machine. For the rows that
@@ -8,7 +9,7 @@
 //! warm-up, then takes `--samples` rounds of timed samples, one sample of
 //! every row per round (every group's rows take part in the same rounds).
 //!
-//! Three groups of rows:
+//! Four groups of rows:
 //! - `cpu`: `ktl::cpu_id()` and the other accessors, the raw load they are
 //!   held to, and the other ways to learn the CPU (glibc, vDSO, system call,
 //!   RDPID).
@@ -29,6 +30,14 @@
 //!   push+pop ([`ktl::percpu::PerCpuStack`] against the same three). Each
 //!   row's ratio is taken against ktl's structure with the same operation
 //!   and thread count.
+//! - `random`: random bytes for requests of 16, 256 and 4096 bytes (see the
+//!   `random` submodule): [`ktl::random::fill`] (vDSO getrandom with a
+//!   per-thread state) against the `getrandom(2)` system call
+//!   ([`ktl::random::syscall_fill`]) and the `getrandom` crate as it is
+//!   (`getrandom::fill`, which calls the C library's `getrandom`). ktl's row
+//!   names the path it took: `(vDSO)`, or `(syscall fallback)` when the
+//!   kernel has no vDSO getrandom; a line under the table gives the reason.
+//!   Each row's ratio is taken against ktl's row of the same size.
 //!
 //! A row of N threads runs the loop in N threads at once: the benchmarking
 //! thread and N - 1 helper threads that the row spawns once and drives
@@ -48,13 +57,15 @@
 //! not, the rseq sections abort and restart and the shared counter's line
 //! stays in one cache (both are part of what is measured).
 //!
-//! Every `rseq` and `percpu` row checks its result: its loops count the
-//! operations they perform (calibration and warm-up included), and after the
-//! samples, once the row's threads are gone, the counters must sum to that
-//! count exactly, and the pools and stacks must hold every object they made,
-//! whose use counts must sum to that count. A mismatch is a correctness
-//! failure, not noise: the report is printed, the mismatch named, and
-//! `ktl bench` returns an error.
+//! Every `rseq`, `percpu` and `random` row checks its result: its loops
+//! count the operations they perform (calibration and warm-up included), and
+//! after the samples, once the row's threads are gone, the counters must sum
+//! to that count exactly, the pools and stacks must hold every object they
+//! made, whose use counts must sum to that count, and no random fill may
+//! have failed, ktl's having all taken the path its row names. (Each random
+//! fill adds the first 8 bytes it got to the loop's accumulator, so the
+//! bytes are used.) A mismatch is a correctness failure, not noise: the
+//! report is printed, the mismatch named, and `ktl bench` returns an error.
 //!
 //! Two loop shapes are available (`--shape`):
 //! - `call` (the default): each iteration makes one call and adds its result
@@ -71,9 +82,9 @@
 //! The report gives, per row, the median, minimum and maximum time per call
 //! and the spread, `(max - min) / median`, and a ratio to the row's baseline
 //! (`ktl::cpu_id()` in `cpu`, the uncontended `fetch_add` in `rseq`, ktl's
-//! structure with the same operation and threads in `percpu`). Below the
-//! table come the comparisons the project promises, computed from the
-//! medians of the same run:
+//! structure with the same operation and threads in `percpu`, ktl's fill of
+//! the same size in `random`). Below the table come the comparisons the
+//! project promises, computed from the medians of the same run:
 //! - `ktl::cpu_id()` costs at most 1.5x the raw thread-pointer-relative load;
 //! - `ktl::cpu_id()` is at least 4x faster than glibc's `sched_getcpu`;
 //! - `rseq add` with 2 threads is at least 5x faster per operation than a
@@ -84,6 +95,9 @@
 //!   than a shared `AtomicU64::fetch_add` with 2 threads;
 //! - `Pool` get+put with 2 threads is at least 2x faster per operation than
 //!   `ArrayQueue` pop+push with 2 threads;
+//! - `ktl::random::fill` of 16 bytes is at least 5x faster than the
+//!   `getrandom(2)` system call (skipped when ktl's rows ran on the syscall
+//!   fallback);
 //! - `PerCpu<T>` takes exactly possible CPUs x `size_of::<CachePadded<T>>()`
 //!   bytes ([`ktl::percpu::PerCpu::footprint`], for a few `T`; computed, not
 //!   measured, whenever a `percpu` row runs).
@@ -91,11 +105,12 @@
 //! A failed comparison is reported, never turned into an error: machines are
 //! noisy.
 //!
-//! `--quick` (and `ktl` with no subcommand) takes fewer, shorter samples, and
-//! of the `percpu` group runs only the 2-thread counter and pool rows, which
-//! the promises compare. A filter that is a group's name selects that group
-//! (`cpu` does not select `percpu`); any other filter selects the rows whose
-//! name or group contains it.
+//! `--quick` (and `ktl` with no subcommand) takes fewer, shorter samples, of
+//! the `percpu` group runs only the 2-thread counter and pool rows, and of
+//! the `random` group only ktl's and the system call's 16-byte rows: the
+//! rows the promises compare. A filter that is a group's name selects that
+//! group (`cpu` does not select `percpu`); any other filter selects the rows
+//! whose name or group contains it.
 //!
 //! `--plot FILE.svg` draws two SVG charts (see [`crate::plot`]): the rows of
 //! the run as bars into `FILE.svg`, and, into `FILE-scaling.svg`, the thread
@@ -127,6 +142,7 @@
 //! within version 1 (a version only ever gains fields).
 
 mod percpu;
+mod random;
 
 use crate::plot;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -221,12 +237,13 @@ pub struct BenchArgs {
     /// --quick].
     #[arg(long, value_name = "MS")]
     pub sample_ms: Option<u64>,
-    /// The short run: fewer, shorter samples, and of the percpu group only
-    /// the 2-thread counter and pool rows (a few seconds in all).
+    /// The short run: fewer, shorter samples, of the percpu group only the
+    /// 2-thread counter and pool rows, and of the random group only the
+    /// 16-byte ktl and syscall rows (a few seconds in all).
     #[arg(long)]
     pub quick: bool,
-    /// Run only the rows of this group (cpu, rseq, percpu), or else the rows
-    /// whose name or group contains this text (ignoring case).
+    /// Run only the rows of this group (cpu, rseq, percpu, random), or else
+    /// the rows whose name or group contains this text (ignoring case).
     #[arg(long, value_name = "SUBSTRING")]
     pub filter: Option<String>,
     /// Print the results as JSON (schema `ktl-bench/1`), without a progress
@@ -377,7 +394,7 @@ impl Row {
 }
 
 /// The groups of rows, in order.
-const GROUPS: &[&str] = &["cpu", "rseq", percpu::GROUP];
+const GROUPS: &[&str] = &["cpu", "rseq", percpu::GROUP, random::GROUP];
 
 /// Whether `filter` selects the row `name` of `group`. A filter that is a
 /// group's name (ignoring case) selects that group; any other filter
@@ -456,11 +473,13 @@ fn glibc_sched_getcpu() -> i32 {
 }
 
 /// The rows of this version, in order: the `cpu` group, the `rseq` group,
-/// then the `percpu` group. Rows that cannot run here carry their reason.
+/// the `percpu` group, then the `random` group. Rows that cannot run here
+/// carry their reason.
 pub fn rows() -> Vec<Row> {
     let mut rows = cpu_rows();
     rows.extend(rseq_rows());
     rows.extend(percpu::rows());
+    rows.extend(random::rows());
     rows
 }
 
@@ -1277,6 +1296,15 @@ struct Check {
 
 /// Evaluates the checks from the medians of `outcomes`.
 fn checks(outcomes: &[Outcome]) -> Vec<Check> {
+    CHECKS
+        .iter()
+        .map(|spec| evaluate(spec, outcomes))
+        .chain([random::check(outcomes), footprint_check(outcomes)])
+        .collect()
+}
+
+/// Evaluates one comparison from the medians of `outcomes`.
+fn evaluate(spec: &CheckSpec, outcomes: &[Outcome]) -> Check {
     let median = |name: &str| -> Result<f64, String> {
         match outcomes.iter().find(|o| o.name == name) {
             None => Err(format!("{name} was not run (--filter)")),
@@ -1287,32 +1315,25 @@ fn checks(outcomes: &[Outcome]) -> Vec<Check> {
             },
         }
     };
-    CHECKS
-        .iter()
-        .map(|spec| {
-            let ratio =
-                median(spec.numerator).and_then(|n| median(spec.denominator).map(|d| n / d));
-            let (ratio, reason) = match ratio {
-                Ok(r) => (Some(r), None),
-                Err(e) => (None, Some(e)),
-            };
-            let pass = ratio.map(|r| match spec.bound {
-                Bound::Max => r <= spec.limit,
-                Bound::Min => r >= spec.limit,
-                Bound::Exact => r == spec.limit,
-            });
-            Check {
-                name: spec.name,
-                ratio,
-                limit: spec.limit,
-                bound: spec.bound,
-                pass,
-                reason,
-                detail: None,
-            }
-        })
-        .chain([footprint_check(outcomes)])
-        .collect()
+    let ratio = median(spec.numerator).and_then(|n| median(spec.denominator).map(|d| n / d));
+    let (ratio, reason) = match ratio {
+        Ok(r) => (Some(r), None),
+        Err(e) => (None, Some(e)),
+    };
+    let pass = ratio.map(|r| match spec.bound {
+        Bound::Max => r <= spec.limit,
+        Bound::Min => r >= spec.limit,
+        Bound::Exact => r == spec.limit,
+    });
+    Check {
+        name: spec.name,
+        ratio,
+        limit: spec.limit,
+        bound: spec.bound,
+        pass,
+        reason,
+        detail: None,
+    }
 }
 
 /// The footprint check, when a row of the `percpu` group ran: the bytes
@@ -1620,23 +1641,31 @@ fn render_text(
         .iter()
         .map(|(group, name, _)| format!("{name} in [{group}]"))
         .collect();
-    let own_baselines = outcomes.iter().any(|o| o.baseline.is_some());
-    if own_baselines {
-        bases.push(format!(
-            "ktl's structure with the same operation and threads in [{}]",
-            percpu::GROUP
-        ));
+    // The groups whose rows each name their own baseline, and what it is.
+    let own_baselines: Vec<(&str, &str)> = [
+        (
+            percpu::GROUP,
+            "ktl's structure with the same operation and threads",
+        ),
+        (random::GROUP, random::BASELINE_TEXT),
+    ]
+    .into_iter()
+    .filter(|&(g, _)| {
+        outcomes
+            .iter()
+            .any(|o| o.group == g && o.baseline.is_some())
+    })
+    .collect();
+    for (group, text) in &own_baselines {
+        bases.push(format!("{text} in [{group}]"));
     }
-    match (baselines.as_slice(), own_baselines) {
-        ([], false) => {}
-        ([(_, name, _)], false) => {
+    match (baselines.as_slice(), own_baselines.as_slice()) {
+        ([], []) => {}
+        ([(_, name, _)], []) => {
             let _ = writeln!(out, "ratio: median / median of {name}");
         }
-        ([], true) => {
-            let _ = writeln!(
-                out,
-                "ratio: median / median of ktl's structure with the same operation and threads"
-            );
+        ([], [(_, text)]) => {
+            let _ = writeln!(out, "ratio: median / median of {text}");
         }
         _ => {
             let _ = writeln!(
@@ -1645,6 +1674,9 @@ fn render_text(
                 bases.join(", ")
             );
         }
+    }
+    if let Some(note) = random::note(outcomes) {
+        let _ = writeln!(out, "{note}");
     }
     if outcomes.iter().any(|o| o.threads > 1 && o.result.is_ok()) {
         let _ = writeln!(
@@ -1659,16 +1691,35 @@ fn render_text(
         .collect();
     if !verified.is_empty() {
         let exact = verified.iter().filter(|v| v.is_ok()).count();
-        let objects = outcomes
-            .iter()
-            .any(|o| o.group == percpu::GROUP && o.verified.is_some());
-        if objects {
+        let checked = |group: &str| {
+            outcomes
+                .iter()
+                .any(|o| o.group == group && o.verified.is_some())
+        };
+        let (objects, fills) = (checked(percpu::GROUP), checked(random::GROUP));
+        if objects || fills {
+            let mut what = Vec::new();
+            if objects
+                || outcomes
+                    .iter()
+                    .any(|o| o.group == "rseq" && o.verified.is_some())
+            {
+                what.push("counters sum to the operations performed");
+            }
+            if objects {
+                what.push(
+                    "pools and stacks hold every object made, whose uses sum to the operations \
+                     performed",
+                );
+            }
+            if fills {
+                what.push("every random fill succeeded, ktl's through the path its row names");
+            }
             let _ = writeln!(
                 out,
-                "exactness: {exact} of {} checked rows are exact (counters sum to the operations \
-                 performed; pools and stacks hold every object made, whose uses sum to the \
-                 operations performed)",
-                verified.len()
+                "exactness: {exact} of {} checked rows are exact ({})",
+                verified.len(),
+                what.join("; ")
             );
         } else {
             let _ = writeln!(
@@ -1685,8 +1736,10 @@ fn render_text(
         let _ = writeln!(
             out,
             "quick run: {left_out} selected rows left out (of the [{}] group it runs the 2-thread \
-             counter and pool rows); `ktl bench` runs them all",
-            percpu::GROUP
+             counter and pool rows, of the [{}] group the 16-byte ktl and syscall rows); \
+             `ktl bench` runs them all",
+            percpu::GROUP,
+            random::GROUP
         );
     }
 
@@ -2059,8 +2112,9 @@ mod tests {
                 "compare_exchange uncontended (1 thread)",
             ]
         );
-        assert!(rows[14..].iter().all(|r| r.group == percpu::GROUP));
-        assert_eq!(rows.len(), 14 + 36);
+        assert!(rows[14..50].iter().all(|r| r.group == percpu::GROUP));
+        assert!(rows[50..].iter().all(|r| r.group == random::GROUP));
+        assert_eq!(rows.len(), 14 + 36 + 9);
         assert_eq!(rows[14].name, "counter: PerCpuCounter::add (1 thread)");
         assert_eq!(rows[49].name, "stack: Mutex<Vec> push+pop (8 threads)");
         let names = &names[..14];
@@ -2080,8 +2134,26 @@ mod tests {
         assert_eq!(percpu, 36, "--filter percpu selects the percpu group");
         let counters = rows.iter().filter(|r| r.matches(Some("counter"))).count();
         assert_eq!(counters, 12);
-        let quick = rows.iter().filter(|r| r.quick).count();
-        assert_eq!(quick, 14 + 8, "the quick run: 2-thread counters and pools");
+        let random: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.matches(Some("Random")))
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(random.len(), 9, "--filter random selects the random group");
+        assert_eq!(random[1], random::SYSCALL_16);
+        let small = rows.iter().filter(|r| r.matches(Some("16 B:"))).count();
+        assert_eq!(small, 3, "16 B, not 4096 B");
+        let quick: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.quick)
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            quick.len(),
+            14 + 8 + 2,
+            "the quick run: 2-thread counters and pools, 16-byte ktl and syscall"
+        );
+        assert_eq!(quick[22..], [random[0], random::SYSCALL_16]);
         for r in &rows[8..] {
             assert_eq!(r.op.is_ok(), r.verify.is_some(), "{} counts", r.name);
         }
@@ -2107,7 +2179,7 @@ mod tests {
             .iter()
             .filter(|r| r.group != "cpu" && r.op.is_ok())
             .count();
-        assert!(checked >= 3 + 36, "{checked}");
+        assert!(checked >= 3 + 36 + 9, "{checked}");
         for row in rows.into_iter().filter(|r| r.group != "cpu") {
             let (Ok(op), Some(verify)) = (row.op, row.verify) else {
                 continue; // n/a here (no live rseq area)
@@ -2209,14 +2281,15 @@ mod tests {
             outcome(SHARED_ADD_2, Some(30.0)),
         ];
         let c = checks(&outcomes);
-        assert_eq!(c.len(), 7);
+        assert_eq!(c.len(), 8);
         assert_eq!((c[2].ratio, c[2].bound), (Some(10.0), Bound::Min));
         assert_eq!(c[2].pass, Some(true));
         assert_eq!((c[3].ratio, c[3].bound), (Some(1.2), Bound::Max));
         assert_eq!(c[3].pass, Some(false));
-        // No percpu row ran: the percpu checks are skipped.
+        // No percpu or random row ran: their checks are skipped.
         assert!(c[4..].iter().all(|c| c.pass.is_none()));
-        assert!(c[6].reason.as_deref().unwrap().contains("no percpu row"));
+        assert!(c[6].reason.as_deref().unwrap().contains("not run"));
+        assert!(c[7].reason.as_deref().unwrap().contains("no percpu row"));
 
         let percpu = |name: &str, median: f64| Outcome {
             group: percpu::GROUP.to_owned(),
@@ -2232,13 +2305,44 @@ mod tests {
         let c = checks(&outcomes);
         assert_eq!((c[4].ratio, c[4].pass), (Some(15.0), Some(true)));
         assert_eq!((c[5].ratio, c[5].pass), (Some(1.5), Some(false)));
-        assert_eq!((c[6].name, c[6].bound), (FOOTPRINT_CHECK, Bound::Exact));
-        assert_eq!((c[6].ratio, c[6].pass), (Some(1.0), Some(true)));
+        assert_eq!((c[7].name, c[7].bound), (FOOTPRINT_CHECK, Bound::Exact));
+        assert_eq!((c[7].ratio, c[7].pass), (Some(1.0), Some(true)));
         assert!(
-            c[6].detail
+            c[7].detail
                 .as_deref()
                 .unwrap()
                 .contains("PerCpu<AtomicU64>")
+        );
+
+        let random = |name: &str, median: f64| Outcome {
+            group: random::GROUP.to_owned(),
+            baseline: Some(random::KTL_16.to_owned()),
+            ..outcome(name, Some(median))
+        };
+        let outcomes = [
+            random(random::KTL_16, 20.0),
+            random(random::SYSCALL_16, 300.0),
+        ];
+        let c = checks(&outcomes);
+        assert_eq!((c[6].name, c[6].bound), (random::CHECK.name, Bound::Min));
+        assert_eq!((c[6].ratio, c[6].pass), (Some(15.0), Some(true)));
+        let outcomes = [
+            random(random::KTL_16, 80.0),
+            random(random::SYSCALL_16, 300.0),
+        ];
+        assert_eq!(checks(&outcomes)[6].pass, Some(false));
+        // ktl's row on the syscall fallback: skipped, not failed.
+        let fallback = "16 B: ktl::random::fill (syscall fallback)";
+        let outcomes = [random(fallback, 300.0), random(random::SYSCALL_16, 300.0)];
+        let c = checks(&outcomes);
+        assert_eq!((c[6].ratio, c[6].pass), (None, None));
+        assert!(
+            c[6].reason
+                .as_deref()
+                .unwrap()
+                .contains("ran on the syscall fallback"),
+            "{:?}",
+            c[6].reason
         );
 
         let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
@@ -2352,6 +2456,64 @@ mod tests {
         );
         assert!(text.contains("wall time of a sample / the operations of one thread"));
         assert!(text.contains("quick run: 3 selected rows left out"));
+    }
+
+    #[test]
+    fn random_ratios_compare_with_ktl_of_the_same_size() {
+        let row = |name: &str, median: f64, base: &str| Outcome {
+            group: random::GROUP.to_owned(),
+            baseline: Some(base.to_owned()),
+            verified: Some(Ok("checked".to_owned())),
+            ..outcome(name, Some(median))
+        };
+        let ktl_256 = "256 B: ktl::random::fill (vDSO)";
+        let outcomes = [
+            row(random::KTL_16, 20.0, random::KTL_16),
+            row(random::SYSCALL_16, 300.0, random::KTL_16),
+            row(ktl_256, 100.0, ktl_256),
+            row("256 B: getrandom(2) syscall", 450.0, ktl_256),
+        ];
+        let report = Report::new(
+            Machine::probe(),
+            &ktl::layout().owner,
+            Shape::Call,
+            &outcomes,
+            Vec::new(),
+        );
+        let text = render_text(
+            &report,
+            &outcomes,
+            "o",
+            Shape::Call,
+            1,
+            Duration::from_millis(1),
+            0,
+        );
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(line(random::KTL_16).ends_with("1.00x"), "{text}");
+        assert!(line(random::SYSCALL_16).ends_with("15.0x"), "{text}");
+        assert!(line("256 B: getrandom(2)").ends_with("4.50x"), "{text}");
+        assert!(
+            text.contains("ratio: median / median of ktl::random::fill of the same size"),
+            "{text}"
+        );
+        assert!(
+            text.contains("random: ktl::random::fill uses the "),
+            "{text}"
+        );
+        assert!(
+            text.contains("4 of 4 checked rows are exact (every random fill succeeded"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("  {}: pass (ratio 15.0x", random::CHECK.name)),
+            "{text}"
+        );
     }
 
     #[test]

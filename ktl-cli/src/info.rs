@@ -32,6 +32,7 @@ pub struct Report {
     /// accessor reads the area).
     pub fallbacks: Vec<String>,
     pub rseq: RseqReport,
+    pub random: RandomReport,
     pub registrations: Registrations,
 }
 
@@ -114,6 +115,20 @@ pub struct RseqReport {
     /// The membarrier fence: `"rseq"` (aborts sequences), `"expedited"` (a
     /// barrier only) or `"unavailable"`.
     pub fence: &'static str,
+}
+
+#[derive(Serialize, Debug)]
+pub struct RandomReport {
+    /// How `ktl::random` fills buffers: `"vdso"` (vDSO getrandom with
+    /// per-thread state) or `"syscall"` (the getrandom system call).
+    pub path: &'static str,
+    /// Why the system call, in words (`null` on the vDSO path).
+    pub fallback_reason: Option<String>,
+    /// The size of one per-thread state in bytes (0 without the vDSO).
+    pub state_size: usize,
+    /// States mapped and states held by threads.
+    pub states: usize,
+    pub states_in_use: usize,
 }
 
 #[derive(Serialize, Debug)]
@@ -259,12 +274,36 @@ pub fn gather() -> Report {
                 ktl::rseq::fence::FenceKind::Unavailable => "unavailable",
             },
         },
+        random: random_report(),
         registrations: Registrations {
             registered: st.registered,
             unregistered: st.unregistered,
             register_failures: st.register_failures,
             unregister_failures: st.unregister_failures,
         },
+    }
+}
+
+/// The random section: draws 16 bytes first, so the calling thread holds a
+/// state and the path reflects a real fill.
+fn random_report() -> RandomReport {
+    let mut probe = [0u8; 16];
+    let drew = ktl::random::fill(&mut probe);
+    let path = ktl::random::path();
+    let stats = ktl::random::stats();
+    RandomReport {
+        path: match path {
+            ktl::random::Path::Vdso => "vdso",
+            _ => "syscall",
+        },
+        fallback_reason: match (path, drew) {
+            (_, Err(e)) => Some(e.to_string()),
+            (ktl::random::Path::Syscall(why), Ok(())) => Some(why.to_string()),
+            _ => None,
+        },
+        state_size: stats.state_size,
+        states: stats.states,
+        states_in_use: stats.states_in_use,
     }
 }
 
@@ -363,6 +402,21 @@ fn print_text(r: &Report) {
         ),
     }
     println!("membarrier fence       {}", ktl::rseq::fence::kind());
+    println!("random                 {}", ktl::random::path());
+    if r.random.state_size > 0 {
+        println!(
+            "  states               {} bytes each; {} mapped, {} in use",
+            r.random.state_size, r.random.states, r.random.states_in_use
+        );
+    }
+    if let Some(why) = r
+        .random
+        .fallback_reason
+        .as_deref()
+        .filter(|_| r.random.path == "vdso")
+    {
+        println!("  error                {why}");
+    }
     if r.fallbacks.is_empty() {
         println!(
             "fallbacks in use       none (without the area, cpu_id would use the {})",

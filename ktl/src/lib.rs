@@ -25,7 +25,9 @@
 //! - [`rseq`]: restartable sequences (per-CPU operations), their fallbacks
 //!   and fences;
 //! - [`percpu`]: per-CPU data structures built on them;
-//! - [`vdso`]: the vDSO parser and vDSO `getcpu`.
+//! - [`random`]: cryptographically secure random bytes through vDSO
+//!   `getrandom` with per-thread state;
+//! - [`vdso`]: the vDSO parser, vDSO `getcpu` and `getrandom`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -37,6 +39,7 @@ mod arch;
 pub mod area;
 pub mod cpu;
 pub mod percpu;
+pub mod random;
 pub mod rseq;
 mod sys;
 pub mod vdso;
@@ -50,3 +53,8 @@ pub use abi::Features;
 pub use area::{Layout, Owner, layout};
 pub use cpu::{cpu_id, mm_cid, node_id};
 pub use sys::Errno;
+
+/// The `getrandom` crate, for [`getrandom_backend!`]'s expansion.
+#[cfg(feature = "getrandom")]
+#[doc(hidden)]
+pub use getrandom as __getrandom;

@@ -71,6 +71,23 @@ pub(crate) fn getcpu_syscall() -> Result<(u32, u32), i32> {
     }
 }
 
+/// The `getrandom(2)` system call itself, with flags 0 (not libc's
+/// `getrandom`, which glibc 2.41 and later serve from the vDSO): the number
+/// of bytes written to `buf`.
+pub(crate) fn getrandom(buf: &mut [core::mem::MaybeUninit<u8>]) -> Result<usize, i32> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes to `buf`, which is
+    // valid for writes of that many bytes (they may be uninitialised).
+    let ret: c_long = unsafe {
+        libc::syscall(
+            libc::SYS_getrandom,
+            buf.as_mut_ptr().cast::<c_void>(),
+            buf.len(),
+            0 as libc::c_uint,
+        )
+    };
+    usize::try_from(ret).map_err(|_| last_errno())
+}
+
 /// The symbolic name of an errno value, for messages (`"EPERM"`), or its
 /// number when ktl does not know it.
 pub(crate) fn errno_name(errno: i32) -> String {

@@ -378,13 +378,18 @@ pub struct Image<'a> {
 }
 
 impl<'a> Image<'a> {
-    /// Parses the ELF64 image in `data`.
+    /// Parses the ELF64 image at the start of `data`.
     ///
-    /// `data` must hold at least every `PT_LOAD` segment's bytes in the file;
-    /// trailing bytes are ignored. Never panics, whatever the bytes.
+    /// The image runs to the end of the headers or of the furthest `PT_LOAD`
+    /// segment's bytes in the file, whichever is further (the length that
+    /// `image_len` gives). `data` must hold at least that much; trailing
+    /// bytes are ignored: they are not part of [`Image::bytes`], and no table,
+    /// string or symbol is looked for in them, so they never change an
+    /// answer. Never panics, whatever the bytes.
     pub fn parse(data: &'a [u8]) -> Result<Self, VdsoError> {
         let header = Header::parse(data)?;
-        if header.headers_end()? > data.len() {
+        let mut end = header.headers_end()?;
+        if end > data.len() {
             return Err(VdsoError::Truncated);
         }
         let mut load = None;
@@ -393,9 +398,11 @@ impl<'a> Image<'a> {
             let segment = header.segment(data, index)?;
             match segment.kind {
                 PT_LOAD => {
-                    if segment.file_end()? > data.len() {
+                    let file_end = segment.file_end()?;
+                    if file_end > data.len() {
                         return Err(VdsoError::Truncated);
                     }
+                    end = end.max(file_end);
                     load.get_or_insert(segment);
                 }
                 PT_DYNAMIC => {
@@ -405,6 +412,9 @@ impl<'a> Image<'a> {
             }
         }
         let load = load.ok_or(VdsoError::NoLoadSegment)?;
+        // From here on, `data` is the image alone: every table and symbol
+        // must be inside it.
+        let data = data.get(..end).ok_or(VdsoError::Truncated)?;
         let dynamic = Dynamic::parse(data, &dynamic.ok_or(VdsoError::NoDynamic)?)?;
 
         // The dynamic entries hold virtual addresses; this finds the bytes.
@@ -469,7 +479,8 @@ impl<'a> Image<'a> {
         })
     }
 
-    /// The image bytes this was parsed from.
+    /// The image bytes: the start of the slice this was parsed from, up to
+    /// the end of the image (see [`Image::parse`]).
     pub fn bytes(&self) -> &'a [u8] {
         self.data
     }
@@ -1138,6 +1149,40 @@ mod tests {
         assert_eq!(with(built.load_vaddr - 1), None);
         assert_eq!(with(0), None);
         assert_eq!(with(u64::MAX), None);
+    }
+
+    #[test]
+    fn trailing_bytes_are_not_part_of_the_image() {
+        let built = versioned();
+        let len = built.bytes.len();
+        // "func"@V1 (symbol 1) just past the end of the image.
+        let mut bytes = built.bytes.clone();
+        put_u64(
+            &mut bytes,
+            built.symtab + SYM_SIZE + 8,
+            b_vaddr(&built, len + 8),
+        );
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0; 64]);
+        for data in [&bytes, &longer] {
+            let image = parse(data).unwrap();
+            assert_eq!(image.bytes(), &bytes[..]);
+            assert_eq!(image.symbol_offset("func", "V1"), None);
+            assert_eq!(image.symbol_offset("func", "V2"), Some(built.text + 8));
+        }
+
+        // A PT_LOAD segment (the first program header) that ends where the
+        // text starts ends the image there: the tables are still inside, the
+        // symbols are not.
+        let text = built.text;
+        put_u64(&mut bytes, 64 + 32, text as u64);
+        let image = parse(&bytes).unwrap();
+        assert_eq!(image.bytes().len(), text);
+        assert_eq!(image.symbol_offset("func", "V2"), None);
+        assert_eq!(
+            parse(&bytes[..text]).unwrap().symbol_count(),
+            image.symbol_count()
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The vDSO: finding it, looking up its symbols, and calling its `getcpu`.
+//! The vDSO: finding it, looking up its symbols, and calling its `getcpu`
+//! and `getrandom`.
 //!
 //! The kernel maps a small ELF shared object, the vDSO, into every process
 //! and passes its address in the auxiliary vector (`AT_SYSINFO_EHDR`). Its
@@ -6,9 +7,16 @@
 //! entering the kernel.
 //!
 //! [`Vdso::get`] finds and parses the process's vDSO once; [`getcpu`] calls
-//! the vDSO's `getcpu` through a cached function pointer. The ELF parsing
-//! itself is safe code working on a byte slice ([`Image`]), so it can be
-//! tested and fuzzed on any bytes through [`Vdso::parse`].
+//! the vDSO's `getcpu` through a cached function pointer, and
+//! [`getrandom_fn`] gives the vDSO's `getrandom` (Linux 6.11 on), which
+//! [`crate::random`] calls with per-thread state. The ELF parsing itself is
+//! safe code working on a byte slice ([`Image`]), so it can be tested and
+//! fuzzed on any bytes through [`Vdso::parse`].
+//!
+//! Setting the environment variable `KTL_VDSO=off` before the first use
+//! makes ktl ignore the vDSO ([`VdsoError::Disabled`]): every vDSO call then
+//! takes its system-call fallback. It exists to test those fallbacks and to
+//! rule the vDSO out when debugging.
 
 mod elf;
 #[cfg(test)]
@@ -41,6 +49,21 @@ pub const GETCPU: &str = "__vdso_getcpu";
 #[cfg(target_arch = "aarch64")]
 pub const GETCPU: &str = "__kernel_getcpu";
 
+/// The vDSO's `getrandom` symbol name on this architecture:
+/// `"__vdso_getrandom"` on x86_64 (Linux 6.11 on), `"__kernel_getrandom"` on
+/// aarch64 (Linux 6.14 on).
+#[cfg(target_arch = "x86_64")]
+pub const GETRANDOM: &str = "__vdso_getrandom";
+/// The vDSO's `getrandom` symbol name on this architecture:
+/// `"__vdso_getrandom"` on x86_64 (Linux 6.11 on), `"__kernel_getrandom"` on
+/// aarch64 (Linux 6.14 on).
+#[cfg(target_arch = "aarch64")]
+pub const GETRANDOM: &str = "__kernel_getrandom";
+
+/// The environment variable that turns the vDSO off for ktl when it is
+/// `off` (read once, at the first vDSO lookup).
+pub const DISABLE_ENV: &str = "KTL_VDSO";
+
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("ktl::vdso knows the vDSO symbols of x86_64 and aarch64 only");
 
@@ -48,6 +71,37 @@ compile_error!("ktl::vdso knows the vDSO symbols of x86_64 and aarch64 only");
 /// void *unused)`. It stores the current CPU and NUMA node through the
 /// non-null pointers and returns 0 on success.
 pub type GetcpuFn = unsafe extern "C" fn(*mut u32, *mut u32, *mut c_void) -> c_int;
+
+/// Signature of vDSO getrandom (`vgetrandom(2)`-style, Linux 6.11):
+/// `ssize_t getrandom(void *buf, size_t len, unsigned int flags,
+/// void *opaque_state, size_t opaque_len)`.
+///
+/// It fills `buf` with `len` random bytes using the caller's per-thread
+/// `opaque_state` and returns the number of bytes written or a negative
+/// errno; it never sets `errno`. Called with a null `buf`, `len` 0, `flags`
+/// 0 and `opaque_len == usize::MAX`, it instead writes the state's size and
+/// mmap parameters to `opaque_state` ([`GetrandomParams`]).
+pub type GetrandomFn = unsafe extern "C" fn(*mut c_void, usize, u32, *mut c_void, usize) -> isize;
+
+/// What vDSO getrandom reports about its per-thread state
+/// (`struct vgetrandom_opaque_params` in the kernel's UAPI).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GetrandomParams {
+    /// The size of one opaque state, in bytes.
+    pub size_of_opaque_state: u32,
+    /// The `prot` argument for `mmap(2)` of the states.
+    pub mmap_prot: u32,
+    /// The `flags` argument for `mmap(2)` of the states (`MAP_DROPPABLE |
+    /// MAP_ANONYMOUS`: the pages may be dropped under memory pressure, and
+    /// are wiped in a `fork` child).
+    pub mmap_flags: u32,
+    /// Reserved; zero.
+    pub reserved: [u32; 13],
+}
+
+// The kernel writes exactly 64 bytes (4 + 4 + 4 + 13 * 4).
+const _: () = assert!(size_of::<GetrandomParams>() == 64);
 
 /// The smallest page size of the supported architectures. The vDSO mapping
 /// starts on a page boundary and is at least one page long, so its first
@@ -99,6 +153,8 @@ pub enum VdsoError {
     BadStringTable,
     /// The symbol version tables are outside the image.
     BadVersionTable,
+    /// ktl ignores the vDSO: the environment variable `KTL_VDSO` is `off`.
+    Disabled,
 }
 
 impl fmt::Display for VdsoError {
@@ -123,6 +179,7 @@ impl fmt::Display for VdsoError {
             VdsoError::BadSymbolTable => "the vDSO symbol table is out of bounds or malformed",
             VdsoError::BadStringTable => "the vDSO string table is out of bounds",
             VdsoError::BadVersionTable => "the vDSO symbol version tables are out of bounds",
+            VdsoError::Disabled => "the vDSO is turned off (KTL_VDSO=off)",
         })
     }
 }
@@ -183,6 +240,9 @@ unsafe fn vdso_bytes(base: usize, len: usize) -> &'static [u8] {
 
 /// Finds and parses the process's vDSO.
 fn find() -> Result<Vdso, VdsoError> {
+    if std::env::var_os(DISABLE_ENV).is_some_and(|v| v == "off") {
+        return Err(VdsoError::Disabled);
+    }
     // SAFETY: `getauxval` only reads the auxiliary vector that libc saved at
     // startup; it is thread-safe and has no preconditions.
     let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
@@ -223,13 +283,41 @@ fn find() -> Result<Vdso, VdsoError> {
     })
 }
 
-/// [`GETCPU_ADDR`] before the first lookup.
+/// A cached symbol address before the first lookup.
 const NOT_LOOKED_UP: usize = 0;
-/// [`GETCPU_ADDR`] when the vDSO or its getcpu is missing.
+/// A cached symbol address when the vDSO or the symbol is missing.
 const ABSENT: usize = 1;
 
 /// The address of the vDSO getcpu, [`NOT_LOOKED_UP`] or [`ABSENT`].
 static GETCPU_ADDR: AtomicUsize = AtomicUsize::new(NOT_LOOKED_UP);
+/// The address of the vDSO getrandom, [`NOT_LOOKED_UP`] or [`ABSENT`].
+static GETRANDOM_ADDR: AtomicUsize = AtomicUsize::new(NOT_LOOKED_UP);
+
+/// The address of `name` in the process's vDSO, looked up once and cached
+/// in `cache`; `None` if the vDSO or the symbol is missing.
+#[inline]
+fn cached_symbol(cache: &AtomicUsize, name: &str) -> Option<*const c_void> {
+    // Relaxed is enough: the cached value is all that is shared. The code it
+    // points to was mapped before the process started.
+    let mut addr = cache.load(Ordering::Relaxed);
+    if addr == NOT_LOOKED_UP {
+        addr = lookup(name);
+        cache.store(addr, Ordering::Relaxed);
+    }
+    (addr != ABSENT).then(|| core::ptr::with_exposed_provenance::<c_void>(addr))
+}
+
+/// Looks `name` up at [`VERSION`]: its address, or [`ABSENT`].
+#[cold]
+#[inline(never)]
+fn lookup(name: &str) -> usize {
+    match Vdso::get().ok().and_then(|vdso| vdso.symbol(name, VERSION)) {
+        // The image starts at a nonzero page boundary, so a symbol address
+        // is never one of the two markers; check anyway.
+        Some(addr) if addr > ABSENT => addr,
+        _ => ABSENT,
+    }
+}
 
 /// The vDSO getcpu function, looked up once and cached.
 ///
@@ -237,37 +325,48 @@ static GETCPU_ADDR: AtomicUsize = AtomicUsize::new(NOT_LOOKED_UP);
 /// [`VERSION`].
 #[inline]
 pub fn getcpu_fn() -> Option<GetcpuFn> {
-    // Relaxed is enough: the cached value is all that is shared. The code it
-    // points to was mapped before the process started.
-    let mut addr = GETCPU_ADDR.load(Ordering::Relaxed);
-    if addr == NOT_LOOKED_UP {
-        addr = lookup_getcpu();
-        GETCPU_ADDR.store(addr, Ordering::Relaxed);
-    }
-    if addr == ABSENT {
-        return None;
-    }
-    let ptr = core::ptr::with_exposed_provenance::<c_void>(addr);
-    // SAFETY: `addr` was stored by `lookup_getcpu`: it is the address of the
-    // vDSO's getcpu function, whose C signature `GetcpuFn` declares, in an
-    // executable mapping that lasts as long as the process. Function and
-    // data pointers have the same size and representation on the supported
-    // targets.
+    let ptr = cached_symbol(&GETCPU_ADDR, GETCPU)?;
+    // SAFETY: `ptr` is the address of the vDSO's getcpu function, whose C
+    // signature `GetcpuFn` declares, in an executable mapping that lasts as
+    // long as the process. Function and data pointers have the same size and
+    // representation on the supported targets.
     Some(unsafe { core::mem::transmute::<*const c_void, GetcpuFn>(ptr) })
 }
 
-/// Looks up the vDSO getcpu: its address, or [`ABSENT`].
-#[cold]
-#[inline(never)]
-fn lookup_getcpu() -> usize {
-    match Vdso::get()
-        .ok()
-        .and_then(|vdso| vdso.symbol(GETCPU, VERSION))
-    {
-        // The image starts at a nonzero page boundary, so a symbol address
-        // is never one of the two markers; check anyway.
-        Some(addr) if addr > ABSENT => addr,
-        _ => ABSENT,
+/// The vDSO getrandom function, looked up once and cached.
+///
+/// `None` if the process has no vDSO or the vDSO has no [`GETRANDOM`] at
+/// [`VERSION`] (kernels before 6.11 on x86_64, before 6.14 on aarch64).
+/// [`crate::random`] is the safe interface over it.
+#[inline]
+pub fn getrandom_fn() -> Option<GetrandomFn> {
+    let ptr = cached_symbol(&GETRANDOM_ADDR, GETRANDOM)?;
+    // SAFETY: as in `getcpu_fn`, for the vDSO's getrandom, whose C signature
+    // `GetrandomFn` declares.
+    Some(unsafe { core::mem::transmute::<*const c_void, GetrandomFn>(ptr) })
+}
+
+/// Asks vDSO getrandom for the size and mmap parameters of its per-thread
+/// state: `Err(errno)` if the call fails.
+pub fn getrandom_params(getrandom: GetrandomFn) -> Result<GetrandomParams, crate::Errno> {
+    let mut params = GetrandomParams::default();
+    // SAFETY: `getrandom` is the vDSO getrandom (see `getrandom_fn`). With a
+    // null buffer, length 0, flags 0 and `opaque_len == usize::MAX` it only
+    // writes one `struct vgetrandom_opaque_params` (64 bytes, the layout of
+    // `GetrandomParams`) to the state pointer, which points to a live local.
+    let ret = unsafe {
+        getrandom(
+            core::ptr::null_mut(),
+            0,
+            0,
+            (&raw mut params).cast::<c_void>(),
+            usize::MAX,
+        )
+    };
+    match ret {
+        0 => Ok(params),
+        r if r < 0 => Err(crate::Errno(i32::try_from(-r).unwrap_or(libc::EINVAL))),
+        _ => Err(crate::Errno(libc::EINVAL)),
     }
 }
 
