@@ -351,9 +351,12 @@ fn signal_handler_inside_a_fill_takes_the_syscall() {
     };
     // SAFETY: `worker` is a live thread of this process until it is joined.
     let tid = std::os::unix::thread::JoinHandleExt::as_pthread_t(&worker);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Only the vDSO path has a state to guard: on the system-call path (no
+    // vDSO, as under emulators) a nested fill is just another system call.
+    let vdso = random::path() == Path::Vdso;
+    let deadline = Instant::now() + Duration::from_secs(if vdso { 30 } else { 2 });
     let mut sent = 0u64;
-    while random::stats().reentrant_fills == before && Instant::now() < deadline {
+    while (!vdso || random::stats().reentrant_fills == before) && Instant::now() < deadline {
         // SAFETY: `tid` is the worker, which has not been joined yet.
         assert_eq!(unsafe { libc::pthread_kill(tid, libc::SIGUSR2) }, 0);
         sent += 1;
@@ -372,8 +375,12 @@ fn signal_handler_inside_a_fill_takes_the_syscall() {
     assert_eq!(HANDLER_FAILURES.load(Ordering::Relaxed), 0);
     assert!(HANDLER_FILLS.load(Ordering::Relaxed) > 0);
     assert!(fills > 0);
-    assert!(
-        reentrant > 0,
-        "no signal landed inside a fill in {sent} signals and {fills} fills"
-    );
+    if vdso {
+        assert!(
+            reentrant > 0,
+            "no signal landed inside a fill in {sent} signals and {fills} fills"
+        );
+    } else {
+        assert_eq!(reentrant, 0, "the system-call path has no state to guard");
+    }
 }
