@@ -47,6 +47,13 @@ pub struct Kernel {
     pub syscall: &'static str,
     /// The errno of a blocked probe.
     pub syscall_errno: Option<i32>,
+    /// The KTLS kernel prototype's features (`AT_KTLS_FEATURES`):
+    /// `"group-layout"`, `"clone-rseq-ktls"`; empty on other kernels.
+    pub ktls_features: Vec<&'static str>,
+    /// The same as bits: 1 group layout, 2 `CLONE_RSEQ_KTLS`.
+    pub ktls_feature_bits: u32,
+    /// Whether ktl recorded the thread group's layout in the kernel.
+    pub ktls_layout_set: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -224,6 +231,9 @@ pub fn gather() -> Report {
             from_auxv: k.from_auxv,
             syscall,
             syscall_errno,
+            ktls_features: ktls_feature_names(ktl::ktls::features()),
+            ktls_feature_bits: ktl::ktls::features().bits(),
+            ktls_layout_set: ktl::ktls::layout_set(),
         },
         libc: Libc {
             name: libc_name,
@@ -307,6 +317,18 @@ fn random_report() -> RandomReport {
     }
 }
 
+/// The names of the KTLS prototype's features.
+fn ktls_feature_names(f: ktl::ktls::Features) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if f.group_layout() {
+        names.push("group-layout");
+    }
+    if f.clone_rseq_ktls() {
+        names.push("clone-rseq-ktls");
+    }
+    names
+}
+
 /// Runs `ktl info`.
 pub fn run(args: &InfoArgs) -> Result<(), String> {
     let r = gather();
@@ -344,6 +366,19 @@ fn print_text(r: &Report) {
     );
     println!("  rseq alignment       {}", r.kernel.rseq_align);
     println!("  rseq syscall         {}", layout.kernel.syscall);
+    let ktls = ktl::ktls::features();
+    if ktls.is_empty() {
+        println!("  KTLS prototype       no (no AT_KTLS_FEATURES: an upstream kernel)");
+    } else {
+        println!(
+            "  KTLS prototype       {ktls}{}",
+            if r.kernel.ktls_layout_set {
+                "; ktl set the group layout"
+            } else {
+                ""
+            }
+        );
+    }
     println!("libc");
     println!(
         "  name, version        {} {}",

@@ -130,6 +130,20 @@ pub const AT_RSEQ_ALIGN: u64 = 28;
 /// `rseq()` flag that unregisters the calling thread's area.
 pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
 
+/// auxv tag of the KTLS prototype's feature bits (`kernel/` in this
+/// repository; not an upstream tag).
+pub const AT_KTLS_FEATURES: u64 = 0x4b54;
+/// KTLS prototype: `rseq()` flag that registers (or adopts) the calling
+/// thread's area and records the thread group's layout.
+pub const RSEQ_FLAG_KTLS_LAYOUT: i32 = 1 << 24;
+/// KTLS prototype: `clone3()` flag that makes the kernel register the new
+/// thread's area at `tls` + the group's offset.
+pub const CLONE_RSEQ_KTLS: u64 = 1 << 40;
+/// `AT_KTLS_FEATURES` bit: `rseq()` takes [`RSEQ_FLAG_KTLS_LAYOUT`].
+pub const KTLS_FEATURE_GROUP_LAYOUT: u32 = 1 << 0;
+/// `AT_KTLS_FEATURES` bit: `clone3()` takes [`CLONE_RSEQ_KTLS`].
+pub const KTLS_FEATURE_CLONE: u32 = 1 << 1;
+
 /// Value of `cpu_id` in an area the kernel has not yet written.
 pub const RSEQ_CPU_ID_UNINITIALIZED: u32 = -1i32 as u32;
 /// Value of `cpu_id` that C libraries store when their registration failed.

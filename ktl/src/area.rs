@@ -374,7 +374,7 @@ pub fn thread_area() -> Option<isize> {
 }
 
 /// Address of the calling thread's area at `off`.
-fn area_ptr(off: isize) -> *mut u8 {
+pub(crate) fn area_ptr(off: isize) -> *mut u8 {
     (arch::thread_pointer() as isize).wrapping_add(off) as *mut u8
 }
 
@@ -593,7 +593,25 @@ fn register_with(r: &ThreadRegistration, len: u32) -> Result<(), i32> {
     // mapped and unused by anything else until the destructor of
     // `REGISTRATION`, which is now armed, unregisters it. User space never
     // writes its kernel-owned fields.
-    let result = unsafe { sys::rseq(ptr, len, 0, abi::RSEQ_SIG) };
+    //
+    // On the KTLS kernel prototype, the registration also records the
+    // thread group's layout (every thread's area is at the same offset), so
+    // that clone3(CLONE_RSEQ_KTLS) can register new threads. If the kernel
+    // refuses that (another layout is set), register plainly.
+    let result = if crate::ktls::features().group_layout() {
+        // SAFETY: as above; the flag changes only what the kernel records.
+        match unsafe { sys::rseq(ptr, len, abi::RSEQ_FLAG_KTLS_LAYOUT, abi::RSEQ_SIG) } {
+            Ok(()) => {
+                crate::ktls::LAYOUT_SET.store(1, Ordering::Relaxed);
+                Ok(())
+            }
+            // SAFETY: as above.
+            Err(_) => unsafe { sys::rseq(ptr, len, 0, abi::RSEQ_SIG) },
+        }
+    } else {
+        // SAFETY: as above.
+        unsafe { sys::rseq(ptr, len, 0, abi::RSEQ_SIG) }
+    };
     match result {
         Ok(()) => {
             r.len.set(len);

@@ -25,6 +25,8 @@
 //! - [`rseq`]: restartable sequences (per-CPU operations), their fallbacks
 //!   and fences;
 //! - [`percpu`]: per-CPU data structures built on them;
+//! - [`ktls`]: the KTLS kernel prototype (`kernel/`): the thread group's
+//!   layout and `clone3(CLONE_RSEQ_KTLS)`;
 //! - [`random`]: cryptographically secure random bytes through vDSO
 //!   `getrandom` with per-thread state;
 //! - [`vdso`]: the vDSO parser, vDSO `getcpu` and `getrandom`.
@@ -38,6 +40,7 @@ pub mod abi;
 mod arch;
 pub mod area;
 pub mod cpu;
+pub mod ktls;
 pub mod percpu;
 pub mod random;
 pub mod rseq;

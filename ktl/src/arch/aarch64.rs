@@ -571,3 +571,28 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
     }
     Ok(())
 }
+
+/// The KTLS kernel prototype is x86_64-only: on aarch64 raw system calls
+/// for it are not provided, and this returns `-ENOSYS`.
+///
+/// # Safety
+///
+/// None needed: it makes no call.
+pub(crate) unsafe fn syscall4(_nr: usize, _a1: usize, _a2: usize, _a3: usize, _a4: usize) -> isize {
+    -(libc::ENOSYS as isize)
+}
+
+/// The KTLS kernel prototype is x86_64-only: raw thread creation returns
+/// `-ENOSYS` on aarch64.
+///
+/// # Safety
+///
+/// None needed: it creates nothing.
+pub(crate) unsafe fn clone3_thread(
+    _args: *const u8,
+    _size: usize,
+    _entry: extern "C" fn(usize) -> i32,
+    _arg: usize,
+) -> isize {
+    -(libc::ENOSYS as isize)
+}

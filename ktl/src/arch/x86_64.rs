@@ -635,3 +635,88 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
     }
     Ok(())
 }
+
+/// A raw four-argument system call, without the C library: returns the
+/// kernel's result (a negative errno on failure) and never touches `errno`,
+/// so a thread without a C-library TCB may make it.
+///
+/// # Safety
+///
+/// The system call `nr` with these arguments must be sound to make: any
+/// pointer among them must be valid for what the kernel does with it.
+#[inline]
+pub(crate) unsafe fn syscall4(nr: usize, a1: usize, a2: usize, a3: usize, a4: usize) -> isize {
+    let ret: isize;
+    // SAFETY: forwarded to the caller's contract. `syscall` clobbers %rcx
+    // and %r11 and returns in %rax; the kernel preserves the other
+    // registers.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a1,
+            in("rsi") a2,
+            in("rdx") a3,
+            in("r10") a4,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// `clone3(args, size)` for a new thread that runs `entry(arg)` on the stack
+/// and thread pointer given in `args`, then exits with `entry`'s result
+/// (`exit(2)`, the thread only). Returns the child's tid in the parent, or
+/// a negative errno.
+///
+/// # Safety
+///
+/// `args` must point to a valid `struct clone_args` of `size` bytes whose
+/// flags create a thread (`CLONE_VM | CLONE_THREAD | CLONE_SIGHAND`) with
+/// `CLONE_SETTLS`, a stack (`stack`, `stack_size`) and a thread pointer
+/// (`tls`) that stay mapped and unused by anything else until the thread
+/// has exited, and a `tls` whose first word holds its own value (the TCB
+/// self pointer that %fs:0 loads read). `entry` runs on that thread with
+/// that thread pointer and no C-library or Rust thread state: it must not
+/// use thread-local storage, `errno`, the C library's thread functions, or
+/// unwind.
+pub(crate) unsafe fn clone3_thread(
+    args: *const u8,
+    size: usize,
+    entry: extern "C" fn(usize) -> i32,
+    arg: usize,
+) -> isize {
+    let ret: isize;
+    // SAFETY: the caller's contract. In the parent, `clone3` returns the tid
+    // (or -errno) in %rax and the block ends. In the child, which starts on
+    // the new stack with a copy of the parent's registers (so %r12 and %r13
+    // still hold `entry` and `arg`), the block aligns the stack, calls
+    // `entry`, and makes `exit` with its result; it never returns into the
+    // parent's frame.
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "and rsp, -16",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, 60", // SYS_exit: this thread only
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") 435isize => ret, // SYS_clone3
+            in("rdi") args,
+            in("rsi") size,
+            in("r12") entry,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
