@@ -233,33 +233,18 @@ fn vdso_turned_off_uses_the_syscall() {
 /// with EPERM; everything else is allowed.
 fn deny_droppable_mmap() -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    use seccomp::{SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, jump, stmt};
     const MAP_DROPPABLE: u32 = 0x08;
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    };
     // seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (the low word
     // first on these little-endian targets): the flags are args[3], at 40.
-    let mut p = seccomp::deny_rseq_program(libc::EPERM);
-    // Keep the arch check (the first three instructions); replace the rest.
-    p.truncate(3);
-    p.extend([
+    seccomp::program([
         stmt(BPF_LD | BPF_W | BPF_ABS, 0),
         jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_mmap as u32, 0, 3),
         stmt(BPF_LD | BPF_W | BPF_ABS, 40),
         jump(BPF_JMP | BPF_JSET | BPF_K, MAP_DROPPABLE, 0, 1),
-        stmt(BPF_RET | BPF_K, 0x0005_0000 | libc::EPERM as u32),
-        stmt(BPF_RET | BPF_K, 0x7fff_0000),
-    ]);
-    p
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    ])
 }
 
 #[test]

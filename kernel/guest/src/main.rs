@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ktl::abi;
+
+#[path = "../../../ktl/tests/support/seccomp.rs"]
+mod seccomp;
 use ktl::ktls::{self, GroupLayout, KtlsError, Registration};
 
 /// A check's result: a detail line, or why it failed.
@@ -533,63 +536,15 @@ fn check_no_layout() -> Check {
     }
 }
 
-/// A seccomp program that kills the calling thread on rseq().
-fn kill_on_rseq() -> Vec<libc::sock_filter> {
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    };
-    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_KILL_THREAD: u32 = 0;
-    vec![
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
-        jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            AUDIT_ARCH_X86_64,
-            1,
-            0,
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, RET_ALLOW),
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-        jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            libc::SYS_rseq as u32,
-            0,
-            1,
-        ),
-        stmt(libc::BPF_RET | libc::BPF_K, RET_KILL_THREAD),
-        stmt(libc::BPF_RET | libc::BPF_K, RET_ALLOW),
-    ]
-}
-
 /// Under a seccomp filter that kills a thread on rseq(): a thread that
 /// registers itself dies, and a CLONE_RSEQ_KTLS thread, which makes no
 /// rseq() call, has its area from the first read.
 fn check_seccomp() -> Check {
     let l = layout()?;
-    let prog = kill_on_rseq();
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut _,
-    };
-    // SAFETY: plain prctl and seccomp calls with a valid program; the filter
-    // applies to this thread and the threads it creates.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || libc::syscall(libc::SYS_seccomp, 1, 0, &fprog as *const libc::sock_fprog) != 0
-        {
-            return Err(format!("seccomp: {}", std::io::Error::last_os_error()));
-        }
-    }
+    let prog = seccomp::deny_syscall_program(libc::SYS_rseq, seccomp::SECCOMP_RET_KILL_THREAD);
+    // SAFETY: a valid program, alive for the call; it applies to this
+    // thread and the threads it creates.
+    unsafe { seccomp::install(&prog, false) }.map_err(|e| format!("seccomp: {e}"))?;
     let control = Shared::new(l);
     spawn(l, Registration::None, register_then_read, &control)?.join();
     if control.get(3) != i64::MIN || control.get(0) != i64::MIN {

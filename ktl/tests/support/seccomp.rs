@@ -1,6 +1,7 @@
-//! Test support: a seccomp filter that makes the rseq system call fail.
+//! Test support: seccomp filters that make a system call fail.
 //!
-//! Shared by the ktl and ktl-cli test suites (included with `#[path]`).
+//! Shared by the ktl and ktl-cli test suites and the kernel prototype's
+//! guest program (included with `#[path]`).
 
 #![allow(dead_code)]
 
@@ -10,10 +11,15 @@ const AUDIT_ARCH: u32 = 0xC000_003E;
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xC000_00B7;
 
-const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+/// Allow the system call.
+pub const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+/// Fail it with the errno in the low 16 bits.
+pub const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+/// Kill the calling thread.
+pub const SECCOMP_RET_KILL_THREAD: u32 = 0;
 
-fn stmt(code: u32, k: u32) -> libc::sock_filter {
+/// A BPF statement.
+pub fn stmt(code: u32, k: u32) -> libc::sock_filter {
     libc::sock_filter {
         code: code as u16,
         jt: 0,
@@ -22,7 +28,8 @@ fn stmt(code: u32, k: u32) -> libc::sock_filter {
     }
 }
 
-fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+/// A BPF conditional jump.
+pub fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter {
         code: code as u16,
         jt,
@@ -31,20 +38,36 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     }
 }
 
-/// A filter program: `rseq` fails with `errno`, everything else is allowed.
-pub fn deny_rseq_program(errno: i32) -> Vec<libc::sock_filter> {
+/// A filter program: `body` for system calls of this architecture's ABI,
+/// anything from another ABI allowed.
+pub fn program(body: impl IntoIterator<Item = libc::sock_filter>) -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    vec![
+    let mut p = vec![
         // Load seccomp_data.arch; allow anything from another ABI.
         stmt(BPF_LD | BPF_W | BPF_ABS, 4),
         jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 1, 0),
         stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    ];
+    p.extend(body);
+    p
+}
+
+/// A filter program: system call `nr` gets the seccomp action `ret`,
+/// everything else is allowed.
+pub fn deny_syscall_program(nr: libc::c_long, ret: u32) -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    program([
         // Load seccomp_data.nr.
         stmt(BPF_LD | BPF_W | BPF_ABS, 0),
-        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_rseq as u32, 0, 1),
-        stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (errno as u32 & 0xffff)),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, nr as u32, 0, 1),
+        stmt(BPF_RET | BPF_K, ret),
         stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    ]
+    ])
+}
+
+/// A filter program: `rseq` fails with `errno`, everything else is allowed.
+pub fn deny_rseq_program(errno: i32) -> Vec<libc::sock_filter> {
+    deny_syscall_program(libc::SYS_rseq, SECCOMP_RET_ERRNO | (errno as u32 & 0xffff))
 }
 
 /// Installs `program` for the calling thread (and, with `all_threads`, every
