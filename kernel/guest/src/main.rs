@@ -103,7 +103,7 @@ extern "C" fn read_area(arg: usize) -> i32 {
 }
 
 /// Raw thread: registers its own area with a raw rseq() (what
-/// CLONE_RSEQ_KTLS saves), then reads it. vals[3] = the syscall's result.
+/// CLONE_RSEQ_KTLS saves), then reads it. `vals[3]` = the syscall's result.
 extern "C" fn register_then_read(arg: usize) -> i32 {
     // SAFETY: as in `read_area`.
     let s = unsafe { shared(arg) };
@@ -166,7 +166,7 @@ extern "C" fn layout_errors(arg: usize) -> i32 {
 }
 
 /// Raw thread: `adds` rseq adds of 1 to the current CPU's slot, retrying
-/// aborts. vals[0] = adds made, vals[1] = aborts, vals[2] = cpu_id seen
+/// aborts. `vals[0]` = adds made, `vals[1]` = aborts, `vals[2]` = cpu_id seen
 /// invalid (no area).
 extern "C" fn rseq_worker(arg: usize) -> i32 {
     // SAFETY: as in `read_area`; `slots` points to `nslots` live slots.
