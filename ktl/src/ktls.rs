@@ -247,6 +247,15 @@ impl RawThread {
 
     /// Waits until the thread has exited, then unmaps its stack and TLS.
     pub fn join(self) {
+        // The work is in `Drop`, which also covers a handle dropped without
+        // a join: the kernel writes the tid word and the thread uses the
+        // mapping until it exits, so neither may be freed before.
+        drop(self);
+    }
+}
+
+impl Drop for RawThread {
+    fn drop(&mut self) {
         loop {
             let t = self.tid.load(Ordering::Acquire);
             if t == 0 {
