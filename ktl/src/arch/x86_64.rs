@@ -1,17 +1,22 @@
 //! x86_64: the thread pointer is the FS base, and `%fs:0` holds its own value.
+//!
+//! As on aarch64, the hot table `HOT` holds offsets *relative to ktl's own
+//! area*, and the own area's offset comes from an initial-exec GOT load
+//! (`mov block@GOTTPOFF(%rip), %reg`; the hot path adds it with `add`), which
+//! the static linker turns into an immediate in an executable. A zero delta
+//! means "the own area", so the table is valid before any code has run. In a
+//! shared object the loader fills the GOT entry, and the object gets static
+//! TLS (`DF_STATIC_TLS`), as with any initial-exec access. A table of absolute
+//! offsets (`.quad block@tpoff`) would save the `add`, but no linker accepts
+//! that relocation in a shared object.
 
 use super::{SLOTS, Slot, ktl_symbol, rseq_cs_tables, rseq_exit_point};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicIsize, Ordering};
 
 // ktl's thread-local block (see the module docs in `arch`), and the table of
-// hot offsets, initialized by the linker to the own area's offset.
-//
-// `.quad sym@tpoff` is an R_X86_64_TPOFF64 relocation: the static linker
-// resolves it to a constant in an executable, and the dynamic loader resolves
-// it at load time in a shared object (which then needs static TLS, like the
-// initial-exec model). Either way the table holds the right offset before any
-// code runs.
+// hot offsets relative to the own area, all 0 (the own area) until the owner
+// is decided.
 global_asm!(
     concat!(
         ".section .tdata.",
@@ -35,15 +40,10 @@ global_asm!(
     concat!(".globl ", ktl_symbol!("hot")),
     concat!(".hidden ", ktl_symbol!("hot")),
     concat!(".type ", ktl_symbol!("hot"), ",@object"),
-    concat!(".size ", ktl_symbol!("hot"), ", 40"),
+    concat!(".size ", ktl_symbol!("hot"), ", 24"),
     concat!(ktl_symbol!("hot"), ":"),
-    // Slots Cpu, Node and Cid: the own area until the owner is decided.
-    concat!(".quad ", ktl_symbol!("block"), "@tpoff"),
-    concat!(".quad ", ktl_symbol!("block"), "@tpoff"),
-    concat!(".quad ", ktl_symbol!("block"), "@tpoff"),
-    // Constants: the own area and the dead area.
-    concat!(".quad ", ktl_symbol!("block"), "@tpoff"),
-    concat!(".quad ", ktl_symbol!("block"), "@tpoff + 128"),
+    // Slots Cpu, Node and Cid.
+    ".quad 0, 0, 0",
     ".text",
 );
 
@@ -51,10 +51,9 @@ const _: () =
     assert!(super::BLOCK_SIZE == 160 && super::DEAD_AREA == 128 && super::BLOCK_ALIGN == 64);
 
 unsafe extern "C" {
-    /// The table defined above: `SLOTS` hot offsets, then the own and the dead
-    /// area's offsets.
+    /// The table defined above: `SLOTS` hot offsets, relative to the own area.
     #[link_name = ktl_symbol!("hot")]
-    safe static HOT: [AtomicIsize; SLOTS + 2];
+    safe static HOT: [AtomicIsize; SLOTS];
 }
 
 /// The thread pointer: the FS base.
@@ -97,28 +96,43 @@ pub(crate) unsafe fn tp_load_u32<const DISP: usize>(off: isize) -> u32 {
     v
 }
 
-/// The offset of ktl's own area from the thread pointer (a link-time
-/// constant).
+/// The offset of ktl's own area from the thread pointer (a constant: an
+/// immediate in an executable, the loader's GOT entry in a shared object).
 #[inline(always)]
 pub(crate) fn own_area_offset() -> isize {
-    HOT[SLOTS].load(Ordering::Relaxed)
+    let off: isize;
+    // SAFETY: an initial-exec TLS offset load from the GOT; it reads only the
+    // GOT entry that the static linker or the loader filled, which never
+    // changes afterwards, so the block is `pure`.
+    unsafe {
+        asm!(
+            concat!("mov {o}, qword ptr [rip + ", ktl_symbol!("block"), "@GOTTPOFF]"),
+            o = out(reg) off,
+            options(nostack, preserves_flags, readonly, pure),
+        );
+    }
+    off
 }
 
 /// The offset of the dead area from the thread pointer.
 #[inline(always)]
 pub(crate) fn dead_area_offset() -> isize {
-    HOT[SLOTS + 1].load(Ordering::Relaxed)
+    own_area_offset() + super::DEAD_AREA as isize
 }
 
-/// The area offset the fast accessor of `slot` reads.
+/// The area offset the fast accessor of `slot` reads: the own area's offset
+/// plus the slot's delta, in two instructions. The offset is added with
+/// `add block@GOTTPOFF(%rip), %reg`, whose GOT operand the static linker
+/// turns into an immediate in an executable (`lea -N(%reg), %reg`), as it
+/// does with the `mov` in [`own_area_offset`].
 ///
-/// The load is a `pure` asm block, which lets the compiler keep the offset in
-/// a register across a loop instead of reloading it on every call. That is
-/// sound because every value the table ever holds designates an area of the
-/// calling thread's static TLS (ktl's own area, its dead area, or the C
-/// library's area), so a stale offset is still a valid offset: at worst it
-/// reads an area that is not registered, whose negative `cpu_id` sends the
-/// accessor to its slow path, which answers from the decided state.
+/// The block is `pure`, which lets the compiler keep the offset in a register
+/// across a loop instead of reloading it on every call. That is sound because
+/// every delta the table ever holds designates an area of the calling thread's
+/// static TLS (ktl's own area, its dead area, or the C library's area), so a
+/// stale offset is still a valid offset: at worst it reads an area that is not
+/// registered, whose negative `cpu_id` sends the accessor to its slow path,
+/// which answers from the decided state.
 #[inline(always)]
 pub(crate) fn hot_offset(slot: Slot) -> isize {
     match slot {
@@ -133,14 +147,16 @@ fn hot_load<const BYTE_OFFSET: usize>() -> isize {
     let v: isize;
     // SAFETY: reads one aligned quadword of the HOT table (a single `mov`,
     // atomic on x86_64, like a relaxed atomic load), which lives for the whole
-    // program. See `hot_offset` for why `pure` is sound.
+    // program, and the GOT entry that `own_area_offset` reads. See
+    // `hot_offset` for why `pure` is sound.
     unsafe {
         asm!(
             "mov {v}, qword ptr [rip + {hot} + {disp}]",
+            concat!("add {v}, qword ptr [rip + ", ktl_symbol!("block"), "@GOTTPOFF]"),
             hot = sym HOT,
             disp = const BYTE_OFFSET,
             v = lateout(reg) v,
-            options(nostack, preserves_flags, readonly, pure),
+            options(nostack, readonly, pure),
         );
     }
     v
@@ -148,7 +164,7 @@ fn hot_load<const BYTE_OFFSET: usize>() -> isize {
 
 /// Points the fast accessor of `slot` at the area at `off`.
 pub(crate) fn set_hot_offset(slot: Slot, off: isize) {
-    HOT[slot as usize].store(off, Ordering::Relaxed);
+    HOT[slot as usize].store(off - own_area_offset(), Ordering::Relaxed);
 }
 
 /// Whether the CPU has the RDPID instruction (CPUID.(EAX=7,ECX=0):ECX bit 22).
