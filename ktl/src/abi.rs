@@ -143,6 +143,32 @@ pub const CLONE_RSEQ_KTLS: u64 = 1 << 40;
 pub const KTLS_FEATURE_GROUP_LAYOUT: u32 = 1 << 0;
 /// `AT_KTLS_FEATURES` bit: `clone3()` takes [`CLONE_RSEQ_KTLS`].
 pub const KTLS_FEATURE_CLONE: u32 = 1 << 1;
+/// `AT_KTLS_FEATURES` bit: the kernel writes the thread facts
+/// ([`OFFSET_KTLS_MAGIC`] to the end of [`OFFSET_KTLS_EGID`]) into areas
+/// registered with at least [`KTLS_FACTS_END`] bytes.
+pub const KTLS_FEATURE_FACTS: u32 = 1 << 2;
+/// KTLS prototype: offset of `ktls_magic` in the area, which holds
+/// [`KTLS_FACTS_MAGIC`] while the thread facts are valid for the thread that
+/// registered it. Offsets 28 to 35 stay free for upstream's fields.
+pub const OFFSET_KTLS_MAGIC: usize = 36;
+/// KTLS prototype: offset of `ktls_tid` (what `gettid()` returns).
+pub const OFFSET_KTLS_TID: usize = 40;
+/// KTLS prototype: offset of `ktls_pid` (`getpid()`).
+pub const OFFSET_KTLS_PID: usize = 44;
+/// KTLS prototype: offset of `ktls_uid` (`getuid()`).
+pub const OFFSET_KTLS_UID: usize = 48;
+/// KTLS prototype: offset of `ktls_gid` (`getgid()`).
+pub const OFFSET_KTLS_GID: usize = 52;
+/// KTLS prototype: offset of `ktls_euid` (`geteuid()`).
+pub const OFFSET_KTLS_EUID: usize = 56;
+/// KTLS prototype: offset of `ktls_egid` (`getegid()`).
+pub const OFFSET_KTLS_EGID: usize = 60;
+/// KTLS prototype: the registration length that covers the thread facts,
+/// and the prototype's feature size.
+pub const KTLS_FACTS_END: u32 = 64;
+/// KTLS prototype: `ktls_magic` while the facts are valid ("KTLS" in memory
+/// order).
+pub const KTLS_FACTS_MAGIC: u32 = 0x534c_544b;
 
 /// Value of `cpu_id` in an area the kernel has not yet written.
 pub const RSEQ_CPU_ID_UNINITIALIZED: u32 = -1i32 as u32;
@@ -287,6 +313,11 @@ impl Features {
         Features(bits)
     }
 
+    /// The features of `self` that are not in `other`.
+    pub const fn without(self, other: Features) -> Features {
+        Features(self.0 & !other.0)
+    }
+
     /// Whether every feature in `other` is in `self`.
     pub const fn contains(self, other: Features) -> bool {
         self.0 & other.0 == other.0
@@ -367,6 +398,10 @@ mod tests {
         );
         assert_eq!(Features::for_size(32), Features::for_size(28));
         assert!(Features::for_size(33).contains(Features::SLICE_CTRL));
+        assert_eq!(
+            Features::for_size(64).without(Features::SLICE_CTRL),
+            Features::for_size(28)
+        );
         assert_eq!(Features::for_size(0), Features::empty());
         assert_eq!(
             Features::for_size(28).to_string(),
