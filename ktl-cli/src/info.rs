@@ -33,6 +33,7 @@ pub struct Report {
     pub fallbacks: Vec<String>,
     pub rseq: RseqReport,
     pub random: RandomReport,
+    pub facts: FactsReport,
     pub registrations: Registrations,
 }
 
@@ -48,9 +49,10 @@ pub struct Kernel {
     /// The errno of a blocked probe.
     pub syscall_errno: Option<i32>,
     /// The KTLS kernel prototype's features (`AT_KTLS_FEATURES`):
-    /// `"group-layout"`, `"clone-rseq-ktls"`; empty on other kernels.
+    /// `"group-layout"`, `"clone-rseq-ktls"`, `"facts"`; empty on other
+    /// kernels.
     pub ktls_features: Vec<&'static str>,
-    /// The same as bits: 1 group layout, 2 `CLONE_RSEQ_KTLS`.
+    /// The same as bits: 1 group layout, 2 `CLONE_RSEQ_KTLS`, 4 facts.
     pub ktls_feature_bits: u32,
     /// Whether ktl recorded the thread group's layout in the kernel.
     pub ktls_layout_set: bool,
@@ -136,6 +138,23 @@ pub struct RandomReport {
     /// States mapped and states held by threads.
     pub states: usize,
     pub states_in_use: usize,
+}
+
+#[derive(Serialize, Debug)]
+pub struct FactsReport {
+    /// Where `ktl::facts` gets the thread's ids: `"vdso"` (the KTLS
+    /// prototype's vDSO functions), `"field"` (the area's fields) or
+    /// `"syscall"`.
+    pub path: &'static str,
+    /// Why the system calls, in words (`null` on the other paths).
+    pub fallback_reason: Option<String>,
+    /// The calling thread's ids, as `ktl::facts` returned them.
+    pub tid: i32,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
 }
 
 #[derive(Serialize, Debug)]
@@ -285,6 +304,7 @@ pub fn gather() -> Report {
             },
         },
         random: random_report(),
+        facts: facts_report(),
         registrations: Registrations {
             registered: st.registered,
             unregistered: st.unregistered,
@@ -317,6 +337,29 @@ fn random_report() -> RandomReport {
     }
 }
 
+/// The facts section.
+fn facts_report() -> FactsReport {
+    let f = ktl::facts::thread_facts();
+    let path = ktl::facts::path();
+    FactsReport {
+        path: match path {
+            ktl::facts::Path::Vdso => "vdso",
+            ktl::facts::Path::Field => "field",
+            _ => "syscall",
+        },
+        fallback_reason: match path {
+            ktl::facts::Path::Syscall(why) => Some(why.to_string()),
+            _ => None,
+        },
+        tid: f.tid,
+        pid: f.pid,
+        uid: f.uid,
+        gid: f.gid,
+        euid: f.euid,
+        egid: f.egid,
+    }
+}
+
 /// The names of the KTLS prototype's features.
 fn ktls_feature_names(f: ktl::ktls::Features) -> Vec<&'static str> {
     let mut names = Vec::new();
@@ -325,6 +368,9 @@ fn ktls_feature_names(f: ktl::ktls::Features) -> Vec<&'static str> {
     }
     if f.clone_rseq_ktls() {
         names.push("clone-rseq-ktls");
+    }
+    if f.facts() {
+        names.push("facts");
     }
     names
 }
@@ -452,6 +498,11 @@ fn print_text(r: &Report) {
     {
         println!("  error                {why}");
     }
+    println!("thread facts           {}", ktl::facts::path());
+    println!(
+        "  ids                  tid {}, pid {}, uid {}, gid {}, euid {}, egid {}",
+        r.facts.tid, r.facts.pid, r.facts.uid, r.facts.gid, r.facts.euid, r.facts.egid
+    );
     if r.fallbacks.is_empty() {
         println!(
             "fallbacks in use       none (without the area, cpu_id would use the {})",

@@ -224,6 +224,19 @@ pub fn ktl_registration_len(kernel: &KernelSupport) -> u32 {
     }
 }
 
+/// The fields the kernel keeps up to date in an area of `active` bytes. The
+/// KTLS prototype (6.12 with the thread facts) advertises a feature size of
+/// 64 but leaves bytes 28 to 35, where upstream put `slice_ctrl` in 7.0,
+/// alone.
+fn live_features(active: u32) -> Features {
+    let f = Features::for_size(active);
+    if crate::ktls::features().facts() {
+        f.without(Features::SLICE_CTRL)
+    } else {
+        f
+    }
+}
+
 /// The process's layout. The first call decides the owner (and, when ktl
 /// owns the areas, registers the calling thread's); later calls return the
 /// cached answer.
@@ -277,7 +290,7 @@ fn decide() -> Decision {
                 registered_len: len,
                 registered_len_confirmed: confirmed,
                 active_size: active,
-                features: Features::for_size(active),
+                features: live_features(active),
                 ..base
             },
         };
@@ -323,7 +336,7 @@ fn decide() -> Decision {
                 registered_len: len,
                 registered_len_confirmed: true,
                 active_size: active,
-                features: Features::for_size(active),
+                features: live_features(active),
                 ..base
             },
         },

@@ -13,8 +13,10 @@
 //! - `clone3()` with `CLONE_RSEQ_KTLS` then registers a new thread's area at
 //!   its `tls` plus that offset before the thread runs, so it needs no
 //!   system call of its own ([`spawn_raw`]);
-//! - the auxiliary vector's `AT_KTLS_FEATURES` (`0x4b54`) says which of the
-//!   two the kernel has ([`features`]).
+//! - the kernel writes the thread's ids into areas long enough to hold
+//!   them, and the vDSO reads them ([`crate::facts`]);
+//! - the auxiliary vector's `AT_KTLS_FEATURES` (`0x4b54`) says which of
+//!   these the kernel has ([`features`]).
 //!
 //! On other kernels [`features`] is empty and the rest returns
 //! [`KtlsError::NotSupported`]. When ktl owns the areas on the prototype,
@@ -43,6 +45,12 @@ impl Features {
         self.0 & abi::KTLS_FEATURE_CLONE != 0
     }
 
+    /// The kernel writes the thread facts into areas that cover them (see
+    /// [`crate::facts`]).
+    pub fn facts(self) -> bool {
+        self.0 & abi::KTLS_FEATURE_FACTS != 0
+    }
+
     /// The raw bits.
     pub fn bits(self) -> u32 {
         self.0
@@ -62,6 +70,9 @@ impl fmt::Display for Features {
         }
         if self.clone_rseq_ktls() {
             names.push("clone-rseq-ktls");
+        }
+        if self.facts() {
+            names.push("facts");
         }
         if names.is_empty() {
             f.write_str("none")

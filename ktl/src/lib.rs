@@ -22,6 +22,8 @@
 //!   what the running kernel supports;
 //! - [`area`]: the owner of the areas and the per-thread registration;
 //! - [`cpu`]: the accessors and their fallbacks;
+//! - [`facts`]: the thread's ids (tid, pid, uid, gid, euid, egid), from the
+//!   KTLS prototype's vDSO functions or area where the kernel has them;
 //! - [`rseq`]: restartable sequences (per-CPU operations), their fallbacks
 //!   and fences;
 //! - [`percpu`]: per-CPU data structures built on them;
@@ -29,7 +31,8 @@
 //!   layout and `clone3(CLONE_RSEQ_KTLS)`;
 //! - [`random`]: cryptographically secure random bytes through vDSO
 //!   `getrandom` with per-thread state;
-//! - [`vdso`]: the vDSO parser, vDSO `getcpu` and `getrandom`.
+//! - [`vdso`]: the vDSO parser, vDSO `getcpu` and `getrandom`, and the KTLS
+//!   prototype's functions.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -40,6 +43,7 @@ pub mod abi;
 mod arch;
 pub mod area;
 pub mod cpu;
+pub mod facts;
 pub mod ktls;
 pub mod percpu;
 pub mod random;
@@ -55,6 +59,7 @@ struct ReadmeDoctests;
 pub use abi::Features;
 pub use area::{Layout, Owner, layout};
 pub use cpu::{cpu_id, mm_cid, node_id};
+pub use facts::{ThreadFacts, thread_facts};
 pub use sys::Errno;
 
 /// The `getrandom` crate, for [`getrandom_backend!`]'s expansion.

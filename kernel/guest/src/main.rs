@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use ktl::abi;
 
+mod facts;
+
 #[path = "../../../ktl/tests/support/seccomp.rs"]
 mod seccomp;
 use ktl::ktls::{self, GroupLayout, KtlsError, Registration};
@@ -709,24 +711,40 @@ fn main() -> ExitCode {
         "no-layout" => run("no-layout", check_no_layout),
         "seccomp" => run("seccomp", check_seccomp),
         "bench" => bench(),
+        "facts" => facts::checks(),
+        "facts-exec" => facts::exec_check(),
+        "facts-bench" => facts::bench(),
         "" | "all" => {
             let mut ok = true;
-            for (mode, env) in [
-                ("glibc owns the areas", vec![]),
+            let all = [
+                "no-layout",
+                "check",
+                "seccomp",
+                "facts",
+                "bench",
+                "facts-bench",
+            ];
+            let off = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+            for (mode, env, subs) in [
+                ("glibc owns the areas", vec![], &all[..]),
+                ("ktl owns the areas", vec![off], &all[..]),
                 (
-                    "ktl owns the areas",
-                    vec![("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
+                    "ktl owns the areas, KTL_VDSO=off (thread facts from the fields)",
+                    vec![off, ("KTL_VDSO", "off")],
+                    &["facts"][..],
                 ),
             ] {
                 println!("== {mode}");
-                for sub in ["no-layout", "check", "seccomp", "bench"] {
+                for sub in subs {
                     ok &= child(sub, &env);
                 }
             }
             ok
         }
         other => {
-            eprintln!("usage: ktl-guest [all|check|no-layout|seccomp|bench] (got {other:?})");
+            eprintln!(
+                "usage: ktl-guest [all|check|no-layout|seccomp|facts|bench|facts-bench] (got {other:?})"
+            );
             false
         }
     };

@@ -60,6 +60,71 @@ pub const GETRANDOM: &str = "__vdso_getrandom";
 #[cfg(target_arch = "aarch64")]
 pub const GETRANDOM: &str = "__kernel_getrandom";
 
+/// The symbol version of the KTLS prototype's vDSO functions ([`KtlsFn`]),
+/// which only the patched x86_64 kernel in this repository's `kernel/`
+/// exports.
+pub const KTLS_VERSION: &str = "LINUX_KTLS_0.1";
+
+/// The KTLS prototype's vDSO functions: each answers one question from the
+/// thread facts in the caller's rseq area, whose location it takes as an
+/// argument, and makes the system call itself when the area holds no valid
+/// facts. They return the value or a negative errno and never write
+/// `errno`. A bad location (null, misaligned, unmapped, a kernel address)
+/// never crashes: the kernel resumes a faulting load at the fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KtlsFn {
+    /// `gettid()`.
+    Gettid,
+    /// `getpid()`.
+    Getpid,
+    /// `getuid()`.
+    Getuid,
+    /// `getgid()`.
+    Getgid,
+    /// `geteuid()`.
+    Geteuid,
+    /// `getegid()`.
+    Getegid,
+    /// The CPU number (the area's `cpu_id`, else what vDSO getcpu reads).
+    Getcpu,
+}
+
+impl KtlsFn {
+    /// Every function, in declaration order.
+    pub const ALL: [KtlsFn; 7] = [
+        KtlsFn::Gettid,
+        KtlsFn::Getpid,
+        KtlsFn::Getuid,
+        KtlsFn::Getgid,
+        KtlsFn::Geteuid,
+        KtlsFn::Getegid,
+        KtlsFn::Getcpu,
+    ];
+
+    /// The symbol of the form that takes the area's address,
+    /// `long f(const void *ktls)`; the form that takes its offset from the
+    /// FS base, `long f(unsigned long ktls_offset)`, adds `_fs`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            KtlsFn::Gettid => "__vdso_ktls_gettid",
+            KtlsFn::Getpid => "__vdso_ktls_getpid",
+            KtlsFn::Getuid => "__vdso_ktls_getuid",
+            KtlsFn::Getgid => "__vdso_ktls_getgid",
+            KtlsFn::Geteuid => "__vdso_ktls_geteuid",
+            KtlsFn::Getegid => "__vdso_ktls_getegid",
+            KtlsFn::Getcpu => "__vdso_ktls_getcpu",
+        }
+    }
+}
+
+/// Signature of the KTLS vDSO functions that take the area's address:
+/// `long f(const void *ktls)` (see [`KtlsFn`]).
+pub type KtlsPtrFn = unsafe extern "C" fn(*const c_void) -> core::ffi::c_long;
+
+/// Signature of the KTLS vDSO functions that take the area's offset from
+/// the FS base: `long f(unsigned long ktls_offset)` (see [`KtlsFn`]).
+pub type KtlsOffsetFn = unsafe extern "C" fn(usize) -> core::ffi::c_long;
+
 /// The environment variable that turns the vDSO off for ktl when it is
 /// `off` (read once, at the first vDSO lookup).
 pub const DISABLE_ENV: &str = "KTL_VDSO";
@@ -293,25 +358,36 @@ static GETCPU_ADDR: AtomicUsize = AtomicUsize::new(NOT_LOOKED_UP);
 /// The address of the vDSO getrandom, [`NOT_LOOKED_UP`] or [`ABSENT`].
 static GETRANDOM_ADDR: AtomicUsize = AtomicUsize::new(NOT_LOOKED_UP);
 
+/// The addresses of the KTLS functions ([`KtlsFn::ALL`] order), address
+/// form then offset form.
+static KTLS_ADDRS: [[AtomicUsize; 2]; 7] =
+    [const { [const { AtomicUsize::new(NOT_LOOKED_UP) }; 2] }; 7];
+
 /// The address of `name` in the process's vDSO, looked up once and cached
 /// in `cache`; `None` if the vDSO or the symbol is missing.
 #[inline]
 fn cached_symbol(cache: &AtomicUsize, name: &str) -> Option<*const c_void> {
+    cached_versioned(cache, name, VERSION)
+}
+
+/// [`cached_symbol`] at another version than [`VERSION`].
+#[inline]
+fn cached_versioned(cache: &AtomicUsize, name: &str, version: &str) -> Option<*const c_void> {
     // Relaxed is enough: the cached value is all that is shared. The code it
     // points to was mapped before the process started.
     let mut addr = cache.load(Ordering::Relaxed);
     if addr == NOT_LOOKED_UP {
-        addr = lookup(name);
+        addr = lookup(name, version);
         cache.store(addr, Ordering::Relaxed);
     }
     (addr != ABSENT).then(|| core::ptr::with_exposed_provenance::<c_void>(addr))
 }
 
-/// Looks `name` up at [`VERSION`]: its address, or [`ABSENT`].
+/// Looks `name` up at `version`: its address, or [`ABSENT`].
 #[cold]
 #[inline(never)]
-fn lookup(name: &str) -> usize {
-    match Vdso::get().ok().and_then(|vdso| vdso.symbol(name, VERSION)) {
+fn lookup(name: &str, version: &str) -> usize {
+    match Vdso::get().ok().and_then(|vdso| vdso.symbol(name, version)) {
         // The image starts at a nonzero page boundary, so a symbol address
         // is never one of the two markers; check anyway.
         Some(addr) if addr > ABSENT => addr,
@@ -344,6 +420,36 @@ pub fn getrandom_fn() -> Option<GetrandomFn> {
     // SAFETY: as in `getcpu_fn`, for the vDSO's getrandom, whose C signature
     // `GetrandomFn` declares.
     Some(unsafe { core::mem::transmute::<*const c_void, GetrandomFn>(ptr) })
+}
+
+/// The KTLS vDSO function `f` that takes the area's address, looked up once
+/// and cached; `None` without the prototype's vDSO (any upstream kernel, or
+/// `KTL_VDSO=off`).
+#[inline]
+pub fn ktls_fn(f: KtlsFn) -> Option<KtlsPtrFn> {
+    let ptr = cached_versioned(&KTLS_ADDRS[f as usize][0], f.symbol(), KTLS_VERSION)?;
+    // SAFETY: as in `getcpu_fn`, for a KTLS function of the address form,
+    // whose C signature `KtlsPtrFn` declares.
+    Some(unsafe { core::mem::transmute::<*const c_void, KtlsPtrFn>(ptr) })
+}
+
+/// The KTLS vDSO function `f` that takes the area's offset from the FS base
+/// (the `_fs` symbol), looked up once and cached; `None` as for [`ktls_fn`].
+#[inline]
+pub fn ktls_offset_fn(f: KtlsFn) -> Option<KtlsOffsetFn> {
+    let name = match f {
+        KtlsFn::Gettid => "__vdso_ktls_gettid_fs",
+        KtlsFn::Getpid => "__vdso_ktls_getpid_fs",
+        KtlsFn::Getuid => "__vdso_ktls_getuid_fs",
+        KtlsFn::Getgid => "__vdso_ktls_getgid_fs",
+        KtlsFn::Geteuid => "__vdso_ktls_geteuid_fs",
+        KtlsFn::Getegid => "__vdso_ktls_getegid_fs",
+        KtlsFn::Getcpu => "__vdso_ktls_getcpu_fs",
+    };
+    let ptr = cached_versioned(&KTLS_ADDRS[f as usize][1], name, KTLS_VERSION)?;
+    // SAFETY: as in `getcpu_fn`, for a KTLS function of the offset form,
+    // whose C signature `KtlsOffsetFn` declares.
+    Some(unsafe { core::mem::transmute::<*const c_void, KtlsOffsetFn>(ptr) })
 }
 
 /// Asks vDSO getrandom for the size and mmap parameters of its per-thread

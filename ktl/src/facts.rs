@@ -1,0 +1,395 @@
+//! The calling thread's ids: thread id, process id, and the real and
+//! effective user and group ids.
+//!
+//! On the KTLS kernel prototype (`kernel/` in this repository) the kernel
+//! writes these *thread facts* into every registered rseq area long enough
+//! to hold them (64 bytes), and rewrites them before the thread returns to
+//! user space after a change: a new registration, `fork`, a credential
+//! change in that thread. Its vDSO exports functions that read them, given
+//! the area's address, so user space need not know where they are. ktl
+//! answers from the fastest source the process has, decided once
+//! ([`path`]):
+//!
+//! 1. [`Path::Vdso`]: the prototype's vDSO functions ([`vdso::ktls_fn`]),
+//!    passed the calling thread's area;
+//! 2. [`Path::Field`]: the fields themselves, read at their known offsets,
+//!    when the kernel writes them but the vDSO functions are missing (for
+//!    example with `KTL_VDSO=off`);
+//! 3. [`Path::Syscall`]: `gettid(2)`, `getuid(2)` and the rest, on every
+//!    other kernel, and when the area is too short: a C library that
+//!    registers 32 bytes (glibc before 2.41) leaves no room for the facts.
+//!
+//! Whatever the path, each value is what the system call returns to the
+//! calling thread at that moment. A thread whose own area is not live (not
+//! registered yet, released, or a `vfork` child, for which the kernel hides
+//! its parent's facts) gets the system call on every path.
+//!
+//! The values are a cache of what the kernel would answer, in the process's
+//! own memory: use them as the system calls' answers, never as a security
+//! boundary against the process itself.
+//!
+//! # Example
+//!
+//! ```
+//! let me = ktl::facts::thread_facts();
+//! assert_eq!(me.pid, std::process::id() as i32);
+//! assert_eq!(ktl::facts::uid(), me.uid);
+//! println!("thread {} of process {}, via {}", me.tid, me.pid, ktl::facts::path());
+//! ```
+
+use core::ffi::c_void;
+use core::fmt;
+use std::sync::OnceLock;
+
+use crate::abi;
+use crate::arch;
+use crate::area::{self, Owner};
+use crate::ktls;
+use crate::vdso::{self, KtlsFn};
+
+/// The calling thread's ids, as [`thread_facts`] returns them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThreadFacts {
+    /// The thread id (`gettid(2)`).
+    pub tid: libc::pid_t,
+    /// The process id (`getpid(2)`).
+    pub pid: libc::pid_t,
+    /// The real user id (`getuid(2)`).
+    pub uid: libc::uid_t,
+    /// The real group id (`getgid(2)`).
+    pub gid: libc::gid_t,
+    /// The effective user id (`geteuid(2)`).
+    pub euid: libc::uid_t,
+    /// The effective group id (`getegid(2)`).
+    pub egid: libc::gid_t,
+}
+
+/// Why [`path`] is [`Path::Syscall`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fallback {
+    /// The kernel does not publish thread facts (any kernel but the
+    /// prototype).
+    NoKernelSupport,
+    /// The process has no rseq areas.
+    NoArea,
+    /// The areas are registered with fewer bytes than the facts need (the
+    /// length they are registered with).
+    ShortRegistration(u32),
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fallback::NoKernelSupport => {
+                f.write_str("the kernel does not publish thread facts: no KTLS prototype")
+            }
+            Fallback::NoArea => f.write_str("the process has no rseq areas"),
+            Fallback::ShortRegistration(len) => write!(
+                f,
+                "the areas are registered with {len} bytes; the facts need {}",
+                abi::KTLS_FACTS_END
+            ),
+        }
+    }
+}
+
+/// Where [`thread_facts`] and the single accessors get their answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Path {
+    /// The KTLS prototype's vDSO functions, given the thread's area.
+    Vdso,
+    /// The fields of the thread's area, read directly.
+    Field,
+    /// The system calls, and why.
+    Syscall(Fallback),
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Vdso => write!(f, "vdso (the KTLS vDSO functions, {})", vdso::KTLS_VERSION),
+            Path::Field => f.write_str("field (the area's thread facts, read directly)"),
+            Path::Syscall(why) => write!(f, "syscall ({why})"),
+        }
+    }
+}
+
+/// What the first call decided: the path, the areas' offset and the vDSO
+/// functions ([`Fact`] order).
+struct State {
+    path: Path,
+    offset: isize,
+    vdso: [Option<vdso::KtlsPtrFn>; 6],
+}
+
+static STATE: OnceLock<State> = OnceLock::new();
+
+#[inline]
+fn state() -> &'static State {
+    STATE.get_or_init(decide)
+}
+
+/// The path this process takes, decided at the first call.
+pub fn path() -> Path {
+    state().path
+}
+
+#[cold]
+fn decide() -> State {
+    let syscall = |why| State {
+        path: Path::Syscall(why),
+        offset: 0,
+        vdso: [None; 6],
+    };
+    if !ktls::features().facts() {
+        return syscall(Fallback::NoKernelSupport);
+    }
+    let layout = area::layout();
+    let offset = match (layout.offset, layout.owner) {
+        (_, Owner::Unavailable(_)) | (None, _) => return syscall(Fallback::NoArea),
+        (Some(off), _) => off,
+    };
+    if layout.registered_len < abi::KTLS_FACTS_END {
+        return syscall(Fallback::ShortRegistration(layout.registered_len));
+    }
+    let vdso = Fact::ALL.map(|f| vdso::ktls_fn(f.vdso_fn()));
+    let path = if vdso.iter().all(Option::is_some) {
+        Path::Vdso
+    } else {
+        Path::Field
+    };
+    State { path, offset, vdso }
+}
+
+/// One of the ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fact {
+    Tid,
+    Pid,
+    Uid,
+    Gid,
+    Euid,
+    Egid,
+}
+
+impl Fact {
+    const ALL: [Fact; 6] = [
+        Fact::Tid,
+        Fact::Pid,
+        Fact::Uid,
+        Fact::Gid,
+        Fact::Euid,
+        Fact::Egid,
+    ];
+
+    fn vdso_fn(self) -> KtlsFn {
+        match self {
+            Fact::Tid => KtlsFn::Gettid,
+            Fact::Pid => KtlsFn::Getpid,
+            Fact::Uid => KtlsFn::Getuid,
+            Fact::Gid => KtlsFn::Getgid,
+            Fact::Euid => KtlsFn::Geteuid,
+            Fact::Egid => KtlsFn::Getegid,
+        }
+    }
+
+    /// The system call's answer.
+    fn syscall(self) -> u32 {
+        // SAFETY: these system calls take no arguments, touch no memory of
+        // the process and cannot fail.
+        let r = unsafe {
+            libc::syscall(match self {
+                Fact::Tid => libc::SYS_gettid,
+                Fact::Pid => libc::SYS_getpid,
+                Fact::Uid => libc::SYS_getuid,
+                Fact::Gid => libc::SYS_getgid,
+                Fact::Euid => libc::SYS_geteuid,
+                Fact::Egid => libc::SYS_getegid,
+            })
+        };
+        r as u32
+    }
+}
+
+/// Whether the calling thread's area at `off` holds valid facts.
+fn magic_ok(off: isize) -> bool {
+    // SAFETY: `off` is the areas' offset from the thread pointer, which in
+    // every thread lies in a block of at least `KTLS_FACTS_END` bytes (see
+    // `decide`: the registrations are that long), mapped for the life of
+    // the thread, registered or not. The kernel writes the facts only while
+    // this thread is out of user space.
+    let magic = unsafe { arch::tp_load_u32::<{ abi::OFFSET_KTLS_MAGIC }>(off) };
+    magic == abi::KTLS_FACTS_MAGIC
+}
+
+/// Reads one fact from the calling thread's area at `off`.
+fn field(off: isize, fact: Fact) -> u32 {
+    // SAFETY: as in `magic_ok`: every offset lies in the same block.
+    unsafe {
+        match fact {
+            Fact::Tid => arch::tp_load_u32::<{ abi::OFFSET_KTLS_TID }>(off),
+            Fact::Pid => arch::tp_load_u32::<{ abi::OFFSET_KTLS_PID }>(off),
+            Fact::Uid => arch::tp_load_u32::<{ abi::OFFSET_KTLS_UID }>(off),
+            Fact::Gid => arch::tp_load_u32::<{ abi::OFFSET_KTLS_GID }>(off),
+            Fact::Euid => arch::tp_load_u32::<{ abi::OFFSET_KTLS_EUID }>(off),
+            Fact::Egid => arch::tp_load_u32::<{ abi::OFFSET_KTLS_EGID }>(off),
+        }
+    }
+}
+
+/// The areas' offset when the calling thread's area holds valid facts:
+/// one load once the thread is set up. The first call in a thread whose
+/// area ktl owns registers it. `None` sends the caller to the system call:
+/// the path is [`Path::Syscall`], the thread has no live area (released, or
+/// its registration failed), or its facts are hidden (a `vfork` child).
+#[inline]
+fn live(st: &State) -> Option<isize> {
+    if matches!(st.path, Path::Syscall(_)) {
+        return None;
+    }
+    if magic_ok(st.offset) {
+        return Some(st.offset);
+    }
+    live_slow(st.offset)
+}
+
+#[cold]
+fn live_slow(off: isize) -> Option<isize> {
+    // Registers the thread's area where ktl owns them; the kernel writes the
+    // facts before this system call returns.
+    area::thread_area()?;
+    magic_ok(off).then_some(off)
+}
+
+fn get(fact: Fact) -> u32 {
+    let st = state();
+    let Some(off) = live(st) else {
+        return fact.syscall();
+    };
+    match st.vdso[fact as usize] {
+        Some(f) if st.path == Path::Vdso => {
+            let ptr = area::area_ptr(off).cast_const().cast::<c_void>();
+            // SAFETY: a KTLS vDSO function (see `vdso::ktls_fn`) only reads
+            // the location it is given, through loads the kernel resumes at
+            // its fallback if they fault, or makes a system call without
+            // arguments; here it is the calling thread's own area.
+            let r = unsafe { f(ptr) };
+            u32::try_from(r).unwrap_or_else(|_| fact.syscall())
+        }
+        _ => field(off, fact),
+    }
+}
+
+/// All six ids of the calling thread.
+pub fn thread_facts() -> ThreadFacts {
+    let st = state();
+    // On the field path, one check of the magic for the six fields.
+    let off = if st.path == Path::Field {
+        live(st)
+    } else {
+        None
+    };
+    let read = |f: Fact| match off {
+        Some(off) => field(off, f),
+        None => get(f),
+    };
+    ThreadFacts {
+        tid: read(Fact::Tid) as libc::pid_t,
+        pid: read(Fact::Pid) as libc::pid_t,
+        uid: read(Fact::Uid),
+        gid: read(Fact::Gid),
+        euid: read(Fact::Euid),
+        egid: read(Fact::Egid),
+    }
+}
+
+/// The same six ids from the system calls, whatever [`path`] is: the
+/// baseline that the other paths must equal.
+pub fn syscall_facts() -> ThreadFacts {
+    ThreadFacts {
+        tid: Fact::Tid.syscall() as libc::pid_t,
+        pid: Fact::Pid.syscall() as libc::pid_t,
+        uid: Fact::Uid.syscall(),
+        gid: Fact::Gid.syscall(),
+        euid: Fact::Euid.syscall(),
+        egid: Fact::Egid.syscall(),
+    }
+}
+
+/// The calling thread's id, as `gettid(2)` returns it.
+pub fn tid() -> libc::pid_t {
+    get(Fact::Tid) as libc::pid_t
+}
+
+/// The process id, as `getpid(2)` returns it.
+pub fn pid() -> libc::pid_t {
+    get(Fact::Pid) as libc::pid_t
+}
+
+/// The calling thread's real user id, as `getuid(2)` returns it.
+pub fn uid() -> libc::uid_t {
+    get(Fact::Uid)
+}
+
+/// The calling thread's real group id, as `getgid(2)` returns it.
+pub fn gid() -> libc::gid_t {
+    get(Fact::Gid)
+}
+
+/// The calling thread's effective user id, as `geteuid(2)` returns it.
+pub fn euid() -> libc::uid_t {
+    get(Fact::Euid)
+}
+
+/// The calling thread's effective group id, as `getegid(2)` returns it.
+pub fn egid() -> libc::gid_t {
+    get(Fact::Egid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_equal_the_system_calls() {
+        assert_eq!(thread_facts(), syscall_facts());
+        let me = syscall_facts();
+        assert_eq!(
+            (tid(), pid(), uid(), gid(), euid(), egid()),
+            (me.tid, me.pid, me.uid, me.gid, me.euid, me.egid)
+        );
+        assert_eq!(me.pid, std::process::id() as libc::pid_t);
+        // SAFETY: getuid and gettid cannot fail.
+        assert_eq!(me.uid, unsafe { libc::getuid() });
+        assert_eq!(me.tid, unsafe { libc::gettid() });
+    }
+
+    #[test]
+    fn each_thread_gets_its_own_tid() {
+        let main = thread_facts();
+        let (other, expected) = std::thread::spawn(|| (thread_facts(), syscall_facts()))
+            .join()
+            .unwrap();
+        assert_eq!(other, expected);
+        assert_ne!(main.tid, other.tid);
+        assert_eq!(main.pid, other.pid);
+    }
+
+    #[test]
+    fn path_is_consistent_with_the_kernel() {
+        let p = path();
+        if !ktls::features().facts() {
+            assert_eq!(p, Path::Syscall(Fallback::NoKernelSupport));
+        }
+        // The text names the path.
+        let text = p.to_string();
+        let word = match p {
+            Path::Vdso => "vdso",
+            Path::Field => "field",
+            Path::Syscall(_) => "syscall",
+        };
+        assert!(text.starts_with(word), "{text}");
+    }
+}
