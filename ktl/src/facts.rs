@@ -20,9 +20,10 @@
 //!    registers 32 bytes (glibc before 2.41) leaves no room for the facts.
 //!
 //! Whatever the path, each value is what the system call returns to the
-//! calling thread at that moment. A thread whose own area is not live (not
-//! registered yet, released, or a `vfork` child, for which the kernel hides
-//! its parent's facts) gets the system call on every path.
+//! calling thread at that moment. Where ktl owns the areas, a thread's first
+//! call registers its area. A thread whose area is not live (released, its
+//! registration refused, or a `vfork` child, for which the kernel hides its
+//! parent's facts) gets the system call on every path.
 //!
 //! The values are a cache of what the kernel would answer, in the process's
 //! own memory: use them as the system calls' answers, never as a security
