@@ -1,22 +1,49 @@
 //! x86_64: the thread pointer is the FS base, and `%fs:0` holds its own value.
 //!
-//! As on aarch64, the hot table `HOT` holds offsets *relative to ktl's own
-//! area*, and the own area's offset comes from an initial-exec GOT load
-//! (`mov block@GOTTPOFF(%rip), %reg`; the hot path adds it with `add`), which
-//! the static linker turns into an immediate in an executable. A zero delta
-//! means "the own area", so the table is valid before any code has run. In a
-//! shared object the loader fills the GOT entry, and the object gets static
-//! TLS (`DF_STATIC_TLS`), as with any initial-exec access. A table of absolute
-//! offsets (`.quad block@tpoff`) would save the `add`, but no linker accepts
-//! that relocation in a shared object.
+//! The hot table `HOT` is valid before any code has run, in one of two ways:
+//!
+//! - By default (ktl linked into an executable), it holds absolute offsets
+//!   from the thread pointer, which the static linker fills with the own
+//!   area's (`.quad block@tpoff`, local-exec TLS). The hot path is one load
+//!   of the table and one `%fs`-relative load.
+//! - With the cargo feature `shared-object` (ktl linked into a shared
+//!   object, as in libktl.so), no linker accepts those relocations, so the
+//!   table holds offsets *relative to ktl's own area*, 0 at first, and the
+//!   own area's offset comes from an initial-exec GOT load (`mov
+//!   block@GOTTPOFF(%rip), %reg`), as on aarch64. The loader fills the GOT
+//!   entry and gives the object static TLS (`DF_STATIC_TLS`). The hot path
+//!   gains one `add` (a `lea` once the static linker has relaxed it in an
+//!   executable): about 1.5x the time of an accessor in a tight loop.
 
 use super::{SLOTS, Slot, ktl_symbol, rseq_cs_tables, rseq_exit_point};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicIsize, Ordering};
 
+// The initial entries of the hot table: the own area, as an absolute offset
+// or as a delta from it.
+#[cfg(not(feature = "shared-object"))]
+macro_rules! hot_init {
+    () => {
+        concat!(
+            ".quad ",
+            ktl_symbol!("block"),
+            "@tpoff, ",
+            ktl_symbol!("block"),
+            "@tpoff, ",
+            ktl_symbol!("block"),
+            "@tpoff"
+        )
+    };
+}
+#[cfg(feature = "shared-object")]
+macro_rules! hot_init {
+    () => {
+        ".quad 0, 0, 0"
+    };
+}
+
 // ktl's thread-local block (see the module docs in `arch`), and the table of
-// hot offsets relative to the own area, all 0 (the own area) until the owner
-// is decided.
+// hot offsets, all designating the own area until the owner is decided.
 global_asm!(
     concat!(
         ".section .tdata.",
@@ -43,7 +70,7 @@ global_asm!(
     concat!(".size ", ktl_symbol!("hot"), ", 24"),
     concat!(ktl_symbol!("hot"), ":"),
     // Slots Cpu, Node and Cid.
-    ".quad 0, 0, 0",
+    hot_init!(),
     ".text",
 );
 
@@ -51,7 +78,8 @@ const _: () =
     assert!(super::BLOCK_SIZE == 160 && super::DEAD_AREA == 128 && super::BLOCK_ALIGN == 64);
 
 unsafe extern "C" {
-    /// The table defined above: `SLOTS` hot offsets, relative to the own area.
+    /// The table defined above: `SLOTS` hot offsets (absolute, or relative to
+    /// the own area with the feature `shared-object`).
     #[link_name = ktl_symbol!("hot")]
     safe static HOT: [AtomicIsize; SLOTS];
 }
@@ -96,8 +124,27 @@ pub(crate) unsafe fn tp_load_u32<const DISP: usize>(off: isize) -> u32 {
     v
 }
 
+/// The offset of ktl's own area from the thread pointer: a link-time
+/// constant.
+#[cfg(not(feature = "shared-object"))]
+#[inline(always)]
+pub(crate) fn own_area_offset() -> isize {
+    let off: isize;
+    // SAFETY: loads a link-time constant (a local-exec TLS offset) into a
+    // register; no memory is touched.
+    unsafe {
+        asm!(
+            concat!("mov {o}, offset ", ktl_symbol!("block"), "@tpoff"),
+            o = out(reg) off,
+            options(nostack, preserves_flags, nomem, pure),
+        );
+    }
+    off
+}
+
 /// The offset of ktl's own area from the thread pointer (a constant: an
 /// immediate in an executable, the loader's GOT entry in a shared object).
+#[cfg(feature = "shared-object")]
 #[inline(always)]
 pub(crate) fn own_area_offset() -> isize {
     let off: isize;
@@ -120,13 +167,12 @@ pub(crate) fn dead_area_offset() -> isize {
     own_area_offset() + super::DEAD_AREA as isize
 }
 
-/// The area offset the fast accessor of `slot` reads: the own area's offset
-/// plus the slot's delta, in two instructions. The offset is added with
+/// The area offset the fast accessor of `slot` reads: one load of the table,
+/// plus, with the feature `shared-object`, the own area's offset (added with
 /// `add block@GOTTPOFF(%rip), %reg`, whose GOT operand the static linker
-/// turns into an immediate in an executable (`lea -N(%reg), %reg`), as it
-/// does with the `mov` in [`own_area_offset`].
+/// turns into an immediate in an executable).
 ///
-/// The block is `pure`, which lets the compiler keep the offset in a register
+/// The load is `pure`, which lets the compiler keep the offset in a register
 /// across a loop instead of reloading it on every call. That is sound because
 /// every delta the table ever holds designates an area of the calling thread's
 /// static TLS (ktl's own area, its dead area, or the C library's area), so a
@@ -142,6 +188,26 @@ pub(crate) fn hot_offset(slot: Slot) -> isize {
     }
 }
 
+#[cfg(not(feature = "shared-object"))]
+#[inline(always)]
+fn hot_load<const BYTE_OFFSET: usize>() -> isize {
+    let v: isize;
+    // SAFETY: reads one aligned quadword of the HOT table (a single `mov`,
+    // atomic on x86_64, like a relaxed atomic load), which lives for the whole
+    // program. See `hot_offset` for why `pure` is sound.
+    unsafe {
+        asm!(
+            "mov {v}, qword ptr [rip + {hot} + {disp}]",
+            hot = sym HOT,
+            disp = const BYTE_OFFSET,
+            v = lateout(reg) v,
+            options(nostack, preserves_flags, readonly, pure),
+        );
+    }
+    v
+}
+
+#[cfg(feature = "shared-object")]
 #[inline(always)]
 fn hot_load<const BYTE_OFFSET: usize>() -> isize {
     let v: isize;
@@ -164,7 +230,9 @@ fn hot_load<const BYTE_OFFSET: usize>() -> isize {
 
 /// Points the fast accessor of `slot` at the area at `off`.
 pub(crate) fn set_hot_offset(slot: Slot, off: isize) {
-    HOT[slot as usize].store(off - own_area_offset(), Ordering::Relaxed);
+    #[cfg(feature = "shared-object")]
+    let off = off - own_area_offset();
+    HOT[slot as usize].store(off, Ordering::Relaxed);
 }
 
 /// Whether the CPU has the RDPID instruction (CPUID.(EAX=7,ECX=0):ECX bit 22).
