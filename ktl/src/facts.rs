@@ -264,9 +264,10 @@ fn live_slow(off: isize) -> Option<isize> {
     magic_ok(off).then_some(off)
 }
 
-fn get(fact: Fact) -> u32 {
-    let st = state();
-    let Some(off) = live(st) else {
+/// Reads `fact` on the decided path, given the calling thread's live area
+/// (see [`live`]), or from the system call without one.
+fn read(st: &State, off: Option<isize>, fact: Fact) -> u32 {
+    let Some(off) = off else {
         return fact.syscall();
     };
     match st.vdso[fact as usize] {
@@ -283,19 +284,17 @@ fn get(fact: Fact) -> u32 {
     }
 }
 
-/// All six ids of the calling thread.
+fn get(fact: Fact) -> u32 {
+    let st = state();
+    read(st, live(st), fact)
+}
+
+/// All six ids of the calling thread, with one check of the area for the
+/// six.
 pub fn thread_facts() -> ThreadFacts {
     let st = state();
-    // On the field path, one check of the magic for the six fields.
-    let off = if st.path == Path::Field {
-        live(st)
-    } else {
-        None
-    };
-    let read = |f: Fact| match off {
-        Some(off) => field(off, f),
-        None => get(f),
-    };
+    let off = live(st);
+    let read = |f: Fact| read(st, off, f);
     ThreadFacts {
         tid: read(Fact::Tid) as libc::pid_t,
         pid: read(Fact::Pid) as libc::pid_t,

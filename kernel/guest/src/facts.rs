@@ -17,7 +17,7 @@ use ktl::facts::{Fallback, Path, ThreadFacts};
 use ktl::ktls::{self, Registration};
 use ktl::vdso::{self, KtlsFn};
 
-use crate::{Check, Named, Shared, layout, nprocs, run, shared, spawn};
+use crate::{Check, Named, Shared, layout, nprocs, run, run_all, shared, spawn};
 
 /// The environment variable through which the exec check tells
 /// `facts-exec` the real and effective uid it must see.
@@ -68,6 +68,22 @@ const FIELDS: [usize; 6] = [
     abi::OFFSET_KTLS_EGID,
 ];
 
+/// Compares six ids (`NAMES` order) with the system calls' answers, naming
+/// the first that differs and who gave it.
+fn same(who: &str, got: [i64; 6], want: [i64; 6]) -> Result<(), String> {
+    for ((name, g), w) in NAMES.iter().zip(got).zip(want) {
+        if g != w {
+            return Err(format!("{who} says {name} = {g}, the system call {w}"));
+        }
+    }
+    Ok(())
+}
+
+/// The six vDSO functions' answers for `arg`, through `call`.
+fn vdso_answers(arg: usize, call: fn(KtlsFn, usize) -> i64) -> [i64; 6] {
+    std::array::from_fn(|i| call(FNS[i], arg))
+}
+
 /// The calling thread's area address, if the process has areas.
 fn own_area() -> Option<usize> {
     let off = ktl::layout().offset?;
@@ -117,14 +133,11 @@ fn all_ways(who: &str) -> Result<[i64; 6], String> {
     ];
     if let (Some(area), Some(off)) = (own_area(), ktl::layout().offset) {
         if vdso::ktls_fn(KtlsFn::Getuid).is_some() {
-            let mut by_ptr = [0; 6];
-            let mut by_off = [0; 6];
-            for (i, f) in FNS.iter().copied().enumerate() {
-                by_ptr[i] = call_ptr(f, area);
-                by_off[i] = call_off(f, off as usize);
-            }
-            got.push(("vDSO (address)".into(), by_ptr));
-            got.push(("vDSO (FS offset)".into(), by_off));
+            got.push(("vDSO (address)".into(), vdso_answers(area, call_ptr)));
+            got.push((
+                "vDSO (FS offset)".into(),
+                vdso_answers(off as usize, call_off),
+            ));
         }
         // The fields, where the kernel writes them and this thread's area
         // is live (not released).
@@ -141,13 +154,7 @@ fn all_ways(who: &str) -> Result<[i64; 6], String> {
         }
     }
     for (how, vals) in got {
-        for ((name, v), w) in NAMES.iter().zip(vals).zip(want) {
-            if v != w {
-                return Err(format!(
-                    "{who}: {how} says {name} = {v}, the system call {w}"
-                ));
-            }
-        }
+        same(&format!("{who}: {how}"), vals, want)?;
     }
     Ok(want)
 }
@@ -445,11 +452,9 @@ extern "C" fn unregistered_thread(arg: usize) -> i32 {
     // SAFETY: `arg` is a `Shared` the parent keeps until the join.
     let s = unsafe { shared(arg) };
     let area = ktls::thread_pointer().wrapping_add_signed(s.layout_offset);
-    for (i, f) in FNS.iter().copied().enumerate() {
-        s.vals[i].store(call_ptr(f, area), Ordering::Release);
-    }
-    for (i, v) in syscalls().into_iter().enumerate() {
-        s.vals[6 + i].store(v, Ordering::Release);
+    let answers = vdso_answers(area, call_ptr).into_iter().chain(syscalls());
+    for (slot, v) in s.vals.iter().zip(answers) {
+        slot.store(v, Ordering::Release);
     }
     0
 }
@@ -462,15 +467,11 @@ fn check_unregistered() -> Check {
         let l = layout()?;
         let s = Shared::new(l);
         spawn(l, Registration::None, unregistered_thread, &s)?.join();
-        for (i, name) in NAMES.iter().enumerate() {
-            if s.get(i) != s.get(6 + i) {
-                return Err(format!(
-                    "unregistered raw thread: the vDSO says {name} = {}, the system call {}",
-                    s.get(i),
-                    s.get(6 + i)
-                ));
-            }
-        }
+        same(
+            "unregistered raw thread: the vDSO",
+            std::array::from_fn(|i| s.get(i)),
+            std::array::from_fn(|i| s.get(6 + i)),
+        )?;
         done.push("a raw thread that never registered");
     }
     // A thread that released its registration, where ktl owns the areas.
@@ -531,30 +532,22 @@ fn check_unregistered() -> Check {
     ];
     let want = syscalls();
     for (what, ptr) in bad {
-        for (i, f) in FNS.iter().copied().enumerate() {
-            let got = call_ptr(f, ptr);
-            if got != want[i] {
-                return Err(format!(
-                    "{what}: the vDSO says {} = {got}, the system call {}",
-                    NAMES[i], want[i]
-                ));
-            }
-        }
+        same(
+            &format!("{what}: the vDSO"),
+            vdso_answers(ptr, call_ptr),
+            want,
+        )?;
         let cpu = call_ptr(KtlsFn::Getcpu, ptr);
         if !(0..nprocs()).contains(&cpu) {
             return Err(format!("{what}: the vDSO's getcpu says {cpu}"));
         }
     }
     for off in [0, 1 << 62, usize::MAX - 35, 0x8000_0000_0000_0000] {
-        for (i, f) in FNS.iter().copied().enumerate() {
-            let got = call_off(f, off);
-            if got != want[i] {
-                return Err(format!(
-                    "FS offset {off:#x}: the vDSO says {} = {got}, the system call {}",
-                    NAMES[i], want[i]
-                ));
-            }
-        }
+        same(
+            &format!("FS offset {off:#x}: the vDSO"),
+            vdso_answers(off, call_off),
+            want,
+        )?;
     }
     done.push("8 bad locations and 4 bad FS offsets");
     Ok(done.join(", "))
@@ -635,11 +628,7 @@ pub(crate) fn checks() -> bool {
         ("facts-unregistered", check_unregistered),
         ("facts-vfork", check_vfork),
     ];
-    let mut ok = true;
-    for (name, check) in list {
-        ok &= run(name, check);
-    }
-    ok
+    run_all(&list)
 }
 
 /// `ktl-guest facts-exec`.

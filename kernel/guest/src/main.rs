@@ -602,11 +602,13 @@ fn checks() -> bool {
         ("signals-and-fences", check_signals_and_fences),
         ("fork", check_fork_keeps_layout),
     ];
-    let mut ok = true;
-    for (name, check) in list {
-        ok &= run(name, check);
-    }
-    ok
+    run_all(&list)
+}
+
+/// Runs every check of `list`, even after a failure; true if all passed.
+fn run_all(list: &[Named]) -> bool {
+    list.iter()
+        .fold(true, |ok, &(name, check)| run(name, check) && ok)
 }
 
 /// Benchmark: create+join of raw threads with CLONE_RSEQ_KTLS, against

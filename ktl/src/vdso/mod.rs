@@ -102,8 +102,7 @@ impl KtlsFn {
     ];
 
     /// The symbol of the form that takes the area's address,
-    /// `long f(const void *ktls)`; the form that takes its offset from the
-    /// FS base, `long f(unsigned long ktls_offset)`, adds `_fs`.
+    /// `long f(const void *ktls)`.
     pub fn symbol(self) -> &'static str {
         match self {
             KtlsFn::Gettid => "__vdso_ktls_gettid",
@@ -113,6 +112,20 @@ impl KtlsFn {
             KtlsFn::Geteuid => "__vdso_ktls_geteuid",
             KtlsFn::Getegid => "__vdso_ktls_getegid",
             KtlsFn::Getcpu => "__vdso_ktls_getcpu",
+        }
+    }
+
+    /// The symbol of the form that takes the area's offset from the FS base,
+    /// `long f(unsigned long ktls_offset)`: [`symbol`](Self::symbol) and `_fs`.
+    pub fn fs_symbol(self) -> &'static str {
+        match self {
+            KtlsFn::Gettid => "__vdso_ktls_gettid_fs",
+            KtlsFn::Getpid => "__vdso_ktls_getpid_fs",
+            KtlsFn::Getuid => "__vdso_ktls_getuid_fs",
+            KtlsFn::Getgid => "__vdso_ktls_getgid_fs",
+            KtlsFn::Geteuid => "__vdso_ktls_geteuid_fs",
+            KtlsFn::Getegid => "__vdso_ktls_getegid_fs",
+            KtlsFn::Getcpu => "__vdso_ktls_getcpu_fs",
         }
     }
 }
@@ -437,16 +450,7 @@ pub fn ktls_fn(f: KtlsFn) -> Option<KtlsPtrFn> {
 /// (the `_fs` symbol), looked up once and cached; `None` as for [`ktls_fn`].
 #[inline]
 pub fn ktls_offset_fn(f: KtlsFn) -> Option<KtlsOffsetFn> {
-    let name = match f {
-        KtlsFn::Gettid => "__vdso_ktls_gettid_fs",
-        KtlsFn::Getpid => "__vdso_ktls_getpid_fs",
-        KtlsFn::Getuid => "__vdso_ktls_getuid_fs",
-        KtlsFn::Getgid => "__vdso_ktls_getgid_fs",
-        KtlsFn::Geteuid => "__vdso_ktls_geteuid_fs",
-        KtlsFn::Getegid => "__vdso_ktls_getegid_fs",
-        KtlsFn::Getcpu => "__vdso_ktls_getcpu_fs",
-    };
-    let ptr = cached_versioned(&KTLS_ADDRS[f as usize][1], name, KTLS_VERSION)?;
+    let ptr = cached_versioned(&KTLS_ADDRS[f as usize][1], f.fs_symbol(), KTLS_VERSION)?;
     // SAFETY: as in `getcpu_fn`, for a KTLS function of the offset form,
     // whose C signature `KtlsOffsetFn` declares.
     Some(unsafe { core::mem::transmute::<*const c_void, KtlsOffsetFn>(ptr) })
