@@ -14,12 +14,13 @@
 //!   held to, and the other ways to learn the CPU (glibc, vDSO, system call,
 //!   RDPID).
 //! - `rseq`: a per-CPU counter incremented with restartable sequences
-//!   ([`ktl::rseq::add`], and [`ktl::rseq::cmpeqv_storev`] on a value read
-//!   just before), against the same increment with an atomic instruction.
+//!   ([`ktl::rseq::add`] after [`ktl::rseq::start`], [`ktl::rseq::add_current`]
+//!   in one section, and [`ktl::rseq::cmpeqv_storev`] on a value read just
+//!   before), against the same increment with an atomic instruction.
 //!   The per-CPU counter is an array of `AtomicI64`, one per possible CPU,
 //!   each on its own 128-byte pair of cache lines. Each operation goes
-//!   through [`ktl::rseq::retry`], so the cost of reading the CPU number is
-//!   part of it. The rows need a live rseq area in the benchmarking thread;
+//!   through [`ktl::rseq::retry`] (`add_current` retries itself), so the cost
+//!   of reading the CPU number is part of it. The rows need a live rseq area in the benchmarking thread;
 //!   without one they are listed as "n/a".
 //! - `percpu`: the structures of [`ktl::percpu`] against what programs use
 //!   today, each at 1, 2 and 8 threads on one shared structure (see the
@@ -176,6 +177,8 @@ const GLIBC: &str = "glibc sched_getcpu";
 const RSEQ_ADD_1: &str = "rseq add (1 thread)";
 const FETCH_ADD_1: &str = "fetch_add uncontended (1 thread)";
 const RSEQ_ADD_2: &str = "rseq add (2 threads)";
+const RSEQ_CURRENT_1: &str = "rseq add_current (1 thread)";
+const RSEQ_CURRENT_2: &str = "rseq add_current (2 threads)";
 const SHARED_ADD_2: &str = "shared AtomicU64 fetch_add (2 threads)";
 const RSEQ_CAS_1: &str = "rseq cmpeqv_storev (1 thread)";
 const CAS_1: &str = "compare_exchange uncontended (1 thread)";
@@ -587,6 +590,24 @@ fn rseq_add_once(slots: &[Slot]) -> u64 {
     u64::from(matches!(done, Some(Ok(true))))
 }
 
+/// Adds 1 to the slot of the current CPU with [`ktl::rseq::add_current`],
+/// which reads the CPU number inside its section: 1 when done, 0 when not
+/// (as in [`rseq_add_once`]).
+#[inline(always)]
+fn rseq_current_once(slots: &[Slot]) -> u64 {
+    let base = slots
+        .first()
+        .map_or(core::ptr::null_mut(), |s| s.0.as_ptr().cast::<u8>());
+    // SAFETY: slot `i`'s AtomicI64 is at `base + i * size_of::<Slot>()` for
+    // every `i < slots.len()` (each sits at the same offset in its slot), live, aligned
+    // and valid for i64 reads and writes. Only rseq operations indexed by CPU
+    // write the slots, each while running with the index value of the slot it
+    // writes; everything else only reads them.
+    let done =
+        unsafe { ktl::rseq::add_current(Index::CpuId, base, size_of::<Slot>(), slots.len(), 1) };
+    u64::from(done)
+}
+
 /// Adds 1 to the slot of the current CPU through compare-and-store: reads
 /// the slot, then [`ktl::rseq::cmpeqv_storev`] stores the value plus one if
 /// the slot still holds the value read. 1 when done, 0 when not (as in
@@ -983,6 +1004,28 @@ fn rseq_rows() -> Vec<Row> {
         )
     });
 
+    rows.push(rseq_row(RSEQ_CURRENT_1, &|n| {
+        let s = slots(n);
+        let mine = Arc::clone(&s);
+        let run: TimedLoop = Box::new(move |iters, shape| {
+            let slots: &[Slot] = &mine;
+            run_shape(&|| rseq_current_once(slots), iters, shape)
+        });
+        one_thread_row(RSEQ_CURRENT_1, G, run, move || slot_sum(&s))
+    }));
+
+    rows.push(rseq_row(RSEQ_CURRENT_2, &|n| {
+        let s = slots(n);
+        let theirs = Arc::clone(&s);
+        let work: Work = Arc::new(move |iters, shape| {
+            let slots: &[Slot] = &theirs;
+            run_shape(&|| rseq_current_once(slots), iters, shape);
+        });
+        two_thread_row(RSEQ_CURRENT_2, G, work, helper_rseq_setup, move || {
+            slot_sum(&s)
+        })
+    }));
+
     rows.push(rseq_row(RSEQ_CAS_1, &|n| {
         let s = slots(n);
         let mine = Arc::clone(&s);
@@ -1246,13 +1289,13 @@ const CHECKS: &[CheckSpec] = &[
     CheckSpec {
         name: "rseq add with 2 threads is at least 5x faster per op than a shared AtomicU64 fetch_add",
         numerator: SHARED_ADD_2,
-        denominator: RSEQ_ADD_2,
+        denominator: RSEQ_CURRENT_2,
         bound: Bound::Min,
         limit: 5.0,
     },
     CheckSpec {
         name: "a single-thread rseq add costs at most half an uncontended fetch_add",
-        numerator: RSEQ_ADD_1,
+        numerator: RSEQ_CURRENT_1,
         denominator: FETCH_ADD_1,
         bound: Bound::Max,
         limit: 0.5,
@@ -2094,7 +2137,7 @@ mod tests {
         let rows = rows();
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
-            names[..14],
+            names[..16],
             [
                 "ktl::cpu_id()",
                 "raw %fs load (limit)",
@@ -2108,16 +2151,18 @@ mod tests {
                 "fetch_add uncontended (1 thread)",
                 "rseq add (2 threads)",
                 "shared AtomicU64 fetch_add (2 threads)",
+                "rseq add_current (1 thread)",
+                "rseq add_current (2 threads)",
                 "rseq cmpeqv_storev (1 thread)",
                 "compare_exchange uncontended (1 thread)",
             ]
         );
-        assert!(rows[14..50].iter().all(|r| r.group == percpu::GROUP));
-        assert!(rows[50..].iter().all(|r| r.group == random::GROUP));
-        assert_eq!(rows.len(), 14 + 36 + 9);
-        assert_eq!(rows[14].name, "counter: PerCpuCounter::add (1 thread)");
-        assert_eq!(rows[49].name, "stack: Mutex<Vec> push+pop (8 threads)");
-        let names = &names[..14];
+        assert!(rows[16..52].iter().all(|r| r.group == percpu::GROUP));
+        assert!(rows[52..].iter().all(|r| r.group == random::GROUP));
+        assert_eq!(rows.len(), 16 + 36 + 9);
+        assert_eq!(rows[16].name, "counter: PerCpuCounter::add (1 thread)");
+        assert_eq!(rows[51].name, "stack: Mutex<Vec> push+pop (8 threads)");
+        let names = &names[..16];
         assert!(rows[0].matches(Some("CPU_ID")));
         assert!(!rows[0].matches(Some("rdpid")));
         assert!(rows[0].op.is_ok(), "ktl::cpu_id() always runs");
@@ -2127,7 +2172,7 @@ mod tests {
             .map(|r| r.name.as_str())
             .collect();
         assert_eq!(rseq, names[8..], "--filter rseq selects the rseq group");
-        assert!(rows[8..14].iter().all(|r| r.group == "rseq"));
+        assert!(rows[8..16].iter().all(|r| r.group == "rseq"));
         let cpu = rows.iter().filter(|r| r.matches(Some("cpu"))).count();
         assert_eq!(cpu, 8, "--filter cpu selects the cpu group, not percpu");
         let percpu = rows.iter().filter(|r| r.matches(Some("PerCpu"))).count();
@@ -2150,10 +2195,10 @@ mod tests {
             .collect();
         assert_eq!(
             quick.len(),
-            14 + 8 + 2,
+            16 + 8 + 2,
             "the quick run: 2-thread counters and pools, 16-byte ktl and syscall"
         );
-        assert_eq!(quick[22..], [random[0], random::SYSCALL_16]);
+        assert_eq!(quick[24..], [random[0], random::SYSCALL_16]);
         for r in &rows[8..] {
             assert_eq!(r.op.is_ok(), r.verify.is_some(), "{} counts", r.name);
         }
@@ -2165,7 +2210,11 @@ mod tests {
             );
         }
         if ktl::rseq::start(Index::CpuId).is_none() {
-            assert!(rows.iter().any(|r| r.name == RSEQ_ADD_1 && r.op.is_err()));
+            assert!(
+                rows.iter()
+                    .any(|r| [RSEQ_ADD_1, RSEQ_CURRENT_1].contains(&r.name.as_str())
+                        && r.op.is_err())
+            );
         }
     }
 
@@ -2275,9 +2324,9 @@ mod tests {
         assert_eq!(c[1].pass, Some(true));
 
         let outcomes = [
-            outcome(RSEQ_ADD_1, Some(3.0)),
+            outcome(RSEQ_CURRENT_1, Some(3.0)),
             outcome(FETCH_ADD_1, Some(2.5)),
-            outcome(RSEQ_ADD_2, Some(3.0)),
+            outcome(RSEQ_CURRENT_2, Some(3.0)),
             outcome(SHARED_ADD_2, Some(30.0)),
         ];
         let c = checks(&outcomes);

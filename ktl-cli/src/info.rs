@@ -121,9 +121,21 @@ pub struct RseqReport {
     /// lock per index value and an rseq fence), `"locked"`, or `"none"`
     /// (such a thread cannot run them: `rseq::start` returns `None`).
     pub without_area: &'static str,
+    /// How `PerCpuCounter` adds in this thread: `"critical_sections"`
+    /// (`rseq::add_current` on the CPU's slot) or `"shared_atomic"` (this
+    /// thread has no live area, and `add_current` has no fallback).
+    pub counters: &'static str,
     /// The membarrier fence: `"rseq"` (aborts sequences), `"expedited"` (a
     /// barrier only) or `"unavailable"`.
     pub fence: &'static str,
+}
+
+/// Whether `rseq::add_current`, and so `PerCpuCounter::add`, runs critical
+/// sections in the calling thread: it does exactly where the thread has a
+/// live area, and refuses the add otherwise.
+fn counters_run_sections() -> bool {
+    ktl::rseq::start(ktl::rseq::Index::CpuId)
+        .is_some_and(|s| s.path() == ktl::rseq::Path::CriticalSections)
 }
 
 #[derive(Serialize, Debug)]
@@ -297,6 +309,11 @@ pub fn gather() -> Report {
         rseq: RseqReport {
             operations: path_name(Some(ktl::rseq::path())),
             without_area: path_name(ktl::rseq::without_area()),
+            counters: if counters_run_sections() {
+                "critical_sections"
+            } else {
+                "shared_atomic"
+            },
             fence: match ktl::rseq::fence::kind() {
                 ktl::rseq::fence::FenceKind::Rseq => "rseq",
                 ktl::rseq::fence::FenceKind::Expedited => "expedited",
@@ -481,6 +498,13 @@ fn print_text(r: &Report) {
         None => println!(
             "  without an area      none: a thread without an area cannot run them (needs the rseq fence)"
         ),
+    }
+    if counters_run_sections() {
+        println!("  per-CPU counters     rseq::add_current, one section per add");
+    } else {
+        println!(
+            "  per-CPU counters     one shared atomic (rseq::add_current needs this thread's area)"
+        );
     }
     println!("membarrier fence       {}", ktl::rseq::fence::kind());
     println!("random                 {}", ktl::random::path());

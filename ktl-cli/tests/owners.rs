@@ -63,6 +63,7 @@ fn assert_glibc_owned(r: &Value, lookup: &str) {
     );
     assert_eq!(r["info"]["thread"]["sources"]["cpu_id"], "area");
     assert_eq!(r["info"]["rseq"]["operations"], "critical_sections");
+    assert_eq!(r["info"]["rseq"]["counters"], "critical_sections");
     assert_without_area_is_fenced(r);
 }
 
@@ -80,6 +81,7 @@ fn assert_ktl_owned(r: &Value) {
     );
     assert_eq!(r["info"]["thread"]["sources"]["cpu_id"], "area");
     assert_eq!(r["info"]["rseq"]["operations"], "critical_sections");
+    assert_eq!(r["info"]["rseq"]["counters"], "critical_sections");
     assert_without_area_is_fenced(r);
     let regs = &r["info"]["registrations"];
     assert_eq!(regs["register_failures"], 0);
@@ -99,6 +101,7 @@ fn assert_unavailable(r: &Value, errno: Option<i32>, words: &str) {
     assert_ne!(r["info"]["thread"]["sources"]["cpu_id"], "area");
     assert_eq!(r["info"]["rseq"]["operations"], "locked");
     assert_eq!(r["info"]["rseq"]["without_area"], "locked");
+    assert_eq!(r["info"]["rseq"]["counters"], "shared_atomic");
 }
 
 /// A thread without an area in a process whose other threads have one takes

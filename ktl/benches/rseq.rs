@@ -13,6 +13,9 @@
 //!   threads update their own CPUs' slots; the atomic threads share one
 //!   `AtomicU64`. The threads are not pinned (on a machine with two CPUs or
 //!   more they run on different CPUs nearly all the time);
+//! - `rseq add_current (1 thread)` and `rseq add_current (2 threads)`: the
+//!   same counter with [`ktl::rseq::add_current`], one section that reads
+//!   the CPU number itself (no `Start`, no retry closure);
 //! - `rseq cmpeqv_storev (1 thread)`: the increment as a read of the slot and
 //!   [`ktl::rseq::cmpeqv_storev`] of the value read plus one, and
 //!   `compare_exchange uncontended (1 thread)`.
@@ -66,6 +69,22 @@ fn rseq_add_once(slots: &[Slot]) -> u64 {
         None => Ok(false),
     });
     u64::from(matches!(done, Some(Ok(true))))
+}
+
+/// Adds 1 to the current CPU's slot with [`ktl::rseq::add_current`], which
+/// reads the CPU number inside its section: 1 when done.
+#[inline(always)]
+fn rseq_current_once(slots: &[Slot]) -> u64 {
+    let base = slots
+        .first()
+        .map_or(std::ptr::null_mut(), |s| s.0.as_ptr().cast::<u8>());
+    // SAFETY: slot `i`'s AtomicI64 is at `base + i * size_of::<Slot>()` for
+    // every `i` below `slots.len()` (each sits at the same offset in its
+    // slot), live and aligned; only `add_current` indexed by CPU writes these
+    // slots, each while running with the index value of the slot it writes.
+    u64::from(unsafe {
+        ktl::rseq::add_current(Index::CpuId, base, size_of::<Slot>(), slots.len(), 1)
+    })
 }
 
 /// Adds 1 to the current CPU's slot through a read and
@@ -380,6 +399,32 @@ fn rseq(c: &mut Criterion) {
         || true,
         Box::new(move || i128::from(a.0.load(Ordering::Relaxed))),
     );
+
+    match cpus {
+        Ok(n) => {
+            let s = slots(n);
+            let (mine, s): (&[Slot], _) = (&s, Arc::clone(&s));
+            let op = move || rseq_current_once(mine);
+            let total = Box::new(move || slot_sum(&s));
+            one_thread(&mut g, t, "rseq add_current (1 thread)", op, total);
+        }
+        Err(reason) => skip("rseq add_current (1 thread)", reason),
+    }
+
+    match cpus {
+        Ok(n) => {
+            let s = slots(n);
+            let theirs = Arc::clone(&s);
+            let work: Work = Arc::new(move |iters| {
+                let slots: &[Slot] = &theirs;
+                timed(|| rseq_current_once(slots), iters);
+            });
+            let total = Box::new(move || slot_sum(&s));
+            let name = "rseq add_current (2 threads)";
+            two_threads(&mut g, t, name, work, helper_setup, total);
+        }
+        Err(reason) => skip("rseq add_current (2 threads)", reason),
+    }
 
     match cpus {
         Ok(n) => {

@@ -1,6 +1,7 @@
 //! With delays injected before and inside the critical sections (cargo
 //! feature `delay-injection`), two threads pinned to one CPU preempt each
-//! other inside their sections: aborts must happen, and no update may be lost.
+//! other inside their sections: aborts must happen, and no update may be lost,
+//! with `rseq::add` and with `rseq::add_current`.
 //!
 //! Run with `cargo test -p ktl --features delay-injection --test rseq_delay`.
 #![cfg(feature = "delay-injection")]
@@ -52,12 +53,43 @@ fn injected_delays_cause_aborts_and_lose_nothing() {
         })
         .collect();
     let aborts: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    delay::set_before(0);
-    delay::set_inside(0);
     let total: i64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum();
     assert_eq!(total, 2 * N as i64, "no update may be lost");
     assert!(aborts > 0, "the delays caused no abort");
     eprintln!("{aborts} aborts in {} adds", 2 * N);
+
+    // The same with `add_current`, whose section reads the CPU itself.
+    #[repr(C, align(128))]
+    struct Word(AtomicI64);
+    let words: Arc<Vec<Word>> = Arc::new((0..4096).map(|_| Word(AtomicI64::new(0))).collect());
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let words = words.clone();
+            std::thread::spawn(move || {
+                pin(cpu);
+                let before = rseq::aborts();
+                let base = words[0].0.as_ptr().cast::<u8>();
+                for _ in 0..N {
+                    // SAFETY: word `i` is at `base + i * size_of::<Word>()`
+                    // for `i` below 4096, and only this call, indexed by CPU,
+                    // writes the words.
+                    let done = unsafe {
+                        rseq::add_current(Index::CpuId, base, size_of::<Word>(), 4096, 1)
+                    };
+                    assert!(done);
+                }
+                rseq::aborts() - before
+            })
+        })
+        .collect();
+    let aborts: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    delay::set_before(0);
+    delay::set_inside(0);
+    let total: i64 = words.iter().map(|w| w.0.load(Ordering::Relaxed)).sum();
+    assert_eq!(total, 2 * N as i64, "add_current: no update may be lost");
+    assert_eq!(words[cpu].0.load(Ordering::Relaxed), 2 * N as i64);
+    assert!(aborts > 0, "add_current: the delays caused no abort");
+    eprintln!("add_current: {aborts} aborts in {} adds", 2 * N);
 }
 
 /// With a delay inside every section, a section that read the gate open is

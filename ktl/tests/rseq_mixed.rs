@@ -6,7 +6,8 @@
 //! threads run critical sections, which check the gate. The scenarios run in
 //! a copy of this binary started with `glibc.pthread.rseq=0`, so that ktl
 //! owns the areas and can release them (it never unregisters the C
-//! library's). The widest race window is the buffer copy: a section compares
+//! library's). `add_current`, which has no fallback, refuses the released
+//! threads' adds. The widest race window is the buffer copy: a section compares
 //! the length, copies 64 bytes, then commits, and a fallback operation on
 //! another CPU that slipped in between would be overwritten.
 
@@ -115,6 +116,51 @@ fn child_counters_sum_exactly_with_both_paths() {
     }
     counters(Index::CpuId, 8, 200_000, 2_000);
     counters(Index::MmCid, 8, 200_000, 2_000);
+}
+
+/// `add_current` has no fallback: in a released thread it refuses every add
+/// and writes nothing, while the other threads' sections go on. The
+/// `PerCpuCounter` built on it counts the released threads' adds in its
+/// shared word, exactly.
+#[test]
+fn child_add_current_refuses_released_threads() {
+    if !in_child() {
+        return;
+    }
+    #[repr(C, align(128))]
+    struct Word(AtomicI64);
+    for index in [Index::CpuId, Index::MmCid] {
+        let words: Vec<Word> = (0..slot_count()).map(|_| Word(AtomicI64::new(0))).collect();
+        let counter = ktl::percpu::PerCpuCounter::with_index(index);
+        const N: u64 = 100_000;
+        let (refused, added) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let (words, counter, refused, added) = (&words, &counter, &refused, &added);
+                scope.spawn(move || {
+                    let release = t % 2 == 1;
+                    enter(release, index);
+                    let base = words[0].0.as_ptr().cast::<u8>();
+                    for _ in 0..N {
+                        // SAFETY: word `i` is at `base + i * size_of::<Word>()`
+                        // for every `i` below `words.len()`, and only this
+                        // call, with `index`, writes the words.
+                        let done = unsafe {
+                            rseq::add_current(index, base, size_of::<Word>(), words.len(), 1)
+                        };
+                        assert_eq!(done, !release, "{index:?}: released {release}");
+                        if done { added } else { refused }.fetch_add(1, Ordering::Relaxed);
+                        counter.add(1);
+                    }
+                });
+            }
+        });
+        let total: i64 = words.iter().map(|w| w.0.load(Ordering::Relaxed)).sum();
+        assert_eq!(total as u64, added.load(Ordering::Relaxed), "{index:?}");
+        assert_eq!(added.load(Ordering::Relaxed), 4 * N, "{index:?}");
+        assert_eq!(refused.load(Ordering::Relaxed), 4 * N, "{index:?}");
+        assert_eq!(counter.sum(), 8 * N as i64, "{index:?}: PerCpuCounter");
+    }
 }
 
 /// Bytes per buffer item: wide enough that a section's copy takes a while.
@@ -379,7 +425,7 @@ fn the_scenarios_pass_in_a_process_owned_by_ktl() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the copy failed:\n{text}");
-    assert!(text.contains("test result: ok. 4 passed"), "{text}");
+    assert!(text.contains("test result: ok. 5 passed"), "{text}");
 }
 
 #[test]

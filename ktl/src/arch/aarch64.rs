@@ -133,6 +133,9 @@ pub(crate) unsafe fn rdpid() -> u64 {
 // which the linker may place more than the 1 MiB that a conditional branch
 // reaches (`b.cond`, `cbz`) from the section in a large binary; so the
 // section branches over an unconditional `b` (128 MiB) instead.
+// `rseq_add_current` declares x10 and x11 as clobbers (discarded outputs,
+// which `label` operands allow) instead of saving them, and its conditional
+// branches go straight to the caller's labels in the same function.
 
 /// Saves the scratch registers x10 and x11 on the stack, stores the
 /// descriptor's address into the area's `rseq_cs` (the area's address is in
@@ -263,6 +266,92 @@ pub(crate) unsafe fn rseq_add(
             in("x3") count,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
         );
+    }
+    Ok(())
+}
+
+/// The section of [`rseq_add_current`], for an `asm!` template: `$check` is
+/// an extra test of the area's liveness, placed after the index load.
+macro_rules! add_current_section {
+    ($check:literal) => {
+        concat!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("{other}"),
+            "adrp x10, 3b\n",
+            "add x10, x10, :lo12:3b\n",
+            "str x10, [x0, #8]\n",
+            "6:\n",
+            rseq_delay_inside!(),
+            "ldr w10, [x0, #{field}]\n",
+            $check,
+            "cmp x10, {len}\n",
+            "b.hs {other}\n",
+            "madd x10, x10, {stride}, {base}\n",
+            "ldr x11, [x10]\n",
+            "add x11, x11, {count}\n",
+            "str x11, [x10]\n",
+            "7:\n",
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".inst 0xd428bc00\n",
+            "8:\n",
+            "b {abort}\n",
+            ".popsection\n",
+        )
+    };
+}
+
+/// Adds `count` to the `i64` at `base + i * stride`, where `i` is the index
+/// field at byte `FIELD` of the area at `area`, read inside the section (see
+/// the x86_64 back end for the exits). x10 and x11 are clobbers, so nothing
+/// is saved on the stack.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    count: i64,
+) -> Result<(), crate::rseq::Exit> {
+    use crate::rseq::Exit;
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: the caller guarantees an area of this thread's static TLS and
+    // valid slots below `len`; the block follows the rseq ABI, writes only
+    // the area's `rseq_cs` and, at the commit, the slot of an index below
+    // `len`, and declares x10 and x11 clobbered.
+    unsafe {
+        if FIELD == crate::abi::OFFSET_CPU_ID {
+            asm!(
+                add_current_section!(""),
+                field = const FIELD,
+                in("x0") area,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                len = in(reg) len,
+                count = in(reg) count,
+                out("x10") _,
+                out("x11") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            );
+        } else {
+            asm!(
+                add_current_section!("ldr w11, [x0, #{cpu_id}]\ncmp w11, #0\nb.lt {other}\n"),
+                cpu_id = const crate::abi::OFFSET_CPU_ID,
+                field = const FIELD,
+                in("x0") area,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                len = in(reg) len,
+                count = in(reg) count,
+                out("x10") _,
+                out("x11") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            );
+        }
     }
     Ok(())
 }

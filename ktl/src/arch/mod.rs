@@ -24,9 +24,11 @@
 //!
 //! Both areas start with `cpu_id` = -1 ([`crate::abi::RSEQ_CPU_ID_UNINITIALIZED`])
 //! in the thread-local initialization image. The kernel writes the own area
-//! only after ktl registers it; nobody ever writes the dead area. That is what
-//! lets every fast accessor run with a single branch: a negative `cpu_id`
-//! sends it to the slow path, whatever the reason.
+//! only after ktl registers it, and nobody ever writes the dead area's
+//! `cpu_id` (`rseq::add_current` may store a descriptor's address into the
+//! `rseq_cs` field of an unregistered area, then leaves on its negative
+//! `cpu_id`). That is what lets every fast accessor run with a single branch:
+//! a negative `cpu_id` sends it to the slow path, whatever the reason.
 //!
 //! The block is defined in assembly, rather than with `thread_local!`, for two
 //! reasons: its offset from the thread pointer must be a link-time constant

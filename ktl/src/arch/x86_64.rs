@@ -271,7 +271,9 @@ pub(crate) unsafe fn rdpid() -> u64 {
 //    followed by the section (see `rseq_cs_enter`, which also explains how
 //    the blocks get scratch registers without outputs);
 // 3. runs the critical section: compare the area's index field with the value
-//    the caller read, do the work, commit with one final store;
+//    the caller read, do the work, commit with one final store (the section
+//    of `rseq_add_current` reads the index field instead, and compares it
+//    with the length of the caller's array);
 // 4. places the abort handler in `__rseq_failure`, preceded by the signature
 //    encoded as `ud1 0x53053053(%rip),%edi`, so a stray jump to it traps.
 //
@@ -396,6 +398,107 @@ pub(crate) unsafe fn rseq_add(
             in("rcx") count,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
         );
+    }
+    Ok(())
+}
+
+/// The section of [`rseq_add_current`], for an `asm!` template: `$check` is
+/// an extra test of the area's liveness, placed after the index load.
+macro_rules! add_current_section {
+    ($check:literal) => {
+        concat!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("{other}"),
+            "lea rax, [rip + 3b]\n",
+            "mov qword ptr fs:[rdi + 8], rax\n",
+            "6:\n",
+            rseq_delay_inside!(),
+            "mov eax, dword ptr fs:[rdi + {field}]\n",
+            $check,
+            "cmp rax, {len}\n",
+            "jae {other}\n",
+            "imul rax, {stride}\n",
+            "add qword ptr [{base} + rax], {count}\n",
+            "7:\n",
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long 0x53053053\n",
+            "8:\n",
+            "jmp {abort}\n",
+            ".popsection\n",
+        )
+    };
+}
+
+/// Adds `count` to the `i64` at `base + i * stride`, where `i` is the index
+/// field at byte `FIELD` of the area at `area`, read inside the section: a
+/// migration or preemption after the read aborts the section, so the add
+/// commits on the slot of the CPU (or concurrency id) it runs with, and there
+/// is nothing to compare.
+///
+/// Leaves through `Err(Exit::Aborted)` on an abort, and through
+/// `Err(Exit::Other)`, having written nothing but `rseq_cs`, when `i` is not
+/// below `len`, which includes an area that is not registered (its
+/// `cpu_id` is negative). For `mm_cid` (`FIELD` is not `cpu_id`'s offset)
+/// the section also checks that `cpu_id` is not negative, since an
+/// unregistered area's `mm_cid` is 0. The slot's address is only formed for
+/// `i < len`. There is no gate check: the words of this operation are never
+/// written by the fallbacks (see `rseq::add_current`).
+///
+/// `%rax` is a clobber: an `asm!` with `label` operands may clobber
+/// registers, though it may have no outputs. The section is entered with the
+/// store of the descriptor's address, as in [`rseq_cs_enter`]. A thread
+/// whose area is not registered stores it into an area the kernel does not
+/// read, and leaves; if that area is registered later, the kernel clears the
+/// stale `rseq_cs` on its first return to user space.
+///
+/// # Safety
+/// `area` must be an offset from the thread pointer designating an rseq area
+/// of the calling thread's static TLS (one of the hot offsets); for every
+/// `i < len`, `base + i * stride` must be valid for reads and writes of an
+/// `i64` and 8-byte aligned, and `i * stride` must not overflow an `isize`.
+#[inline(always)]
+pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    count: i64,
+) -> Result<(), crate::rseq::Exit> {
+    use crate::rseq::Exit;
+    // SAFETY: the caller guarantees an area of this thread's static TLS and
+    // valid slots below `len`; the block follows the rseq ABI described
+    // above, writes only the area's `rseq_cs` and, at the commit, the slot of
+    // an index below `len`, and declares `%rax` clobbered.
+    unsafe {
+        if FIELD == crate::abi::OFFSET_CPU_ID {
+            asm!(
+                add_current_section!(""),
+                field = const FIELD,
+                in("rdi") area,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                len = in(reg) len,
+                count = in(reg) count,
+                out("rax") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            );
+        } else {
+            asm!(
+                add_current_section!("cmp dword ptr fs:[rdi + {cpu_id}], 0\njl {other}\n"),
+                cpu_id = const crate::abi::OFFSET_CPU_ID,
+                field = const FIELD,
+                in("rdi") area,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                len = in(reg) len,
+                count = in(reg) count,
+                out("rax") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            );
+        }
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use crossbeam_utils::CachePadded;
 /// A signed counter with one slot per CPU.
 ///
 /// [`add`](Self::add) and [`sub`](Self::sub) update the slot of the CPU the
-/// thread runs on with one restartable sequence (`rseq::add`): a few plain
+/// thread runs on with one restartable sequence (`rseq::add_current`): a few plain
 /// instructions, no `lock` prefix, and no cache line shared with other CPUs.
 /// [`sum`](Self::sum) adds the slots up.
 ///
@@ -19,9 +19,8 @@ use crossbeam_utils::CachePadded;
 /// so it may miss updates that race with it, and it is not a snapshot of
 /// one instant. Arithmetic wraps on overflow, in the slots and in the sum.
 ///
-/// Threads without a live rseq area still count exactly, through the
-/// operations' fallback; where even that is unavailable, through one shared
-/// atomic.
+/// Threads without a live rseq area still count exactly, through one
+/// shared atomic.
 ///
 /// ```
 /// use ktl::percpu::PerCpuCounter;
@@ -75,36 +74,19 @@ impl PerCpuCounter {
 
     /// Adds `n` (wrapping on overflow).
     ///
-    /// The inlined part is one attempt of the operation; everything else
-    /// (a retry after an abort, a thread without an area) is out of line, so
-    /// that a caller's loop stays small enough to keep this inlined.
+    /// One critical section reads the CPU number and adds to its slot
+    /// ([`rseq::add_current`]); a retry after an abort runs out of line, and
+    /// a thread without a live area adds to the shared atomic.
     #[inline]
     pub fn add(&self, n: i64) {
-        if let Some(s) = rseq::start(self.slots.index())
-            && let Some(slot) = self.slots.slot(s)
-            // SAFETY: the slots are private to this counter and only ever
-            // written by `rseq::add` started with the index value of the
-            // slot it writes (`slot(s)` is slot `s.value()`); `reset`
-            // writes them only through `&mut self`, when no add can run.
-            // Each slot is a live, aligned AtomicI64 for as long as `self`.
-            && unsafe { rseq::add(s, slot.as_ptr(), n) }.is_ok()
-        {
-            return;
-        }
-        self.add_slow(n);
-    }
-
-    /// `add` after an abort, or where the first attempt could not run.
-    #[cold]
-    #[inline(never)]
-    fn add_slow(&self, n: i64) {
-        let slots = &self.slots;
-        let done = rseq::retry(slots.index(), |s| match slots.slot(s) {
-            // SAFETY: as in `add`.
-            Some(slot) => unsafe { rseq::add(s, slot.as_ptr(), n) }.map(|()| true),
-            None => Ok(false),
-        });
-        if !matches!(done, Some(Ok(true))) {
+        let (base, stride, len) = self.slots.raw_slots();
+        // SAFETY: slot `i`'s AtomicI64 is at `base + i * stride` for every
+        // `i < len` (`raw_slots`), live, aligned and valid for i64 reads and
+        // writes for as long as `self`. The slots are private to this counter:
+        // while it is shared, only `add_current` with the counter's one index
+        // writes them (`sum` only loads them), and `reset` writes them only
+        // through `&mut self`, when no add can run.
+        if !unsafe { rseq::add_current(self.slots.index(), base, stride, len, n) } {
             self.add_shared(n);
         }
     }

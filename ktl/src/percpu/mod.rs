@@ -142,6 +142,20 @@ impl<T> PerCpu<T> {
         std::mem::size_of_val(&*self.slots)
     }
 
+    /// The slots as the `_current` operations address them: the address of
+    /// slot 0's value, the stride between slots, and the number of slots.
+    /// Slot `i`'s value is at `base + i * stride` for every `i < len`, since
+    /// each value sits at the same offset in its `CachePadded`.
+    #[inline(always)]
+    pub(crate) fn raw_slots(&self) -> (*mut u8, usize, usize) {
+        // SAFETY: there is always a slot 0 (`slot_count` is at least 1, and
+        // the slots never change), so this skips only the bounds check, a
+        // branch on every add.
+        let first: &T = unsafe { self.slots.get_unchecked(0) };
+        let base = core::ptr::from_ref(first).cast_mut().cast();
+        (base, size_of::<CachePadded<T>>(), self.slots.len())
+    }
+
     /// Slot `i`, if there is one.
     pub fn get(&self, i: usize) -> Option<&T> {
         self.slots.get(i).map(|s| &**s)

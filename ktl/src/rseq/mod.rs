@@ -18,9 +18,16 @@
 //!    section); after an abort the caller starts again. [`retry`] runs that
 //!    loop.
 //!
+//! [`add_current`] does both steps in one section: the section reads the
+//! index itself, after it has published its descriptor, so nothing has to
+//! be compared and no [`Start`] passes between the steps. It is the cheapest
+//! per-CPU add, at the price of having no fallback (below): a thread without
+//! a live area gets `false` and counts elsewhere.
+//!
 //! ## The fallback
 //!
-//! A thread without a live area still runs every operation: [`start`]
+//! A thread without a live area still runs every operation but
+//! [`add_current`]: [`start`]
 //! returns a fallback `Start`, and the operation takes a lock per index
 //! value (its *gate*) instead of running a critical section, with the same
 //! results (it never aborts). Two cases, named by [`Path`]:
@@ -52,6 +59,7 @@
 //! |---|---|
 //! | [`cmpeqv_storev`] | store if a word matches |
 //! | [`add`] | add to a word |
+//! | [`add_current`] | add to the current CPU's word of an array ([`start`] and [`add`] in one section, without a fallback) |
 //! | [`cmpnev_storeoffp_load`] | pop from a per-CPU list |
 //! | [`offset_deref_addv`] | load a pointer, add at an offset from it |
 //! | [`cmpeqv_cmpeqv_storev`] | compare two words, then store |
@@ -325,6 +333,156 @@ pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> 
     // SAFETY: forwarded to the caller's contract; `start.area` is this
     // thread's registered area.
     unsafe { dispatch!(start, rseq_add; v, count) }
+}
+
+/// How a section of [`add_current`] left without committing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// The kernel aborted it.
+    Aborted,
+    /// It wrote nothing: the index value has no slot, or the area is not
+    /// registered.
+    Other,
+}
+
+/// Adds `count` to the current CPU's (or concurrency id's) word in an array
+/// of per-CPU words, in one critical section that reads the index itself:
+/// the word at byte `value * stride` from `base`, where `value` is the index
+/// value the section runs with. Retries after aborts (counted in
+/// [`aborts`]).
+///
+/// This is [`start`] and [`add`] in one section. The section reads the index
+/// after it has published its descriptor, so a migration, a preemption or a
+/// signal between that read and the commit aborts it: it needs no compare
+/// with a value read before. It is the cheapest way to count per CPU, and
+/// what [`PerCpuCounter`](crate::percpu::PerCpuCounter) uses.
+///
+/// It has no fallback, and its section no gate check, which is what keeps
+/// it cheaper than [`add`]: returns `false`, having added nothing, when the
+/// thread has no live area (see [`path`] and [`without_area`]), or when the
+/// index value is not below `len`. The caller then counts elsewhere, for
+/// example in one shared atomic, as `PerCpuCounter` does.
+///
+/// # Safety
+///
+/// For every index value `i` below `len`:
+/// - `i * stride` must not overflow an `isize`, and `base + i * stride` must
+///   be valid for reads and writes of an `i64` and 8-byte aligned;
+/// - while other threads may access that word, it must only be written by
+///   `add_current` with the same `index` (which writes word `i` only while
+///   running with index value `i`). Not by the other operations, whose
+///   fallbacks write with atomics, nor under [`exclusive`], which this
+///   section does not check; other threads may read it with atomic loads.
+///
+/// ```
+/// use ktl::rseq::{self, Index};
+/// use std::sync::atomic::{AtomicI64, Ordering};
+///
+/// // One word per possible CPU, each on its own pair of cache lines.
+/// #[repr(align(128))]
+/// struct Slot(AtomicI64);
+/// let n = ktl::cpu::possible_cpus().unwrap_or(1) as usize;
+/// let slots: Vec<Slot> = (0..n).map(|_| Slot(AtomicI64::new(0))).collect();
+/// let shared = AtomicI64::new(0);
+/// let base = slots[0].0.as_ptr().cast::<u8>();
+/// for _ in 0..10 {
+///     // SAFETY: word `i` is at `base + i * size_of::<Slot>()` for `i < n`,
+///     // and only `add_current` indexed by CPU writes the words.
+///     if !unsafe { rseq::add_current(Index::CpuId, base, size_of::<Slot>(), n, 3) } {
+///         // No live area in this thread: count in one shared atomic.
+///         shared.fetch_add(3, Ordering::Relaxed);
+///     }
+/// }
+/// let per_cpu: i64 = slots.iter().map(|s| s.0.load(Ordering::Relaxed)).sum();
+/// assert_eq!(per_cpu + shared.load(Ordering::Relaxed), 30);
+/// ```
+#[inline]
+pub unsafe fn add_current(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    count: i64,
+) -> bool {
+    // SAFETY: forwarded to the caller's contract.
+    match unsafe { add_current_once(index, base, stride, len, count) } {
+        Ok(()) => true,
+        // SAFETY: forwarded to the caller's contract.
+        Err(exit) => unsafe { add_current_slow(index, base, stride, len, count, exit) },
+    }
+}
+
+/// One attempt of [`add_current`].
+///
+/// # Safety
+///
+/// The contract of [`add_current`].
+#[inline(always)]
+unsafe fn add_current_once(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    count: i64,
+) -> Result<(), Exit> {
+    delay_before();
+    // SAFETY: a hot offset designates an area of this thread's static TLS;
+    // the words' validity below `len` is the caller's contract.
+    unsafe {
+        match index {
+            Index::CpuId => arch::rseq_add_current::<OFFSET_CPU_ID>(
+                arch::hot_offset(Slot::Cpu),
+                base,
+                stride,
+                len,
+                count,
+            ),
+            Index::MmCid => arch::rseq_add_current::<OFFSET_MM_CID>(
+                arch::hot_offset(Slot::Cid),
+                base,
+                stride,
+                len,
+                count,
+            ),
+        }
+    }
+}
+
+/// [`add_current`] after its first section left without committing: counts
+/// an abort; registers the thread's area if it has none yet (the first
+/// operation of a thread, with [`Owner::Ktl`](crate::Owner::Ktl)); then
+/// tries again until the section commits or leaves for want of an area or a
+/// slot.
+///
+/// # Safety
+///
+/// The contract of [`add_current`].
+#[cold]
+#[inline(never)]
+unsafe fn add_current_slow(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    count: i64,
+    exit: Exit,
+) -> bool {
+    match exit {
+        Exit::Aborted => count_abort(),
+        Exit::Other => {
+            if area::thread_area().is_none() {
+                return false;
+            }
+        }
+    }
+    loop {
+        // SAFETY: forwarded to the caller's contract.
+        match unsafe { add_current_once(index, base, stride, len, count) } {
+            Ok(()) => return true,
+            Err(Exit::Aborted) => count_abort(),
+            Err(Exit::Other) => return false,
+        }
+    }
 }
 
 /// Stores `newv` into `*v` if `*v == expect`, in one critical section.
