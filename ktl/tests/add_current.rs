@@ -9,15 +9,16 @@
 
 #[path = "support/affinity.rs"]
 mod affinity;
-#[path = "support/seccomp.rs"]
-mod seccomp;
+#[path = "support/signals.rs"]
+mod signals;
+#[path = "support/without_rseq.rs"]
+mod without_rseq;
 
 use affinity::{allowed_cpus, pin};
 use ktl::percpu::PerCpuCounter;
 use ktl::rseq::{self, Index};
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// One word per possible CPU, each on its own pair of cache lines.
 #[repr(C, align(128))]
@@ -123,14 +124,7 @@ extern "C" fn on_signal(_: libc::c_int) {}
 fn two_threads_on_one_cpu_abort_and_lose_nothing() {
     const TEST: &str = "two_threads_on_one_cpu_abort_and_lose_nothing";
     let live = sections(TEST, Index::CpuId);
-    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
+    signals::install(libc::SIGUSR1, on_signal);
     let cpu = allowed_cpus()[0];
     let c = Counter::new();
     // Each worker adds in rounds until it has seen an abort (or a cap).
@@ -153,33 +147,10 @@ fn two_threads_on_one_cpu_abort_and_lose_nothing() {
             })
         })
         .collect();
-    let targets: Vec<libc::pthread_t> = workers.iter().map(|w| w.as_pthread_t()).collect();
-    let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
-    let signaller = std::thread::spawn(move || {
-        let mut sent = 0u64;
-        while !d.load(Ordering::Relaxed) {
-            for &t in &targets {
-                // SAFETY: the workers are joined only after this thread has
-                // stopped (it is joined first, below).
-                unsafe { libc::pthread_kill(t, libc::SIGUSR1) };
-                sent += 1;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(20));
-        }
-        sent
-    });
-    while !workers.iter().all(|w| w.is_finished()) {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    done.store(true, Ordering::Relaxed);
-    let sent = signaller.join().unwrap();
-    let (mut added, mut aborts) = (0, 0);
-    for w in workers {
-        let (a, b) = w.join().unwrap();
-        added += a;
-        aborts += b;
-    }
+    let (results, sent) =
+        signals::signal_until_done(workers, libc::SIGUSR1, std::time::Duration::from_micros(20));
+    let added: u64 = results.iter().map(|r| r.0).sum();
+    let aborts: u64 = results.iter().map(|r| r.1).sum();
     assert_eq!(c.total(), added as i64, "no update may be lost");
     if live {
         assert_eq!(
@@ -216,14 +187,7 @@ fn an_add_in_a_signal_handler_that_interrupted_one() {
         Index::CpuId,
     );
     let c = HANDLER_COUNTER.get_or_init(Counter::new).clone();
-    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = add_in_handler as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
-    }
+    signals::install(libc::SIGUSR2, add_in_handler);
     let n: u64 = 5_000_000;
     let worker = {
         let c = c.clone();
@@ -232,15 +196,12 @@ fn an_add_in_a_signal_handler_that_interrupted_one() {
             rseq::aborts()
         })
     };
-    let target = worker.as_pthread_t();
-    let mut sent = 0;
-    while !worker.is_finished() {
-        // SAFETY: the worker is joined only after this loop.
-        unsafe { libc::pthread_kill(target, libc::SIGUSR2) };
-        sent += 1;
-        std::thread::sleep(std::time::Duration::from_micros(10));
-    }
-    let aborts = worker.join().unwrap();
+    let (results, sent) = signals::signal_until_done(
+        vec![worker],
+        libc::SIGUSR2,
+        std::time::Duration::from_micros(10),
+    );
+    let aborts = results[0];
     let in_handler = HANDLER_ADDS.load(Ordering::Relaxed);
     assert!(in_handler > 0, "{sent} signals, no add in the handler");
     assert_eq!(
@@ -329,37 +290,7 @@ fn per_cpu_counter_counts_exactly() {
     }
 }
 
-/// Set in the re-executed copy: the path it must see.
-const EXPECT_PATH: &str = "KTL_TEST_EXPECT_PATH";
-
 #[test]
 fn every_test_passes_without_rseq() {
-    if let Ok(path) = std::env::var(EXPECT_PATH) {
-        // This is the copy: the filter is in force.
-        assert_eq!(rseq::path().to_string(), path);
-        return;
-    }
-    if rseq::path() == rseq::Path::Locked {
-        eprintln!("SKIPPED every_test_passes_without_rseq: this process has no rseq already");
-        return;
-    }
-    use std::os::unix::process::CommandExt;
-    let program = seccomp::deny_rseq_program(libc::ENOSYS);
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--test-threads=2"])
-        .env(EXPECT_PATH, rseq::Path::Locked.to_string())
-        .env_remove("GLIBC_TUNABLES");
-    // SAFETY: the closure runs between fork and exec and only makes system
-    // calls on memory prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || seccomp::install(&program, false));
-    }
-    let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("test result: ok. 7 passed"), "{text}");
+    without_rseq::rerun("every_test_passes_without_rseq", 7);
 }

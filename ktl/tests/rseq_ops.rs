@@ -9,14 +9,15 @@
 
 #[path = "support/affinity.rs"]
 mod affinity;
-#[path = "support/seccomp.rs"]
-mod seccomp;
+#[path = "support/signals.rs"]
+mod signals;
+#[path = "support/without_rseq.rs"]
+mod without_rseq;
 
 use affinity::{allowed_cpus, pin};
 use ktl::rseq::{self, Failure, Index};
-use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// `n` operations on critical sections; a twentieth of that on the locked
 /// fallback, which makes two system calls per operation (and runs under
@@ -72,14 +73,7 @@ extern "C" fn on_signal(_: libc::c_int) {}
 
 /// Installs an empty SIGUSR1 handler.
 fn install_handler() {
-    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
+    signals::install(libc::SIGUSR1, on_signal);
 }
 
 #[test]
@@ -95,7 +89,6 @@ fn two_threads_on_one_cpu_abort_and_lose_nothing() {
     install_handler();
     let cpu = allowed_cpus()[0];
     let slots = slots();
-    let done = Arc::new(AtomicBool::new(false));
     // Each worker adds in rounds until it has seen an abort (or a generous
     // cap), and reports how many it added.
     const ROUND: u64 = 200_000;
@@ -120,34 +113,10 @@ fn two_threads_on_one_cpu_abort_and_lose_nothing() {
         .collect();
     // Signal both workers until they finish: a signal delivered inside a
     // critical section aborts it, as does a preemption by the other worker.
-    let targets: Vec<libc::pthread_t> = workers.iter().map(|w| w.as_pthread_t()).collect();
-    let d = done.clone();
-    let signaller = std::thread::spawn(move || {
-        let mut sent = 0u64;
-        while !d.load(Ordering::Relaxed) {
-            for &t in &targets {
-                // SAFETY: the workers are joined only after this thread has
-                // stopped (it is joined first, below).
-                unsafe { libc::pthread_kill(t, libc::SIGUSR1) };
-                sent += 1;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(20));
-        }
-        sent
-    });
-    // Wait for both workers to finish without joining them (the signaller
-    // still holds their pthread_t), then stop the signaller, then join.
-    while !workers.iter().all(|w| w.is_finished()) {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    done.store(true, Ordering::Relaxed);
-    let sent = signaller.join().unwrap();
-    let (mut added, mut aborts) = (0, 0);
-    for w in workers {
-        let (a, b) = w.join().unwrap();
-        added += a;
-        aborts += b;
-    }
+    let (results, sent) =
+        signals::signal_until_done(workers, libc::SIGUSR1, std::time::Duration::from_micros(20));
+    let added: u64 = results.iter().map(|r| r.0).sum();
+    let aborts: u64 = results.iter().map(|r| r.1).sum();
     assert_eq!(total(&slots), added as i64, "no update may be lost");
     assert_eq!(
         slots[cpu].load(Ordering::Relaxed),
@@ -639,14 +608,7 @@ fn an_operation_in_a_signal_handler_that_interrupted_it() {
         return;
     }
     let slots = HANDLER_SLOTS.get_or_init(slots).clone();
-    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = add_in_handler as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
-    }
+    signals::install(libc::SIGUSR2, add_in_handler);
     // The locked fallback makes two system calls per operation (it blocks
     // signals while it holds the lock): fewer operations keep it quick.
     let n: u64 = if rseq::path() == rseq::Path::Locked {
@@ -656,15 +618,12 @@ fn an_operation_in_a_signal_handler_that_interrupted_it() {
     };
     let s = slots.clone();
     let worker = std::thread::spawn(move || add_loop(&s, Index::CpuId, n));
-    let target = worker.as_pthread_t();
-    let mut sent = 0;
-    while !worker.is_finished() {
-        // SAFETY: the worker is joined only after this loop.
-        unsafe { libc::pthread_kill(target, libc::SIGUSR2) };
-        sent += 1;
-        std::thread::sleep(std::time::Duration::from_micros(10));
-    }
-    let aborts = worker.join().unwrap();
+    let (results, sent) = signals::signal_until_done(
+        vec![worker],
+        libc::SIGUSR2,
+        std::time::Duration::from_micros(10),
+    );
+    let aborts = results[0];
     let in_handler = HANDLER_ADDS.load(Ordering::Relaxed);
     assert!(in_handler > 0, "{sent} signals, no add in the handler");
     assert_eq!(
@@ -705,40 +664,7 @@ fn operations_in_a_thread_created_by_c() {
     assert_eq!(total(&slots), 400_000);
 }
 
-/// Set in the re-executed copy: the path it must see.
-const EXPECT_PATH: &str = "KTL_TEST_EXPECT_PATH";
-
 #[test]
 fn every_test_passes_on_the_locked_fallback() {
-    if let Ok(path) = std::env::var(EXPECT_PATH) {
-        // This is the copy: the filter is in force.
-        assert_eq!(rseq::path().to_string(), path);
-        return;
-    }
-    if rseq::path() == rseq::Path::Locked {
-        // This process is on the fallback already (an emulator without
-        // rseq, where a re-executed copy could not even be started): every
-        // other test of this file has just run on it.
-        eprintln!("SKIPPED every_test_passes_on_the_locked_fallback: this process already uses it");
-        return;
-    }
-    use std::os::unix::process::CommandExt;
-    let program = seccomp::deny_rseq_program(libc::ENOSYS);
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--test-threads=2"])
-        .env(EXPECT_PATH, rseq::Path::Locked.to_string())
-        .env_remove("GLIBC_TUNABLES");
-    // SAFETY: the closure runs between fork and exec and only makes system
-    // calls on memory prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || seccomp::install(&program, false));
-    }
-    let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("test result: ok. 14 passed"), "{text}");
+    without_rseq::rerun("every_test_passes_on_the_locked_fallback", 14);
 }

@@ -317,39 +317,36 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
 ) -> Result<(), crate::rseq::Exit> {
     use crate::rseq::Exit;
     let area = (thread_pointer() as isize).wrapping_add(area);
+    // The block, with `$check` after the index load and `$extra` operands.
+    macro_rules! section {
+        ($check:literal; $($extra:tt)*) => {
+            asm!(
+                add_current_section!($check),
+                $($extra)*
+                field = const FIELD,
+                in("x0") area,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                len = in(reg) len,
+                count = in(reg) count,
+                out("x10") _,
+                out("x11") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            )
+        };
+    }
     // SAFETY: the caller guarantees an area of this thread's static TLS and
     // valid slots below `len`; the block follows the rseq ABI, writes only
     // the area's `rseq_cs` and, at the commit, the slot of an index below
     // `len`, and declares x10 and x11 clobbered.
     unsafe {
         if FIELD == crate::abi::OFFSET_CPU_ID {
-            asm!(
-                add_current_section!(""),
-                field = const FIELD,
-                in("x0") area,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                len = in(reg) len,
-                count = in(reg) count,
-                out("x10") _,
-                out("x11") _,
-                abort = label { return Err(Exit::Aborted) },
-                other = label { return Err(Exit::Other) },
-            );
+            section!("";);
         } else {
-            asm!(
-                add_current_section!("ldr w11, [x0, #{cpu_id}]\ncmp w11, #0\nb.lt {other}\n"),
+            section!(
+                "ldr w11, [x0, #{cpu_id}]\ncmp w11, #0\nb.lt {other}\n";
                 cpu_id = const crate::abi::OFFSET_CPU_ID,
-                field = const FIELD,
-                in("x0") area,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                len = in(reg) len,
-                count = in(reg) count,
-                out("x10") _,
-                out("x11") _,
-                abort = label { return Err(Exit::Aborted) },
-                other = label { return Err(Exit::Other) },
             );
         }
     }

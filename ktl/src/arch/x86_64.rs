@@ -466,37 +466,35 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
     count: i64,
 ) -> Result<(), crate::rseq::Exit> {
     use crate::rseq::Exit;
+    // The block, with `$check` after the index load and `$extra` operands.
+    macro_rules! section {
+        ($check:literal; $($extra:tt)*) => {
+            asm!(
+                add_current_section!($check),
+                $($extra)*
+                field = const FIELD,
+                in("rdi") area,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                len = in(reg) len,
+                count = in(reg) count,
+                out("rax") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            )
+        };
+    }
     // SAFETY: the caller guarantees an area of this thread's static TLS and
     // valid slots below `len`; the block follows the rseq ABI described
     // above, writes only the area's `rseq_cs` and, at the commit, the slot of
     // an index below `len`, and declares `%rax` clobbered.
     unsafe {
         if FIELD == crate::abi::OFFSET_CPU_ID {
-            asm!(
-                add_current_section!(""),
-                field = const FIELD,
-                in("rdi") area,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                len = in(reg) len,
-                count = in(reg) count,
-                out("rax") _,
-                abort = label { return Err(Exit::Aborted) },
-                other = label { return Err(Exit::Other) },
-            );
+            section!("";);
         } else {
-            asm!(
-                add_current_section!("cmp dword ptr fs:[rdi + {cpu_id}], 0\njl {other}\n"),
+            section!(
+                "cmp dword ptr fs:[rdi + {cpu_id}], 0\njl {other}\n";
                 cpu_id = const crate::abi::OFFSET_CPU_ID,
-                field = const FIELD,
-                in("rdi") area,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                len = in(reg) len,
-                count = in(reg) count,
-                out("rax") _,
-                abort = label { return Err(Exit::Aborted) },
-                other = label { return Err(Exit::Other) },
             );
         }
     }

@@ -1,0 +1,40 @@
+//! Test support: signal handlers.
+
+#![allow(dead_code)]
+
+/// Installs `handler` for `sig`, with `SA_RESTART` and an empty mask.
+pub fn install(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// Sends `sig` to each of `workers` every `period` until all of them have
+/// finished, then joins them. Returns their results and the number of
+/// signals sent. The workers are joined only after the signalling stops, so
+/// no signal can reach a thread that is gone.
+pub fn signal_until_done<T>(
+    workers: Vec<std::thread::JoinHandle<T>>,
+    sig: libc::c_int,
+    period: std::time::Duration,
+) -> (Vec<T>, u64) {
+    use std::os::unix::thread::JoinHandleExt;
+    let mut sent = 0u64;
+    while !workers.iter().all(|w| w.is_finished()) {
+        for w in &workers {
+            // SAFETY: the thread has not been joined (that happens below),
+            // so its pthread_t is valid; a finished thread's is too until
+            // it is joined.
+            unsafe { libc::pthread_kill(w.as_pthread_t(), sig) };
+            sent += 1;
+        }
+        std::thread::sleep(period);
+    }
+    let results = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    (results, sent)
+}
