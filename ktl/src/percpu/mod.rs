@@ -146,13 +146,13 @@ impl<T> PerCpu<T> {
     /// slot 0's value, the stride between slots, and the number of slots.
     /// Slot `i`'s value is at `base + i * stride` for every `i < len`, since
     /// each value sits at the same offset in its `CachePadded`.
+    /// (There is always a slot 0; without one, `base` would be null and
+    /// `len` 0, which no operation addresses.)
     #[inline(always)]
     pub(crate) fn raw_slots(&self) -> (*mut u8, usize, usize) {
-        // SAFETY: there is always a slot 0 (`slot_count` is at least 1, and
-        // the slots never change), so this skips only the bounds check, a
-        // branch on every add.
-        let first: &T = unsafe { self.slots.get_unchecked(0) };
-        let base = core::ptr::from_ref(first).cast_mut().cast();
+        let base = self.slots.first().map_or(core::ptr::null_mut(), |first| {
+            core::ptr::from_ref::<T>(first).cast_mut().cast()
+        });
         (base, size_of::<CachePadded<T>>(), self.slots.len())
     }
 
