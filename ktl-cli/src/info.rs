@@ -499,7 +499,7 @@ fn print_text(r: &Report) {
             "  without an area      none: a thread without an area cannot run them (needs the rseq fence)"
         ),
     }
-    if counters_run_sections() {
+    if r.rseq.counters == "critical_sections" {
         println!("  per-CPU counters     rseq::add_current, one section per add");
     } else {
         println!(

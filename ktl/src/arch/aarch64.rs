@@ -195,6 +195,19 @@ macro_rules! rseq_delay_inside {
     };
 }
 
+/// Opens `__rseq_failure` with the signature (`brk #0x45e0`, which traps if
+/// reached by mistake), followed by the abort handler's label 8. The caller
+/// adds the handler and closes the section.
+macro_rules! rseq_abort_entry {
+    () => {
+        concat!(
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".inst 0xd428bc00\n",
+            "8:\n",
+        )
+    };
+}
+
 /// Ends the section at label 7 and restores x10 and x11; then, in
 /// `__rseq_failure`, the signature (`brk #0x45e0`, which traps if reached by
 /// mistake), the abort handler (label 8) and, with `cmpfail`, the
@@ -204,9 +217,7 @@ macro_rules! rseq_cs_leave {
         concat!(
             "7:\n",
             "ldp x10, x11, [sp], #16\n",
-            ".pushsection __rseq_failure, \"ax\"\n",
-            ".inst 0xd428bc00\n",
-            "8:\n",
+            rseq_abort_entry!(),
             "ldp x10, x11, [sp], #16\n",
             "b {abort}\n",
             ".popsection\n",
@@ -216,9 +227,7 @@ macro_rules! rseq_cs_leave {
         concat!(
             "7:\n",
             "ldp x10, x11, [sp], #16\n",
-            ".pushsection __rseq_failure, \"ax\"\n",
-            ".inst 0xd428bc00\n",
-            "8:\n",
+            rseq_abort_entry!(),
             "ldp x10, x11, [sp], #16\n",
             "b {abort}\n",
             "9:\n",
@@ -291,9 +300,7 @@ macro_rules! add_current_section {
             "add x11, x11, {count}\n",
             "str x11, [x10]\n",
             "7:\n",
-            ".pushsection __rseq_failure, \"ax\"\n",
-            ".inst 0xd428bc00\n",
-            "8:\n",
+            rseq_abort_entry!(),
             "b {abort}\n",
             ".popsection\n",
         )

@@ -420,10 +420,7 @@ macro_rules! add_current_section {
             "imul rax, {stride}\n",
             "add qword ptr [{base} + rax], {count}\n",
             "7:\n",
-            ".pushsection __rseq_failure, \"ax\"\n",
-            ".byte 0x0f, 0xb9, 0x3d\n",
-            ".long 0x53053053\n",
-            "8:\n",
+            rseq_abort_handler!(),
             "jmp {abort}\n",
             ".popsection\n",
         )
