@@ -14,16 +14,17 @@ pub fn install(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) {
     }
 }
 
-/// Sends `sig` to each of `workers` every `period` until all of them have
-/// finished, then joins them. Returns their results and the number of
-/// signals sent. The workers are joined only after the signalling stops, so
-/// no signal can reach a thread that is gone.
+/// Sends `sig` to each of `workers` every `period` (see [`period`] for the
+/// emulators) until all of them have finished, then joins them. Returns
+/// their results and the number of signals sent. The workers are joined only
+/// after the signalling stops, so no signal can reach a thread that is gone.
 pub fn signal_until_done<T>(
     workers: Vec<std::thread::JoinHandle<T>>,
     sig: libc::c_int,
     period: std::time::Duration,
 ) -> (Vec<T>, u64) {
     use std::os::unix::thread::JoinHandleExt;
+    let period = self::period(period);
     let mut sent = 0u64;
     while !workers.iter().all(|w| w.is_finished()) {
         for w in &workers {
@@ -37,4 +38,17 @@ pub fn signal_until_done<T>(
     }
     let results = workers.into_iter().map(|w| w.join().unwrap()).collect();
     (results, sent)
+}
+
+/// The time between signals for [`signal_until_done`]: `native`, or at
+/// least 1 ms where no thread has an rseq area, which in practice means an
+/// emulator. qemu-user (7.2) can livelock a thread that a signal reaches
+/// every few microseconds: the thread stops in the middle of its
+/// `rt_sigprocmask` and never returns (seen with `qemu-aarch64 -strace`).
+fn period(native: std::time::Duration) -> std::time::Duration {
+    if ktl::rseq::path() == ktl::rseq::Path::Locked {
+        native.max(std::time::Duration::from_millis(1))
+    } else {
+        native
+    }
 }
