@@ -179,15 +179,34 @@ pub const RSEQ_CPU_ID_REGISTRATION_FAILED: u32 = -2i32 as u32;
 /// `ud1 0x53053053(%rip),%edi` encodes it, so a stray jump to an abort handler
 /// traps.
 pub const RSEQ_SIG_X86: u32 = 0x5305_3053;
-/// The signature on aarch64: the encoding of `brk #0x45e0`, little-endian.
+/// The signature instruction on aarch64: the encoding of `brk #0x45e0`, which
+/// ktl places before every abort handler. The value to register is
+/// [`aarch64_signature`] of it.
 pub const RSEQ_SIG_AARCH64: u32 = 0xd428_bc00;
+
+/// The signature to register on aarch64, for the given data endianness.
+///
+/// The kernel compares the 32-bit *data* word before the abort handler with
+/// the registered signature. AArch64 instructions are little-endian in
+/// memory on every system, but on `aarch64_be` data is big-endian, so there
+/// the instruction [`RSEQ_SIG_AARCH64`] reads as `0x00bc28d4`, and that is
+/// the value to register (the kernel's ABI calls it `RSEQ_SIG_DATA`, as
+/// opposed to `RSEQ_SIG_CODE`).
+pub const fn aarch64_signature(big_endian: bool) -> u32 {
+    if big_endian {
+        RSEQ_SIG_AARCH64.swap_bytes()
+    } else {
+        RSEQ_SIG_AARCH64
+    }
+}
 
 /// The signature for the architecture ktl is compiled for.
 #[cfg(target_arch = "x86_64")]
 pub const RSEQ_SIG: u32 = RSEQ_SIG_X86;
-/// The signature for the architecture ktl is compiled for.
+/// The signature for the architecture ktl is compiled for: the word that the
+/// signature instruction reads as in this target's data endianness.
 #[cfg(target_arch = "aarch64")]
-pub const RSEQ_SIG: u32 = RSEQ_SIG_AARCH64;
+pub const RSEQ_SIG: u32 = aarch64_signature(cfg!(target_endian = "big"));
 
 /// The `rseq` system call number on x86_64.
 pub const SYS_RSEQ_X86_64: i64 = 334;
@@ -376,6 +395,18 @@ impl fmt::Display for Features {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Caught: on `aarch64_be`, ktl registered the instruction's value
+    /// (0xd428bc00) while the kernel reads the instruction's little-endian
+    /// bytes as a big-endian word, so the first abort killed the process.
+    /// Checked against e5be285, which had no big-endian value.
+    #[test]
+    fn aarch64_signature_is_the_word_the_kernel_reads() {
+        let bytes = RSEQ_SIG_AARCH64.to_le_bytes();
+        assert_eq!(aarch64_signature(false), u32::from_le_bytes(bytes));
+        assert_eq!(aarch64_signature(true), u32::from_be_bytes(bytes));
+        assert_eq!(aarch64_signature(true), 0x00bc_28d4);
+    }
 
     #[test]
     fn probe_classification() {

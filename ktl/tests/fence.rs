@@ -208,3 +208,145 @@ fn fence_cpu_aborts_a_running_sequence() {
 fn exclusive_stops_every_commit_on_its_value() {
     exclusive::stops_every_commit("exclusive_stops_every_commit_on_its_value");
 }
+
+/// The signals blocked in the calling thread, among 1 to 64.
+fn blocked_signals() -> Vec<i32> {
+    // SAFETY: sigset_t is plain data; pthread_sigmask with a null new set
+    // only writes the current mask into `set`, and sigismember reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set),
+            0
+        );
+        (1..=64)
+            .filter(|&s| libc::sigismember(&set, s) == 1)
+            .collect()
+    }
+}
+
+/// Whether `rseq::exclusive` can be taken here; says why not.
+fn can_take_exclusive(test: &str) -> bool {
+    let ok = rseq::path() == rseq::Path::Locked || fence::kind() == FenceKind::Rseq;
+    if !ok {
+        eprintln!("SKIPPED {test}: no rseq fence ({})", fence::kind());
+    }
+    ok
+}
+
+/// Caught: each `Exclusive` restored the signal mask it had found when it
+/// was taken, so guards dropped in the order they were taken (what dropping
+/// a `Vec<Exclusive>` does) unblocked signals while the second guard still
+/// held its gate, and then left every signal blocked for good. Failed on
+/// e5be285: after both drops, 59 signals stayed blocked.
+#[test]
+fn exclusive_guards_restore_the_signal_mask_in_any_order() {
+    const TEST: &str = "exclusive_guards_restore_the_signal_mask_in_any_order";
+    if !can_take_exclusive(TEST) {
+        return;
+    }
+    std::thread::spawn(|| {
+        let before = blocked_signals();
+        let cpus = allowed_cpus();
+        let (a, b) = (cpus[0] as u32, cpus[cpus.len() - 1] as u32);
+        for reverse in [false, true] {
+            let mut guards = vec![
+                rseq::exclusive(Index::CpuId, a).expect("exclusive a"),
+                rseq::exclusive(Index::CpuId, b).expect("exclusive b"),
+            ];
+            let held = blocked_signals();
+            assert!(held.len() > before.len(), "signals are blocked while held");
+            if reverse {
+                guards.reverse();
+            }
+            drop(guards.remove(0));
+            assert_eq!(
+                blocked_signals(),
+                held,
+                "signals stay blocked while a guard lives (reverse: {reverse})"
+            );
+            drop(guards);
+            assert_eq!(
+                blocked_signals(),
+                before,
+                "the mask is restored after the last guard (reverse: {reverse})"
+            );
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Caught: index values 4096 apart share a gate, and a thread that took
+/// exclusive access to both waited for itself forever. Failed on e5be285:
+/// the thread did not come back within 10 seconds. Also checks that the
+/// shared gate stays closed until the holder's last guard of it is dropped,
+/// whichever goes first, and opens then.
+#[test]
+fn values_that_share_a_gate_do_not_deadlock_their_holder() {
+    const TEST: &str = "values_that_share_a_gate_do_not_deadlock_their_holder";
+    if !can_take_exclusive(TEST) {
+        return;
+    }
+    let cpu = allowed_cpus()[0] as u32;
+    let sections = rseq::path() == rseq::Path::CriticalSections;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let first = rseq::exclusive(Index::CpuId, cpu).expect("exclusive");
+        let again = rseq::exclusive(Index::CpuId, cpu + 4096).expect("exclusive, same gate");
+        let mm = rseq::exclusive(Index::MmCid, cpu).expect("exclusive by mm_cid, same gate");
+        drop(first);
+        // With one guard of the gate still held, a section with the value
+        // on its CPU must not commit.
+        let commits = if sections {
+            std::thread::spawn(move || {
+                pin(cpu as usize);
+                let slot = AtomicI64::new(0);
+                for _ in 0..1000 {
+                    if let Some(s) = rseq::start(Index::CpuId) {
+                        if s.value() == cpu {
+                            // SAFETY: the slot is written only by rseq
+                            // operations indexed by CPU, of this thread.
+                            let _ = unsafe { rseq::add(s, slot.as_ptr(), 1) };
+                        }
+                    }
+                }
+                slot.load(Ordering::Relaxed)
+            })
+            .join()
+            .unwrap()
+        } else {
+            0
+        };
+        drop(mm);
+        drop(again);
+        tx.send(commits).unwrap();
+    });
+    let commits = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the holder of two values that share a gate came back");
+    assert_eq!(commits, 0, "a section committed while the gate was held");
+    // The gate is open again: another thread takes it, and a section on
+    // the CPU commits.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ok = rseq::exclusive(Index::CpuId, cpu + 4096).is_ok();
+        tx.send(ok).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the gate was opened")
+    );
+    if sections {
+        let committed = std::thread::spawn(move || {
+            pin(cpu as usize);
+            let slot = AtomicI64::new(0);
+            // SAFETY: as above.
+            let r = rseq::retry(Index::CpuId, |s| unsafe { rseq::add(s, slot.as_ptr(), 1) });
+            (r, slot.load(Ordering::Relaxed))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(committed, (Some(Ok(())), 1));
+    }
+}

@@ -108,9 +108,89 @@ fn operations_on_both_paths() {
     assert_eq!(total as u64, SECTIONS + 2 * FENCED, "no lost update");
 }
 
-fn run_child(expect_owner: &str) {
+/// Caught: once the process had registered for the rseq fence, a thread
+/// whose sandbox then refused `membarrier` (and `rseq`) took the fenced
+/// path with a fence that always failed, and the failure came back as an
+/// abort, so `rseq::retry`, `PerCpuStack::push` and `pop`, and `Pool::get`
+/// spun forever. Failed on e5be285: the new thread did not finish in 10
+/// seconds. Now the failure reaches `retry`'s caller, and the structures
+/// use their shared stores, exactly.
+fn child_fence_refused() {
+    use ktl::percpu::{PerCpuCounter, PerCpuStack, Pool};
+    use ktl::rseq::fence::{self, FenceError, FenceKind};
+    use ktl::rseq::{self, Failure, Index, Path};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    assert_eq!(ktl::layout().owner.to_string(), "ktl");
+    if fence::kind() != FenceKind::Rseq {
+        eprintln!(
+            "SKIPPED child_fence_refused: the fence is {}, so no thread takes the fenced path",
+            fence::kind()
+        );
+        return;
+    }
+    let stack = Arc::new(PerCpuStack::new());
+    stack.push(0u64);
+    let pool = Arc::new(Pool::new(|| 0u64));
+    drop(pool.get());
+    let counter = Arc::new(PerCpuCounter::new());
+    counter.add(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (s, p, c) = (stack.clone(), pool.clone(), counter.clone());
+    std::thread::spawn(move || {
+        // This thread only: its registration and its fences are refused.
+        for nr in [libc::SYS_rseq, libc::SYS_membarrier] {
+            let program =
+                seccomp::deny_syscall_program(nr, seccomp::SECCOMP_RET_ERRNO | libc::EPERM as u32);
+            // SAFETY: a valid program that outlives the call.
+            unsafe { seccomp::install(&program, false) }.expect("install the seccomp filter");
+        }
+        let slots: Vec<AtomicI64> = (0..4096).map(|_| AtomicI64::new(0)).collect();
+        let added = rseq::retry(Index::CpuId, |st| {
+            assert_eq!(st.path(), Path::Fenced);
+            // SAFETY: the slots are written only by rseq operations indexed
+            // by CPU, and CPU numbers are below 4096 here.
+            unsafe { rseq::add(st, slots[st.value() as usize].as_ptr(), 1) }
+        });
+        let stored: i64 = slots.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+        let held = rseq::exclusive(Index::CpuId, 0).map(drop);
+        for i in 1..=100u64 {
+            s.push(i);
+        }
+        let mut popped = Vec::new();
+        while let Some(v) = s.pop() {
+            popped.push(v);
+        }
+        for _ in 0..10 {
+            drop(p.get());
+        }
+        for _ in 0..1000 {
+            c.add(1);
+        }
+        tx.send((added, stored, held, popped)).unwrap();
+    });
+    let (added, stored, held, mut popped) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the sandboxed thread finished");
+    let refused = FenceError::Failed(libc::EPERM);
+    assert_eq!(added, Some(Err(Failure::Fence(refused))));
+    assert_eq!(stored, 0, "the failed operation stored nothing");
+    assert_eq!(held, Err(refused));
+    popped.sort_unstable();
+    assert_eq!(
+        popped,
+        (1..=100).collect::<Vec<_>>(),
+        "the shared store kept every value"
+    );
+    assert_eq!(counter.sum(), 1001);
+    // The first value is still on the main thread's CPU list.
+    let mut stack = Arc::try_unwrap(stack).unwrap_or_else(|_| panic!("the stack is shared"));
+    assert_eq!(stack.drain(), vec![0]);
+}
+
+fn run_child(test: &str, expect_owner: &str) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, expect_owner)
         .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
     let out = cmd.output().unwrap();
@@ -131,6 +211,14 @@ fn child_entry() {
     }
 }
 
+/// Runs [`child_fence_refused`] only when re-executed by the test below.
+#[test]
+fn child_fence_refused_entry() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        child_fence_refused();
+    }
+}
+
 #[test]
 fn ktl_owned_later_threads_fall_back() {
     let syscall = ktl::layout().kernel.syscall;
@@ -143,5 +231,18 @@ fn ktl_owned_later_threads_fall_back() {
         );
         return;
     }
-    run_child("ktl");
+    run_child("child_entry", "ktl");
+}
+
+#[test]
+fn a_thread_whose_fence_is_refused_falls_back() {
+    let syscall = ktl::layout().kernel.syscall;
+    if syscall != SyscallStatus::Available {
+        eprintln!(
+            "SKIPPED a_thread_whose_fence_is_refused_falls_back: \
+             the rseq system call is {syscall}, so ktl cannot own the areas"
+        );
+        return;
+    }
+    run_child("child_fence_refused_entry", "ktl");
 }

@@ -163,6 +163,134 @@ fn child_add_current_refuses_released_threads() {
     }
 }
 
+/// Caught: the sections compared only the index field, and unregistering an
+/// area makes the kernel write `cpu_id = -1` and `mm_cid = 0`, so a start
+/// taken with `mm_cid` 0 before `release_current_thread` passed the compare
+/// and committed with no kernel protection (in a pop, one node handed to two
+/// threads). Failed on e5be285: `add` returned `Ok(())` and stored. Every
+/// operation that takes a `Start` must abort and store nothing.
+#[test]
+fn child_a_start_taken_before_the_release_commits_nothing() {
+    if !in_child() {
+        return;
+    }
+    if !ktl::layout().features.contains(ktl::abi::Features::MM_CID) {
+        eprintln!("SKIPPED child_a_start_taken_before_the_release_commits_nothing: no mm_cid");
+        return;
+    }
+    std::thread::spawn(|| {
+        affinity::pin(allowed_cpus()[0]);
+        // The value the kernel leaves in a released area's mm_cid. Alone on
+        // its CPU, the thread gets it at once; wait a little for it if a
+        // sibling thread held it.
+        let start = (0..10_000)
+            .find_map(|_| {
+                let s = rseq::start(Index::MmCid).expect("a start");
+                if s.value() != 0 {
+                    std::thread::yield_now();
+                }
+                (s.value() == 0).then_some(s)
+            })
+            .expect("a start with mm_cid 0");
+        assert_eq!(start.path(), Path::CriticalSections);
+        ktl::area::release_current_thread().expect("release the area");
+
+        let word = AtomicI64::new(0);
+        let second = AtomicI64::new(0);
+        let v = word.as_ptr();
+        let v2 = second.as_ptr();
+        // A one-node list for the pop, and a pointer for the deref-add.
+        let mut node = [0usize; 2];
+        let node_ptr = node.as_mut_ptr().cast::<u8>();
+        let mut head: *mut u8 = node_ptr;
+        let mut target = word.as_ptr().cast::<u8>();
+        let mut dst = [0u8; 16];
+        let src = [7u8; 16];
+        // SAFETY (each call): every location is a live local of this
+        // thread, aligned, and written by nothing else.
+        let results = unsafe {
+            [
+                ("add", rseq::add(start, v, 1)),
+                ("cmpeqv_storev", rseq::cmpeqv_storev(start, v, 0, 5)),
+                (
+                    "cmpnev_storeoffp_load",
+                    rseq::cmpnev_storeoffp_load(start, &mut head, core::ptr::null_mut(), 0)
+                        .map(drop),
+                ),
+                (
+                    "offset_deref_addv",
+                    rseq::offset_deref_addv(start, &mut target, 0, 1),
+                ),
+                (
+                    "cmpeqv_cmpeqv_storev",
+                    rseq::cmpeqv_cmpeqv_storev(start, v, 0, v2, 0, 5),
+                ),
+                (
+                    "cmpeqv_trystorev_storev",
+                    rseq::cmpeqv_trystorev_storev(start, v, 0, v2, 9, 5, Commit::Relaxed),
+                ),
+                (
+                    "cmpeqv_trymemcpy_storev",
+                    rseq::cmpeqv_trymemcpy_storev(
+                        start,
+                        v,
+                        0,
+                        dst.as_mut_ptr(),
+                        &src,
+                        5,
+                        Commit::Release,
+                    ),
+                ),
+            ]
+        };
+        for (name, result) in results {
+            assert_eq!(result, Err(Failure::Aborted), "{name} with a released area");
+        }
+        assert_eq!(word.load(Ordering::Relaxed), 0, "nothing committed");
+        assert_eq!(second.load(Ordering::Relaxed), 0, "no speculative store");
+        assert_eq!(head, node_ptr, "nothing popped");
+        assert_eq!(dst, [0; 16], "nothing copied");
+        // A fresh start takes the fallback, which commits.
+        let done = rseq::retry(Index::MmCid, |s| {
+            assert_eq!(s.path(), Path::Fenced);
+            // SAFETY: as above.
+            unsafe { rseq::add(s, v, 1) }
+        });
+        assert_eq!(done, Some(Ok(())));
+        assert_eq!(word.load(Ordering::Relaxed), 1);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Caught: `add_current` zero-extended the index field, so a released
+/// area's `cpu_id` (-1) passed the bound check of an array longer than
+/// 0xFFFF_FFFE words, and the add committed with no kernel protection.
+/// Failed on e5be285: it returned `true`. With a stride of 0 every index
+/// addresses the one word, so the call is sound whatever `len` is.
+#[test]
+fn child_add_current_refuses_a_released_area_whatever_the_length() {
+    if !in_child() {
+        return;
+    }
+    std::thread::spawn(|| {
+        ktl::area::release_current_thread().expect("release the area");
+        let word = AtomicI64::new(0);
+        let base = word.as_ptr().cast::<u8>();
+        for len in [0xFFFF_FFFF, 0x1_0000_0000, usize::MAX] {
+            for index in [Index::CpuId, Index::MmCid] {
+                // SAFETY: with stride 0, every index below `len` addresses
+                // `word`, a live, aligned i64 written only by this call.
+                let done = unsafe { rseq::add_current(index, base, 0, len, 1) };
+                assert!(!done, "{index:?}, len {len:#x}: added with no area");
+            }
+        }
+        assert_eq!(word.load(Ordering::Relaxed), 0);
+    })
+    .join()
+    .unwrap();
+}
+
 /// Bytes per buffer item: wide enough that a section's copy takes a while.
 const ITEM: usize = 64;
 
@@ -246,6 +374,7 @@ impl Buffers {
                 Ok(popped) => return popped,
                 Err(Failure::CompareFailed) => continue,
                 Err(Failure::Aborted) => unreachable!("retry absorbs aborts"),
+                Err(e @ Failure::Fence(_)) => panic!("{e}"),
             }
         }
     }
@@ -425,7 +554,7 @@ fn the_scenarios_pass_in_a_process_owned_by_ktl() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the copy failed:\n{text}");
-    assert!(text.contains("test result: ok. 5 passed"), "{text}");
+    assert!(text.contains("test result: ok. 7 passed"), "{text}");
 }
 
 #[test]

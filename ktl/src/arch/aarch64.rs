@@ -132,19 +132,25 @@ pub(crate) unsafe fn rdpid() -> u64 {
 // exit live in `__rseq_failure`,
 // which the linker may place more than the 1 MiB that a conditional branch
 // reaches (`b.cond`, `cbz`) from the section in a large binary; so the
-// section branches over an unconditional `b` (128 MiB) instead.
-// `rseq_add_current` declares x10 and x11 as clobbers (discarded outputs,
-// which `label` operands allow) instead of saving them, and its conditional
-// branches go straight to the caller's labels in the same function.
+// section branches over an unconditional `b` (128 MiB) instead. In a text
+// larger than that, the linker reaches the target through a veneer, which
+// may clobber the intra-procedure-call registers x16 and x17: every block
+// declares them clobbered (discarded outputs, which `label` operands allow),
+// so the compiler keeps no input or live value in them.
+// `rseq_add_current` declares x10 and x11 as clobbers too, instead of saving
+// them, and its conditional branches go straight to the caller's labels in
+// the same function.
 
 /// Saves the scratch registers x10 and x11 on the stack, stores the
 /// descriptor's address into the area's `rseq_cs` (the area's address is in
 /// x0), and enters the section at label 6, whose first instructions compare
 /// the index field with `value` (in w1), leaving for the abort handler if it
-/// changed, then leave the same way if the index value's gate (at x13) is
-/// closed: a thread without an area holds it (see
-/// `rseq::locked`). The gate is read with a load-acquire, so the section sees
-/// what the gate's last holder wrote before it opened the gate.
+/// changed; then leave the same way if `cpu_id` is negative (the area is no
+/// longer registered: see the x86_64 back end for why `mm_cid` needs this);
+/// then if the index value's gate (at x13) is closed: a thread without an
+/// area holds it (see `rseq::locked`). The gate is read with a load-acquire,
+/// so the section sees what the gate's last holder wrote before it opened
+/// the gate.
 macro_rules! rseq_cs_enter {
     () => {
         concat!(
@@ -158,6 +164,10 @@ macro_rules! rseq_cs_enter {
             "b.eq 26f\n",
             "b 8f\n",
             "26:\n",
+            "ldr w10, [x0, #4]\n",
+            "tbz w10, #31, 24f\n",
+            "b 8f\n",
+            "24:\n",
             "ldar w10, [x13]\n",
             "cbz w10, 27f\n",
             "b 8f\n",
@@ -273,6 +283,8 @@ pub(crate) unsafe fn rseq_add(
             in("w1") value,
             in("x2") v,
             in("x3") count,
+            out("x16") _,
+            out("x17") _,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
         );
     }
@@ -291,7 +303,7 @@ macro_rules! add_current_section {
             "str x10, [x0, #8]\n",
             "6:\n",
             rseq_delay_inside!(),
-            "ldr w10, [x0, #{field}]\n",
+            "ldrsw x10, [x0, #{field}]\n",
             $check,
             "cmp x10, {len}\n",
             "b.hs {other}\n",
@@ -309,8 +321,9 @@ macro_rules! add_current_section {
 
 /// Adds `count` to the `i64` at `base + i * stride`, where `i` is the index
 /// field at byte `FIELD` of the area at `area`, read inside the section (see
-/// the x86_64 back end for the exits). x10 and x11 are clobbers, so nothing
-/// is saved on the stack.
+/// the x86_64 back end for the exits; the field is loaded sign-extended,
+/// with `ldrsw`, so a negative one fails the unsigned bound check whatever
+/// `len` is). x10 and x11 are clobbers, so nothing is saved on the stack.
 ///
 /// # Safety
 /// As for the x86_64 version.
@@ -338,6 +351,8 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
                 count = in(reg) count,
                 out("x10") _,
                 out("x11") _,
+                out("x16") _,
+                out("x17") _,
                 abort = label { return Err(Exit::Aborted) },
                 other = label { return Err(Exit::Other) },
             )
@@ -397,6 +412,8 @@ pub(crate) unsafe fn rseq_cmpeqv_storev(
             in("x2") v,
             in("x3") expect,
             in("x4") newv,
+            out("x16") _,
+            out("x17") _,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
             cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
         );
@@ -447,6 +464,8 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
             in("x3") expectnot,
             in("x4") voffp,
             in("x5") load,
+            out("x16") _,
+            out("x17") _,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
             cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
         );
@@ -489,6 +508,8 @@ pub(crate) unsafe fn rseq_offset_deref_addv(
             in("x2") ptr,
             in("x3") off,
             in("x4") inc,
+            out("x16") _,
+            out("x17") _,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
         );
     }
@@ -540,6 +561,8 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
             in("x4") v2,
             in("x5") expect2,
             in("x6") newv,
+            out("x16") _,
+            out("x17") _,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
             cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
         );
@@ -594,6 +617,8 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
             in("x4") v2,
             in("x5") newv2,
             in("x6") newv,
+            out("x16") _,
+            out("x17") _,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
             cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
         );
@@ -658,6 +683,8 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
             in("x5") src,
             in("x6") len,
             in("x7") newv,
+            out("x16") _,
+            out("x17") _,
             abort = label { return Err(crate::rseq::Failure::Aborted) },
             cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
         );

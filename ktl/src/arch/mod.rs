@@ -201,6 +201,38 @@ mod tests {
         assert_eq!(dead_other, RSEQ_CPU_ID_UNINITIALIZED);
     }
 
+    /// What the kernel checks before it jumps to an abort handler: the
+    /// 32-bit word before it, read in the data endianness, must be the
+    /// registered signature. Read from every descriptor the linker kept.
+    #[test]
+    fn every_abort_handler_follows_the_registered_signature() {
+        unsafe extern "C" {
+            #[link_name = "__start___rseq_cs_ptr_array"]
+            static START: [*const crate::abi::RseqCs; 0];
+            #[link_name = "__stop___rseq_cs_ptr_array"]
+            static STOP: [*const crate::abi::RseqCs; 0];
+        }
+        // The linker defines both symbols at the bounds of the section, an
+        // array of pointers to descriptors.
+        let start = (&raw const START).cast::<*const crate::abi::RseqCs>();
+        let stop = (&raw const STOP).cast::<*const crate::abi::RseqCs>();
+        // SAFETY: both bound one array (the section).
+        let n = unsafe { stop.offset_from(start) };
+        assert!(n > 0, "no descriptor in this binary");
+        for i in 0..n as usize {
+            // SAFETY: `i` is inside the array; each entry points to a
+            // descriptor in `__rseq_cs`, and each descriptor's abort handler
+            // follows 4 signature bytes in `__rseq_failure`, mapped
+            // readable with the text.
+            let word = unsafe {
+                let cs = *start.add(i);
+                let abort = (*cs).abort_ip as usize;
+                core::ptr::read_unaligned((abort - 4) as *const u32)
+            };
+            assert_eq!(word, crate::abi::RSEQ_SIG, "descriptor {i}");
+        }
+    }
+
     #[test]
     fn tp_load_reads_the_thread_pointer_relative_address() {
         use core::sync::atomic::{AtomicU32, Ordering};

@@ -285,11 +285,19 @@ pub(crate) unsafe fn rdpid() -> u64 {
 
 /// Stores the descriptor's address into the area's `rseq_cs` and enters the
 /// section at label 6, whose first instructions compare the index field
-/// with `value` (in `%edx`), leaving for the abort handler if it changed,
-/// then leave the same way if the index value's gate (the `{gate}` operand)
-/// is closed: a thread without an area holds it (see `rseq::locked`). On
-/// x86_64 the gate's plain load is an acquire load. The area's offset is in
-/// `%rdi`.
+/// with `value` (in `%edx`), leaving for the abort handler if it changed;
+/// then leave the same way if `cpu_id` is negative, that is if the area is
+/// no longer registered; then if the index value's gate (the `{gate}`
+/// operand) is closed: a thread without an area holds it (see
+/// `rseq::locked`). On x86_64 the gate's plain load is an acquire load. The
+/// area's offset is in `%rdi`.
+///
+/// The `cpu_id` test matters for `mm_cid`: unregistering an area makes the
+/// kernel write `cpu_id = -1` and `mm_cid = 0`, so a start taken with
+/// `mm_cid` 0 before the area was released would pass the index compare and
+/// commit unprotected. For `cpu_id` itself the compare already fails (no
+/// start has the value -1), and the test costs one load from the line the
+/// compare has just read.
 ///
 /// An `asm!` with `label` operands may have no outputs, so it gets no scratch
 /// register from the compiler. Instead `%rax` is an input holding 0: the
@@ -310,6 +318,8 @@ macro_rules! rseq_cs_enter {
             "xor eax, eax\n",
             "cmp dword ptr fs:[rdi + {field}], edx\n",
             "jne 8f\n",
+            "cmp dword ptr fs:[rdi + 4], 0\n",
+            "jl 8f\n",
             "cmp dword ptr [{gate}], 0\n",
             "jne 8f\n",
             rseq_delay_inside!(),
@@ -413,7 +423,7 @@ macro_rules! add_current_section {
             "mov qword ptr fs:[rdi + 8], rax\n",
             "6:\n",
             rseq_delay_inside!(),
-            "mov eax, dword ptr fs:[rdi + {field}]\n",
+            "movsxd rax, dword ptr fs:[rdi + {field}]\n",
             $check,
             "cmp rax, {len}\n",
             "jae {other}\n",
@@ -436,7 +446,9 @@ macro_rules! add_current_section {
 /// Leaves through `Err(Exit::Aborted)` on an abort, and through
 /// `Err(Exit::Other)`, having written nothing but `rseq_cs`, when `i` is not
 /// below `len`, which includes an area that is not registered (its
-/// `cpu_id` is negative). For `mm_cid` (`FIELD` is not `cpu_id`'s offset)
+/// `cpu_id` is negative): the field is loaded sign-extended (`movsxd`), so
+/// a negative value is above every `len` in the unsigned compare, even
+/// `usize::MAX`. For `mm_cid` (`FIELD` is not `cpu_id`'s offset)
 /// the section also checks that `cpu_id` is not negative, since an
 /// unregistered area's `mm_cid` is 0. The slot's address is only formed for
 /// `i < len`. There is no gate check: the words of this operation are never

@@ -190,7 +190,9 @@ impl<T> Heads<T> {
             match self.pop_with(s) {
                 Ok(node) => return Ok(node),
                 Err(Failure::CompareFailed) => return Ok(None),
-                Err(Failure::Aborted) => {}
+                // An abort, or a fallback whose fence failed: the slow path
+                // retries the first and reports the second.
+                Err(Failure::Aborted | Failure::Fence(_)) => {}
             }
         }
         self.pop_slow()

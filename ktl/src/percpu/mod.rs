@@ -146,13 +146,20 @@ impl<T> PerCpu<T> {
     /// slot 0's value, the stride between slots, and the number of slots.
     /// Slot `i`'s value is at `base + i * stride` for every `i < len`, since
     /// each value sits at the same offset in its `CachePadded`.
-    /// (There is always a slot 0; without one, `base` would be null and
-    /// `len` 0, which no operation addresses.)
+    ///
+    /// `base` is derived from the array's own pointer, so that it may
+    /// address every slot: a pointer derived from a reference to slot 0
+    /// would be valid for slot 0 alone. (There is always a slot 0; without
+    /// one, `base` would be the array's dangling pointer and `len` 0, which
+    /// no operation addresses.)
     #[inline(always)]
     pub(crate) fn raw_slots(&self) -> (*mut u8, usize, usize) {
-        let base = self.slots.first().map_or(core::ptr::null_mut(), |first| {
-            core::ptr::from_ref::<T>(first).cast_mut().cast()
+        let array = self.slots.as_ptr();
+        // Where a value sits in its `CachePadded`, measured on slot 0.
+        let offset = self.slots.first().map_or(0, |first| {
+            core::ptr::from_ref::<T>(first) as usize - core::ptr::from_ref(first) as usize
         });
+        let base = array.cast::<u8>().wrapping_add(offset).cast_mut();
         (base, size_of::<CachePadded<T>>(), self.slots.len())
     }
 

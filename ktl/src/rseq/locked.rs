@@ -30,14 +30,23 @@
 //! The fenced case costs a system call per operation: it exists so that
 //! every thread of a process can run the operations, not for speed.
 //!
-//! Each operation blocks signals while it holds a gate, so a signal handler
-//! may run operations too: it cannot interrupt the thread while the thread
-//! holds a gate the handler would wait for. A `fork` child starts with every
-//! gate open: a gate held at the fork belonged to another thread, which the
-//! child does not have.
+//! A closed gate holds its holder's thread number, and the holder may take
+//! it again (two index values that share a gate, or an operation under its
+//! own [`Exclusive`]); it opens when the holder's last guard of it is
+//! dropped. Signals are blocked from a thread's first guard to its last, so
+//! a signal handler may run operations too: it cannot interrupt the thread
+//! while the thread holds a gate the handler would wait for. A `fork` child
+//! starts with every gate open but those the forking thread held: the
+//! others belonged to threads the child does not have.
+//!
+//! If the fence fails (a seccomp filter installed in this thread after the
+//! process registered for it), the operation gives the gate back and fails
+//! with [`Failure::Fence`], which [`retry`](super::retry) returns: it is not
+//! an abort, and retrying would only fail again.
 
 use super::fence::{self, FenceError};
 use super::{Commit, Failure, Index};
+use core::cell::Cell;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Once;
 
@@ -48,11 +57,24 @@ const GATES: usize = 4096;
 
 /// One gate, alone on its cache line.
 #[repr(align(64))]
-struct Gate(AtomicU32);
+struct Gate {
+    /// 0 when open; while closed, the holding thread's number
+    /// ([`thread_number`]). The critical sections test it for 0.
+    word: AtomicU32,
+    /// How many more times the holder has taken the gate while holding it:
+    /// index values that share a gate, or an operation of the thread that
+    /// holds [`Exclusive`] for the value. Only the holder touches it.
+    again: AtomicU32,
+}
 
 /// The gates, in zero-initialized memory: only the pages of the gates in
 /// use are ever touched.
-static GATE: [Gate; GATES] = [const { Gate(AtomicU32::new(0)) }; GATES];
+static GATE: [Gate; GATES] = [const {
+    Gate {
+        word: AtomicU32::new(0),
+        again: AtomicU32::new(0),
+    }
+}; GATES];
 
 /// The highest gate number ever closed, so that a `fork` child opens only
 /// those it may find closed.
@@ -62,18 +84,86 @@ static HIGHEST: AtomicUsize = AtomicUsize::new(0);
 /// aligned `u32` for the life of the process.
 #[inline(always)]
 pub(super) fn gate(value: u32) -> *const u32 {
-    GATE[value as usize % GATES].0.as_ptr()
+    GATE[value as usize % GATES].word.as_ptr()
 }
 
-/// Opens every gate that may be closed; runs in a `fork` child, where only
-/// the forking thread exists, and it held no gate (signals are blocked
-/// while a gate is held, and `fork` is not called while holding one).
+/// Opens every gate that may be closed, but those the forking thread holds;
+/// runs in a `fork` child, where only the forking thread exists. A gate
+/// another thread held belonged to a thread the child does not have; the
+/// forking thread's own guards (an [`Exclusive`] it held across the fork)
+/// still live in the child and open theirs when dropped.
 extern "C" fn open_all_in_child() {
+    let me = thread_number();
     let highest = HIGHEST.load(Ordering::Relaxed);
     for g in &GATE[..=highest.min(GATES - 1)] {
-        if g.0.load(Ordering::Relaxed) != 0 {
-            g.0.store(0, Ordering::Relaxed);
+        let word = g.word.load(Ordering::Relaxed);
+        if word != 0 && word != me {
+            g.again.store(0, Ordering::Relaxed);
+            g.word.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+/// The next thread number to hand out.
+static NEXT_NUMBER: AtomicU32 = AtomicU32::new(1);
+
+thread_local! {
+    /// This thread's number, 0 until it first takes a gate.
+    static NUMBER: Cell<u32> = const { Cell::new(0) };
+    /// How many guards this thread holds; signals are blocked while it is
+    /// not 0.
+    static BLOCKED: Cell<u32> = const { Cell::new(0) };
+    /// The signal mask to restore when the last guard is dropped.
+    // SAFETY: an all-zero sigset_t is a valid (empty) set.
+    static SAVED_MASK: Cell<libc::sigset_t> = const { Cell::new(unsafe { core::mem::zeroed() }) };
+}
+
+/// The calling thread's number for the gates: not 0, and distinct between
+/// the threads of the process (numbers are not reused; they would repeat
+/// only after 2^32 - 1 threads).
+fn thread_number() -> u32 {
+    NUMBER.with(|n| {
+        if n.get() == 0 {
+            let mut next = NEXT_NUMBER.fetch_add(1, Ordering::Relaxed);
+            if next == 0 {
+                next = NEXT_NUMBER.fetch_add(1, Ordering::Relaxed);
+            }
+            n.set(next);
+        }
+        n.get()
+    })
+}
+
+/// Blocks every signal in the calling thread for the first guard it takes;
+/// a nested guard finds them blocked already.
+fn block_signals() {
+    let depth = BLOCKED.with(Cell::get);
+    if depth == 0 {
+        // SAFETY: sigset_t is plain data; sigfillset initializes it, and
+        // pthread_sigmask only reads `all` and writes `old`.
+        let old = unsafe {
+            let mut all: libc::sigset_t = core::mem::zeroed();
+            let mut old: libc::sigset_t = core::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            old
+        };
+        // Signals are blocked from here on, so no handler of this thread
+        // runs between these updates.
+        SAVED_MASK.with(|m| m.set(old));
+    }
+    BLOCKED.with(|b| b.set(depth + 1));
+}
+
+/// Undoes one [`block_signals`]: the last one restores the mask the first
+/// one saved, whatever order the guards are dropped in.
+fn unblock_signals() {
+    let depth = BLOCKED.with(Cell::get).saturating_sub(1);
+    BLOCKED.with(|b| b.set(depth));
+    if depth == 0 {
+        let old = SAVED_MASK.with(Cell::get);
+        // SAFETY: restores the mask saved by the first `block_signals`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
     }
 }
 
@@ -90,50 +180,59 @@ pub(super) struct Key {
 }
 
 /// Holds the gate of one index value, with signals blocked, until dropped.
+///
+/// A thread may hold several guards, in any order: the gates are
+/// re-entrant for their holder (two index values may share one), and
+/// signals stay blocked until the thread's last guard is dropped.
 struct Guard {
-    gate: &'static AtomicU32,
-    old_mask: libc::sigset_t,
+    gate: &'static Gate,
 }
 
 impl Guard {
-    /// Closes `key`'s gate, and for a fenced key runs the fence.
+    /// Closes `key`'s gate, or takes it again if this thread holds it, and
+    /// for a fenced key runs the fence.
     ///
-    /// Returns the fence's error, with the gate open again, if the fence
-    /// fails; the kernel accepts the fence once the process has registered
-    /// for it, so that is not expected.
+    /// Returns the fence's error, having given the gate back, if the fence
+    /// fails: the process registered for the fence, so that happens only
+    /// when something refuses the system call, such as a seccomp filter
+    /// installed in this thread after the registration.
     fn acquire(key: Key) -> Result<Guard, FenceError> {
         static AT_FORK: Once = Once::new();
         AT_FORK.call_once(|| {
-            // SAFETY: registers a child handler that only touches the gates.
-            // If registration fails (ENOMEM), a fork child may inherit a
-            // closed gate, as with any lock held across fork.
+            // SAFETY: registers a child handler that only touches the gates
+            // and this thread's number. If registration fails (ENOMEM), a
+            // fork child may inherit a closed gate, as with any lock held
+            // across fork.
             unsafe { libc::pthread_atfork(None, None, Some(open_all_in_child)) };
         });
         let n = key.value as usize % GATES;
         HIGHEST.fetch_max(n, Ordering::Relaxed);
-        let gate = &GATE[n].0;
-        // SAFETY: sigset_t is plain data; sigfillset initializes it, and
-        // pthread_sigmask only reads `all` and writes `old_mask`.
-        let old_mask = unsafe {
-            let mut all: libc::sigset_t = core::mem::zeroed();
-            let mut old: libc::sigset_t = core::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            old
-        };
-        let mut spins = 0u32;
-        while gate
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                std::thread::yield_now();
-            } else {
-                core::hint::spin_loop();
+        let gate = &GATE[n];
+        let me = thread_number();
+        block_signals();
+        // Only this thread stores its own number into a gate, and only it
+        // opens a gate holding it, so the load cannot race with a change to
+        // or from `me`.
+        if gate.word.load(Ordering::Relaxed) == me {
+            gate.again.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let mut spins = 0u32;
+            while gate
+                .word
+                .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                spins += 1;
+                if spins.is_multiple_of(64) {
+                    std::thread::yield_now();
+                } else {
+                    core::hint::spin_loop();
+                }
             }
         }
-        let guard = Guard { gate, old_mask };
+        let guard = Guard { gate };
+        // A gate taken again is fenced again: the first holder fenced the
+        // CPU of its own value, which may not be this one's.
         if key.fenced {
             match key.index {
                 Index::CpuId => fence::fence_cpu(key.value).or_else(|_| fence::fence_all()),
@@ -146,9 +245,14 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.gate.store(0, Ordering::Release);
-        // SAFETY: restores the mask saved in `acquire`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, core::ptr::null_mut()) };
+        // Whichever of this thread's guards of the gate is dropped first,
+        // the last one opens it.
+        if self.gate.again.load(Ordering::Relaxed) > 0 {
+            self.gate.again.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.gate.word.store(0, Ordering::Release);
+        }
+        unblock_signals();
     }
 }
 
@@ -210,7 +314,7 @@ unsafe fn word<'a>(p: *mut i64) -> &'a AtomicI64 {
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn add(key: Key, v: *mut i64, count: i64) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     w.store(
@@ -232,7 +336,7 @@ pub(super) unsafe fn cmpeqv_storev(
     expect: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     if w.load(Ordering::Relaxed) != expect {
@@ -254,7 +358,7 @@ pub(super) unsafe fn cmpnev_storeoffp_load(
     expectnot: *mut u8,
     next_offset: isize,
 ) -> Result<*mut u8, Failure> {
-    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
     // SAFETY: the operation's contract: `head` is a valid, aligned pointer
     // slot, and a node on the list is valid for a pointer read at
     // `next_offset`.
@@ -283,7 +387,7 @@ pub(super) unsafe fn offset_deref_addv(
     offset: isize,
     inc: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
     // SAFETY: the operation's contract.
     unsafe {
         let base = AtomicPtr::from_ptr(ptr).load(Ordering::Relaxed);
@@ -310,7 +414,7 @@ pub(super) unsafe fn cmpeqv_cmpeqv_storev(
     expect2: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -346,7 +450,7 @@ pub(super) unsafe fn cmpeqv_trystorev_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -374,7 +478,7 @@ pub(super) unsafe fn cmpeqv_trymemcpy_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(|_| Failure::Aborted)?;
+    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
     // SAFETY: the operation's contract: `dst` is valid for `src.len()` bytes
     // of writes that nothing else accesses until the commit publishes them.
     unsafe {

@@ -91,18 +91,37 @@ pub enum Failure {
     Aborted,
     /// The operation's compare did not match; nothing was stored.
     CompareFailed,
+    /// The operation ran on the [fenced fallback](self#the-fallback), and
+    /// its membarrier fence failed with this error, so it could not exclude
+    /// the other threads' critical sections: nothing was stored. This is
+    /// not an abort, and [`retry`] returns it: the cause (for example a
+    /// seccomp filter that refuses `membarrier` in this thread) usually
+    /// lasts, so the caller should use its own fallback, as the per-CPU
+    /// structures do (their shared stores).
+    Fence(fence::FenceError),
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Failure::Aborted => "the restartable sequence was aborted",
-            Failure::CompareFailed => "the compare failed; nothing was stored",
-        })
+        match self {
+            Failure::Aborted => f.write_str("the restartable sequence was aborted"),
+            Failure::CompareFailed => f.write_str("the compare failed; nothing was stored"),
+            Failure::Fence(e) => write!(
+                f,
+                "the fenced fallback could not fence the other threads' sections ({e}); nothing was stored"
+            ),
+        }
     }
 }
 
-impl std::error::Error for Failure {}
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failure::Fence(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The start of an operation: the index value read, and the area it was
 /// read from.
@@ -679,8 +698,13 @@ pub unsafe fn cmpeqv_trymemcpy_storev(
 /// signal handler cannot run into the held value; the guard cannot be sent
 /// to another thread.
 ///
-/// Do not run an operation with the held value in the holding thread: it
-/// would wait for the guard forever, like locking a mutex twice.
+/// A thread may hold several guards at once, for any values, and drop them
+/// in any order: signals stay blocked until it drops the last one. In a
+/// thread without a live area, operations with a held value run (the gate
+/// is the thread's own); in a thread with one, an operation with a held
+/// value, or one that shares its gate (values equal modulo 4096), aborts
+/// for as long as the guard lives, so [`retry`] would never return: do not
+/// run one there.
 ///
 /// # Errors
 ///
