@@ -303,12 +303,25 @@ impl Drop for RawThread {
 /// # Safety
 ///
 /// `entry` runs without a C-library or Rust thread: it must not use
-/// thread-local storage (including ktl's accessors that register areas,
-/// `std::thread`, `println!`, panics and allocation through them), `errno`
-/// or C-library thread functions. It may read the area
-/// ([`crate::cpu::cpu_id_at`] with `offset`), run [`crate::rseq`]
-/// operations on a registered area, touch atomics and make raw system
-/// calls ([`register_raw_thread`]).
+/// thread-local storage (`std::thread`, `println!`, panics and allocation
+/// through them), `errno` (so no C-library call that may set it) or
+/// C-library thread functions. Of ktl it may call exactly these:
+///
+/// - [`crate::cpu::cpu_id_at`], [`crate::cpu::node_id_at`] and
+///   [`crate::cpu::mm_cid_at`] with `layout.offset`;
+/// - [`register_raw_thread`], [`raw_rseq`] and [`thread_pointer`];
+/// - while its area is registered (`cpu_id_at(layout.offset)` is not
+///   negative: the kernel registered it with [`Registration::Kernel`], or
+///   `register_raw_thread` returned 0), [`crate::rseq::start`] and the seven
+///   operations that take its [`Start`](crate::rseq::Start), starting again
+///   itself after `Err(Failure::Aborted)`.
+///
+/// Nothing else: [`crate::rseq::retry`], [`crate::rseq::add_current`],
+/// [`crate::rseq::exclusive`], the fences, the per-CPU structures, the
+/// accessors without `_at`, and a `start` on an unregistered area all reach
+/// code that uses thread-local storage or `errno` (abort counts, the
+/// thread's registration, the fallbacks' signal mask). The raw-thread test
+/// runs exactly the list above.
 ///
 /// # Errors
 ///
