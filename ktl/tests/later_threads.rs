@@ -167,6 +167,9 @@ fn child_fence_refused() {
         for _ in 0..1000 {
             c.add(1);
         }
+        // Give the structures back before reporting, so that the main
+        // thread holds the only reference once it has the report.
+        drop((s, p, c));
         tx.send((added, stored, held, popped)).unwrap();
     });
     let (added, stored, held, mut popped) = rx
