@@ -26,6 +26,7 @@ pub struct Report {
     pub kernel: Kernel,
     pub libc: Libc,
     pub owner: OwnerReport,
+    pub object: ObjectReport,
     pub area: Area,
     pub thread: Thread,
     /// Names of the fallbacks in use in the calling thread (empty when every
@@ -79,6 +80,18 @@ pub struct OwnerReport {
     pub reason: String,
     /// The errno behind an `unavailable` owner, if any.
     pub errno: Option<i32>,
+}
+
+/// Whether the object that holds ktl stays mapped (`ktl::pin`).
+#[derive(Serialize, Debug)]
+pub struct ObjectReport {
+    /// `"executable"`, `"static"`, `"never-unloaded"`, `"pinned"`,
+    /// `"no-object"` or `"refused"`.
+    pub pinning: &'static str,
+    /// Whether it stays mapped whatever the program does.
+    pub permanent: bool,
+    /// The same in words.
+    pub detail: String,
 }
 
 #[derive(Serialize, Debug)]
@@ -283,6 +296,22 @@ pub fn gather() -> Report {
             reason,
             errno,
         },
+        object: {
+            use ktl::pin::Pinning;
+            let p = ktl::pin::pinning();
+            ObjectReport {
+                pinning: match p {
+                    Pinning::Executable => "executable",
+                    Pinning::StaticallyLinked => "static",
+                    Pinning::NeverUnloaded => "never-unloaded",
+                    Pinning::Pinned => "pinned",
+                    Pinning::NoObject => "no-object",
+                    Pinning::Refused => "refused",
+                },
+                permanent: p.is_permanent(),
+                detail: p.to_string(),
+            }
+        },
         area: Area {
             offset: layout.offset,
             registered_len: layout.registered_len,
@@ -466,6 +495,7 @@ fn print_text(r: &Report) {
             "  note                 ktl registers each thread's area on first use and unregisters it at exit"
         );
     }
+    println!("ktl's object           {}", r.object.detail);
     println!("area");
     println!("  offset from TP       {}", opt(r.area.offset));
     println!(

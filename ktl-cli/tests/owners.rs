@@ -55,6 +55,14 @@ fn ktl_bin() -> PathBuf {
 fn assert_glibc_owned(r: &Value, lookup: &str) {
     assert_eq!(r["info"]["owner"]["kind"], "libc", "{r:#}");
     assert_eq!(r["info"]["libc"]["lookup"], lookup);
+    // The executable holds ktl; a static build is never unloaded either.
+    let pinning = if lookup == "weak" {
+        "static"
+    } else {
+        "executable"
+    };
+    assert_eq!(r["info"]["object"]["pinning"], pinning, "{r:#}");
+    assert_eq!(r["info"]["object"]["permanent"], true);
     let offset = r["info"]["area"]["offset"].as_i64().expect("an offset");
     assert_eq!(
         Some(offset),

@@ -253,6 +253,9 @@ static DECISION: OnceLock<Decision> = OnceLock::new();
 
 fn decision() -> &'static Decision {
     DECISION.get_or_init(|| {
+        // Before any critical section can leave a descriptor of this object
+        // in a live area: see `crate::pin`.
+        crate::pin::ensure();
         let d = decide();
         // A thread that reads a hot offset before this store reads its own,
         // unregistered area and comes here, where it waits for the decision.

@@ -27,12 +27,27 @@
 //! - [`rseq`]: restartable sequences (per-CPU operations), their fallbacks
 //!   and fences;
 //! - [`percpu`]: per-CPU data structures built on them;
+//! - [`pin`]: the object that holds ktl, made permanent when ktl first runs,
+//!   so that `dlclose` never unmaps the descriptors its critical sections left;
 //! - [`ktls`]: the KTLS kernel prototype (`kernel/`): the thread group's
 //!   layout and `clone3(CLONE_RSEQ_KTLS)`;
 //! - [`random`]: cryptographically secure random bytes through vDSO
 //!   `getrandom` with per-thread state;
 //! - [`vdso`]: the vDSO parser, vDSO `getcpu` and `getrandom`, and the KTLS
 //!   prototype's functions.
+//!
+//! ## Where ktl must not be called
+//!
+//! - **In a `vfork` child**, or any child that shares its parent's memory
+//!   and thread pointer until it calls `execve`. The kernel does not
+//!   register an area for such a child, but the child reads its parent's
+//!   area through the parent's thread pointer, and finds a live `cpu_id`
+//!   there: a critical section would look protected and not be, and a
+//!   first call would change the parent's state. Call only `execve` or
+//!   `_exit` there, as POSIX requires of a `vfork` child.
+//! - **In a raw thread** ([`ktls::spawn_raw`]), anything but the short list
+//!   in that function's contract: such a thread has no thread-local storage
+//!   and no `errno`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -46,6 +61,7 @@ pub mod cpu;
 pub mod facts;
 pub mod ktls;
 pub mod percpu;
+pub mod pin;
 pub mod random;
 pub mod rseq;
 mod sys;

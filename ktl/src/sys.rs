@@ -119,3 +119,63 @@ impl core::fmt::Display for Errno {
 }
 
 impl std::error::Error for Errno {}
+
+/// A loaded object, as `dladdr(3)` describes it.
+#[cfg(not(any(target_feature = "crt-static", target_env = "musl")))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadedObject {
+    /// `dli_fname`: the object's name as the dynamic loader knows it, a
+    /// NUL-terminated string the loader owns, valid while the object stays
+    /// loaded.
+    pub(crate) name: *const core::ffi::c_char,
+    /// `dli_fbase`: the address the object is mapped at.
+    pub(crate) base: *mut c_void,
+}
+
+/// `dladdr(3)`: the loaded object whose mappings contain `addr`, or `None`
+/// when none does.
+#[cfg(not(any(target_feature = "crt-static", target_env = "musl")))]
+pub(crate) fn dladdr(addr: *const c_void) -> Option<LoadedObject> {
+    let mut info = libc::Dl_info {
+        dli_fname: core::ptr::null(),
+        dli_fbase: core::ptr::null_mut(),
+        dli_sname: core::ptr::null(),
+        dli_saddr: core::ptr::null_mut(),
+    };
+    // SAFETY: dladdr only looks `addr` up in the loader's tables (it never
+    // dereferences it) and writes the `Dl_info`, valid for writes.
+    let found = unsafe { libc::dladdr(addr, &mut info) };
+    (found != 0 && !info.dli_fname.is_null()).then_some(LoadedObject {
+        name: info.dli_fname,
+        base: info.dli_fbase,
+    })
+}
+
+/// `dlopen(name, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE)`: makes the
+/// already loaded object `name` permanent, so that no `dlclose` ever unmaps
+/// it, and loads nothing. Returns the handle, a reference that the caller
+/// must never close, or `None` when the loader refused; its message is
+/// consumed then, so that the application's next `dlerror` does not report
+/// it.
+///
+/// # Safety
+/// `name` must point to a NUL-terminated string, valid for the call.
+#[cfg(not(any(target_feature = "crt-static", target_env = "musl")))]
+pub(crate) unsafe fn dlopen_nodelete(
+    name: *const core::ffi::c_char,
+) -> Option<core::ptr::NonNull<c_void>> {
+    // RTLD_LAZY only because glibc requires a binding mode: with
+    // RTLD_NOLOAD, an object that is already loaded is not relocated again.
+    let mode = libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE;
+    // SAFETY: the caller passes a valid NUL-terminated name; with
+    // RTLD_NOLOAD the loader maps and initializes nothing, it only finds the
+    // loaded object and marks it.
+    let handle = unsafe { libc::dlopen(name, mode) };
+    let handle = core::ptr::NonNull::new(handle);
+    if handle.is_none() {
+        // SAFETY: dlerror only returns (and clears) the calling thread's
+        // pending message.
+        unsafe { libc::dlerror() };
+    }
+    handle
+}
