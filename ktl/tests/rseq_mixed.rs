@@ -178,89 +178,105 @@ fn child_a_start_taken_before_the_release_commits_nothing() {
         eprintln!("SKIPPED child_a_start_taken_before_the_release_commits_nothing: no mm_cid");
         return;
     }
-    std::thread::spawn(|| {
-        affinity::pin(allowed_cpus()[0]);
-        // The value the kernel leaves in a released area's mm_cid. Alone on
-        // its CPU, the thread gets it at once; wait a little for it if a
-        // sibling thread held it.
-        let start = (0..10_000)
-            .find_map(|_| {
-                let s = rseq::start(Index::MmCid).expect("a start");
-                if s.value() != 0 {
-                    std::thread::yield_now();
-                }
-                (s.value() == 0).then_some(s)
-            })
-            .expect("a start with mm_cid 0");
-        assert_eq!(start.path(), Path::CriticalSections);
-        ktl::area::release_current_thread().expect("release the area");
+    // mm_cid 0 is the value the kernel leaves in a released area, and the
+    // only thread of a process always has it: run in a fork child, whose
+    // one thread keeps its registration.
+    // SAFETY: the child only runs the checks below and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(released_start_commits_nothing).is_ok();
+        // SAFETY: leaves the child at once.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the fork child failed: status {status}"
+    );
+}
 
-        let word = AtomicI64::new(0);
-        let second = AtomicI64::new(0);
-        let v = word.as_ptr();
-        let v2 = second.as_ptr();
-        // A one-node list for the pop, and a pointer for the deref-add.
-        let mut node = [0usize; 2];
-        let node_ptr = node.as_mut_ptr().cast::<u8>();
-        let mut head: *mut u8 = node_ptr;
-        let mut target = word.as_ptr().cast::<u8>();
-        let mut dst = [0u8; 16];
-        let src = [7u8; 16];
-        // SAFETY (each call): every location is a live local of this
-        // thread, aligned, and written by nothing else.
-        let results = unsafe {
-            [
-                ("add", rseq::add(start, v, 1)),
-                ("cmpeqv_storev", rseq::cmpeqv_storev(start, v, 0, 5)),
-                (
-                    "cmpnev_storeoffp_load",
-                    rseq::cmpnev_storeoffp_load(start, &mut head, core::ptr::null_mut(), 0)
-                        .map(drop),
+/// The body of [`child_a_start_taken_before_the_release_commits_nothing`],
+/// in a process of one thread.
+fn released_start_commits_nothing() {
+    // The kernel writes the child's mm_cid on its first return to user
+    // space after a reschedule: wait for it.
+    let start = (0..1000)
+        .find_map(|_| {
+            let s = rseq::start(Index::MmCid).expect("a start");
+            if s.value() != 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            (s.value() == 0).then_some(s)
+        })
+        .expect("a start with mm_cid 0 in a process of one thread");
+    assert_eq!(start.path(), Path::CriticalSections);
+    ktl::area::release_current_thread().expect("release the area");
+
+    let word = AtomicI64::new(0);
+    let second = AtomicI64::new(0);
+    let v = word.as_ptr();
+    let v2 = second.as_ptr();
+    // A one-node list for the pop, and a pointer for the deref-add.
+    let mut node = [0usize; 2];
+    let node_ptr = node.as_mut_ptr().cast::<u8>();
+    let mut head: *mut u8 = node_ptr;
+    let mut target = word.as_ptr().cast::<u8>();
+    let mut dst = [0u8; 16];
+    let src = [7u8; 16];
+    // SAFETY (each call): every location is a live local of this
+    // thread, aligned, and written by nothing else.
+    let results = unsafe {
+        [
+            ("add", rseq::add(start, v, 1)),
+            ("cmpeqv_storev", rseq::cmpeqv_storev(start, v, 0, 5)),
+            (
+                "cmpnev_storeoffp_load",
+                rseq::cmpnev_storeoffp_load(start, &mut head, core::ptr::null_mut(), 0).map(drop),
+            ),
+            (
+                "offset_deref_addv",
+                rseq::offset_deref_addv(start, &mut target, 0, 1),
+            ),
+            (
+                "cmpeqv_cmpeqv_storev",
+                rseq::cmpeqv_cmpeqv_storev(start, v, 0, v2, 0, 5),
+            ),
+            (
+                "cmpeqv_trystorev_storev",
+                rseq::cmpeqv_trystorev_storev(start, v, 0, v2, 9, 5, Commit::Relaxed),
+            ),
+            (
+                "cmpeqv_trymemcpy_storev",
+                rseq::cmpeqv_trymemcpy_storev(
+                    start,
+                    v,
+                    0,
+                    dst.as_mut_ptr(),
+                    &src,
+                    5,
+                    Commit::Release,
                 ),
-                (
-                    "offset_deref_addv",
-                    rseq::offset_deref_addv(start, &mut target, 0, 1),
-                ),
-                (
-                    "cmpeqv_cmpeqv_storev",
-                    rseq::cmpeqv_cmpeqv_storev(start, v, 0, v2, 0, 5),
-                ),
-                (
-                    "cmpeqv_trystorev_storev",
-                    rseq::cmpeqv_trystorev_storev(start, v, 0, v2, 9, 5, Commit::Relaxed),
-                ),
-                (
-                    "cmpeqv_trymemcpy_storev",
-                    rseq::cmpeqv_trymemcpy_storev(
-                        start,
-                        v,
-                        0,
-                        dst.as_mut_ptr(),
-                        &src,
-                        5,
-                        Commit::Release,
-                    ),
-                ),
-            ]
-        };
-        for (name, result) in results {
-            assert_eq!(result, Err(Failure::Aborted), "{name} with a released area");
-        }
-        assert_eq!(word.load(Ordering::Relaxed), 0, "nothing committed");
-        assert_eq!(second.load(Ordering::Relaxed), 0, "no speculative store");
-        assert_eq!(head, node_ptr, "nothing popped");
-        assert_eq!(dst, [0; 16], "nothing copied");
-        // A fresh start takes the fallback, which commits.
-        let done = rseq::retry(Index::MmCid, |s| {
-            assert_eq!(s.path(), Path::Fenced);
-            // SAFETY: as above.
-            unsafe { rseq::add(s, v, 1) }
-        });
-        assert_eq!(done, Some(Ok(())));
-        assert_eq!(word.load(Ordering::Relaxed), 1);
-    })
-    .join()
-    .unwrap();
+            ),
+        ]
+    };
+    for (name, result) in results {
+        assert_eq!(result, Err(Failure::Aborted), "{name} with a released area");
+    }
+    assert_eq!(word.load(Ordering::Relaxed), 0, "nothing committed");
+    assert_eq!(second.load(Ordering::Relaxed), 0, "no speculative store");
+    assert_eq!(head, node_ptr, "nothing popped");
+    assert_eq!(dst, [0; 16], "nothing copied");
+    // A fresh start takes the fallback, which commits.
+    let done = rseq::retry(Index::MmCid, |s| {
+        assert_eq!(s.path(), Path::Fenced);
+        // SAFETY: as above.
+        unsafe { rseq::add(s, v, 1) }
+    });
+    assert_eq!(done, Some(Ok(())));
+    assert_eq!(word.load(Ordering::Relaxed), 1);
 }
 
 /// Caught: `add_current` zero-extended the index field, so a released
