@@ -169,9 +169,12 @@ fn pthread_run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Res
         }
     });
     let arg = Box::into_raw(Box::new(job));
-    let mut tid: libc::pthread_t = 0;
-    // SAFETY: `start` has the required signature and takes ownership of `arg`.
-    let r = unsafe { libc::pthread_create(&mut tid, std::ptr::null(), start, arg.cast()) };
+    // pthread_t is an integer in glibc and a pointer in musl: pthread_create
+    // writes it, and it is only ever handed back to the C library.
+    let mut tid = std::mem::MaybeUninit::<libc::pthread_t>::uninit();
+    // SAFETY: `start` has the required signature and takes ownership of `arg`;
+    // `tid` is writable memory for one pthread_t.
+    let r = unsafe { libc::pthread_create(tid.as_mut_ptr(), std::ptr::null(), start, arg.cast()) };
     if r != 0 {
         // SAFETY: the thread was not created, so `arg` is still ours.
         drop(unsafe { Box::from_raw(arg) });
@@ -180,6 +183,8 @@ fn pthread_run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Res
             std::io::Error::from_raw_os_error(r)
         ));
     }
+    // SAFETY: pthread_create succeeded, so it wrote the new thread's id.
+    let tid = unsafe { tid.assume_init() };
     // SAFETY: `tid` is a joinable thread created above.
     let r = unsafe { libc::pthread_join(tid, std::ptr::null_mut()) };
     if r != 0 {

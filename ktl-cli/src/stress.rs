@@ -288,7 +288,9 @@ struct Ctx<'a> {
     progress: &'a AtomicU64,
     /// Every worker's `pthread_t`, published by the worker itself when it
     /// starts, and reset to 0 when it has finished its body (0: not
-    /// running).
+    /// running). Stored as an integer: glibc's `pthread_t` is one, musl's
+    /// is a pointer (never null), and the value goes back to `pthread_kill`
+    /// unchanged.
     peers: &'a [AtomicU64],
     /// This worker's place in `peers`.
     me: usize,

@@ -122,10 +122,40 @@ fn assert_without_area_is_fenced(r: &Value) {
     assert_eq!(r["info"]["rseq"]["without_area"], want, "{r:#}");
 }
 
+/// `libc.rseq_size` of a C library that registered no area: glibc's
+/// `__rseq_size` is 0; musl has no such symbol.
+fn no_libc_area() -> Value {
+    if cfg!(target_env = "musl") {
+        Value::Null
+    } else {
+        Value::from(0)
+    }
+}
+
 #[test]
+#[cfg(not(target_env = "musl"))]
 fn default_glibc_owns_the_area() {
     let r = check(&ktl_bin(), |_| {});
     assert_glibc_owned(&r, "dlsym");
+}
+
+/// musl registers no rseq area, so ktl owns them with no configuration;
+/// musl's binaries are statically linked by default.
+#[test]
+#[cfg(target_env = "musl")]
+fn default_musl_leaves_the_area_to_ktl() {
+    let bin = ktl_bin();
+    let file = Command::new("file")
+        .arg(&bin)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if let Ok(desc) = file {
+        assert!(desc.contains("static"), "not a static binary: {desc}");
+    }
+    let r = check(&bin, |_| {});
+    assert_eq!(r["info"]["libc"]["rseq_symbols"], false, "{r:#}");
+    assert_eq!(r["info"]["libc"]["rseq_size"], no_libc_area());
+    assert_ktl_owned(&r);
 }
 
 #[test]
@@ -133,7 +163,7 @@ fn tunable_hands_the_area_to_ktl() {
     let r = check(&ktl_bin(), |c| {
         c.env("GLIBC_TUNABLES", TUNABLE);
     });
-    assert_eq!(r["info"]["libc"]["rseq_size"], 0);
+    assert_eq!(r["info"]["libc"]["rseq_size"], no_libc_area());
     assert_ktl_owned(&r);
 }
 

@@ -652,13 +652,17 @@ fn operations_in_a_thread_created_by_c() {
     let slots = C_SLOTS.get_or_init(slots).clone();
     let mut threads = Vec::new();
     for _ in 0..4 {
-        let mut t: libc::pthread_t = 0;
-        // SAFETY: `body` has the C signature and ignores its argument.
-        assert_eq!(
-            unsafe { libc::pthread_create(&mut t, std::ptr::null(), body, std::ptr::null_mut()) },
-            0
-        );
-        threads.push(t);
+        // pthread_t is an integer in glibc and a pointer in musl: only
+        // pthread_create writes it.
+        let mut t = std::mem::MaybeUninit::<libc::pthread_t>::uninit();
+        // SAFETY: `body` has the C signature and ignores its argument; `t`
+        // is writable memory for one pthread_t.
+        let r = unsafe {
+            libc::pthread_create(t.as_mut_ptr(), std::ptr::null(), body, std::ptr::null_mut())
+        };
+        assert_eq!(r, 0);
+        // SAFETY: pthread_create succeeded, so it wrote the thread's id.
+        threads.push(unsafe { t.assume_init() });
     }
     for t in threads {
         // SAFETY: joins a thread created above.

@@ -14,6 +14,15 @@ pub fn install(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) {
     }
 }
 
+/// The C library's `pthread_t` of `thread`, for `pthread_kill`. std hands
+/// it out as an integer (`RawPthread`, a `c_ulong`): glibc's `pthread_t` is
+/// that integer; musl's is a pointer, which std converted to the integer and
+/// which this converts back. Nothing but the C library uses the value.
+pub fn pthread_of<T>(thread: &std::thread::JoinHandle<T>) -> libc::pthread_t {
+    use std::os::unix::thread::JoinHandleExt;
+    thread.as_pthread_t() as libc::pthread_t
+}
+
 /// Sends `sig` to each of `workers` every `period` (see [`period`] for the
 /// emulators) until all of them have finished, then joins them. Returns
 /// their results and the number of signals sent. The workers are joined only
@@ -23,7 +32,6 @@ pub fn signal_until_done<T>(
     sig: libc::c_int,
     period: std::time::Duration,
 ) -> (Vec<T>, u64) {
-    use std::os::unix::thread::JoinHandleExt;
     let period = self::period(period);
     let mut sent = 0u64;
     while !workers.iter().all(|w| w.is_finished()) {
@@ -31,7 +39,7 @@ pub fn signal_until_done<T>(
             // SAFETY: the thread has not been joined (that happens below),
             // so its pthread_t is valid; a finished thread's is too until
             // it is joined.
-            unsafe { libc::pthread_kill(w.as_pthread_t(), sig) };
+            unsafe { libc::pthread_kill(pthread_of(w), sig) };
             sent += 1;
         }
         std::thread::sleep(period);
