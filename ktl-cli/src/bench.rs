@@ -633,7 +633,7 @@ fn rseq_cas_once(slots: &[Slot]) -> u64 {
             // again.
             Some(Err(Failure::CompareFailed)) => continue,
             // `retry` restarts aborts itself; `None`: no live area.
-            Some(Err(Failure::Aborted | Failure::Fence(_))) | None => return 0,
+            Some(Err(Failure::Aborted | Failure::FenceFailed)) | None => return 0,
         }
     }
 }

@@ -107,7 +107,7 @@ fn rseq_cas_once(slots: &[Slot]) -> u64 {
             Some(Ok(done)) => return u64::from(done),
             // Another sequence on this CPU changed the slot first: read again.
             Some(Err(Failure::CompareFailed)) => continue,
-            Some(Err(Failure::Aborted | Failure::Fence(_))) | None => return 0,
+            Some(Err(Failure::Aborted | Failure::FenceFailed)) | None => return 0,
         }
     }
 }

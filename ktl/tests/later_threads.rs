@@ -154,6 +154,7 @@ fn child_fence_refused() {
         });
         let stored: i64 = slots.iter().map(|a| a.load(Ordering::Relaxed)).sum();
         let held = rseq::exclusive(Index::CpuId, 0).map(drop);
+        let fenced = fence::fence_all();
         for i in 1..=100u64 {
             s.push(i);
         }
@@ -170,15 +171,16 @@ fn child_fence_refused() {
         // Give the structures back before reporting, so that the main
         // thread holds the only reference once it has the report.
         drop((s, p, c));
-        tx.send((added, stored, held, popped)).unwrap();
+        tx.send((added, stored, held, fenced, popped)).unwrap();
     });
-    let (added, stored, held, mut popped) = rx
+    let (added, stored, held, fenced, mut popped) = rx
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the sandboxed thread finished");
     let refused = FenceError::Failed(libc::EPERM);
-    assert_eq!(added, Some(Err(Failure::Fence(refused))));
+    assert_eq!(added, Some(Err(Failure::FenceFailed)));
     assert_eq!(stored, 0, "the failed operation stored nothing");
     assert_eq!(held, Err(refused));
+    assert_eq!(fenced, Err(refused), "the thread's fence says why");
     popped.sort_unstable();
     assert_eq!(
         popped,

@@ -390,7 +390,7 @@ impl Buffers {
                 Ok(popped) => return popped,
                 Err(Failure::CompareFailed) => continue,
                 Err(Failure::Aborted) => unreachable!("retry absorbs aborts"),
-                Err(e @ Failure::Fence(_)) => panic!("{e}"),
+                Err(e @ Failure::FenceFailed) => panic!("{e}"),
             }
         }
     }

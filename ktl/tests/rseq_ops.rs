@@ -185,7 +185,7 @@ fn compare_and_store_counts_exactly() {
                             Ok(()) => break,
                             Err(Failure::CompareFailed) => failed_compares += 1,
                             Err(Failure::Aborted) => unreachable!("retry absorbs aborts"),
-                            Err(e @ Failure::Fence(_)) => panic!("{e}"),
+                            Err(e @ Failure::FenceFailed) => panic!("{e}"),
                         }
                     }
                 }
@@ -349,7 +349,7 @@ fn list_pop_and_push_keep_every_node() {
                     continue;
                 }
                 Err(Failure::Aborted) => unreachable!(),
-                Err(e @ Failure::Fence(_)) => panic!("{e}"),
+                Err(e @ Failure::FenceFailed) => panic!("{e}"),
             };
             // Push it onto the list of the CPU we run on now.
             loop {
@@ -513,7 +513,7 @@ fn buffer_test(push: fn(&Buffers, rseq::Start, i64) -> Result<(), Failure>) {
                     Ok(()) => break,
                     Err(Failure::CompareFailed) => continue,
                     Err(Failure::Aborted) => unreachable!(),
-                    Err(e @ Failure::Fence(_)) => panic!("{e}"),
+                    Err(e @ Failure::FenceFailed) => panic!("{e}"),
                 }
             }
         }

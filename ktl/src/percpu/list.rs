@@ -192,7 +192,7 @@ impl<T> Heads<T> {
                 Err(Failure::CompareFailed) => return Ok(None),
                 // An abort, or a fallback whose fence failed: the slow path
                 // retries the first and reports the second.
-                Err(Failure::Aborted | Failure::Fence(_)) => {}
+                Err(Failure::Aborted | Failure::FenceFailed) => {}
             }
         }
         self.pop_slow()

@@ -41,7 +41,7 @@
 //!
 //! If the fence fails (a seccomp filter installed in this thread after the
 //! process registered for it), the operation gives the gate back and fails
-//! with [`Failure::Fence`], which [`retry`](super::retry) returns: it is not
+//! with [`Failure::FenceFailed`], which [`retry`](super::retry) returns: it is not
 //! an abort, and retrying would only fail again.
 
 use super::fence::{self, FenceError};
@@ -314,7 +314,7 @@ unsafe fn word<'a>(p: *mut i64) -> &'a AtomicI64 {
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn add(key: Key, v: *mut i64, count: i64) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::FenceFailed)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     w.store(
@@ -336,7 +336,7 @@ pub(super) unsafe fn cmpeqv_storev(
     expect: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::FenceFailed)?;
     // SAFETY: the operation's contract.
     let w = unsafe { word(v) };
     if w.load(Ordering::Relaxed) != expect {
@@ -358,7 +358,7 @@ pub(super) unsafe fn cmpnev_storeoffp_load(
     expectnot: *mut u8,
     next_offset: isize,
 ) -> Result<*mut u8, Failure> {
-    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::FenceFailed)?;
     // SAFETY: the operation's contract: `head` is a valid, aligned pointer
     // slot, and a node on the list is valid for a pointer read at
     // `next_offset`.
@@ -387,7 +387,7 @@ pub(super) unsafe fn offset_deref_addv(
     offset: isize,
     inc: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::FenceFailed)?;
     // SAFETY: the operation's contract.
     unsafe {
         let base = AtomicPtr::from_ptr(ptr).load(Ordering::Relaxed);
@@ -414,7 +414,7 @@ pub(super) unsafe fn cmpeqv_cmpeqv_storev(
     expect2: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::FenceFailed)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -450,7 +450,7 @@ pub(super) unsafe fn cmpeqv_trystorev_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::FenceFailed)?;
     // SAFETY: the operation's contract.
     unsafe {
         let w = word(v);
@@ -478,7 +478,7 @@ pub(super) unsafe fn cmpeqv_trymemcpy_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    let _g = Guard::acquire(key).map_err(Failure::Fence)?;
+    let _g = Guard::acquire(key).map_err(|_| Failure::FenceFailed)?;
     // SAFETY: the operation's contract: `dst` is valid for `src.len()` bytes
     // of writes that nothing else accesses until the commit publishes them.
     unsafe {

@@ -92,13 +92,18 @@ pub enum Failure {
     /// The operation's compare did not match; nothing was stored.
     CompareFailed,
     /// The operation ran on the [fenced fallback](self#the-fallback), and
-    /// its membarrier fence failed with this error, so it could not exclude
-    /// the other threads' critical sections: nothing was stored. This is
-    /// not an abort, and [`retry`] returns it: the cause (for example a
-    /// seccomp filter that refuses `membarrier` in this thread) usually
-    /// lasts, so the caller should use its own fallback, as the per-CPU
-    /// structures do (their shared stores).
-    Fence(fence::FenceError),
+    /// its membarrier fence failed, so it could not exclude the other
+    /// threads' critical sections: nothing was stored. This is not an
+    /// abort, and [`retry`] returns it: the cause (for example a seccomp
+    /// filter that refuses `membarrier` in this thread) usually lasts, so
+    /// the caller should use its own fallback, as the per-CPU structures do
+    /// (their shared stores). [`fence::fence_all`] in the same thread
+    /// returns the fence's error.
+    ///
+    /// The variant carries no error value on purpose: a payload would make
+    /// every operation's `Result` wider than a byte, which measurably slows
+    /// the loops the operations are inlined into.
+    FenceFailed,
 }
 
 impl fmt::Display for Failure {
@@ -106,22 +111,14 @@ impl fmt::Display for Failure {
         match self {
             Failure::Aborted => f.write_str("the restartable sequence was aborted"),
             Failure::CompareFailed => f.write_str("the compare failed; nothing was stored"),
-            Failure::Fence(e) => write!(
-                f,
-                "the fenced fallback could not fence the other threads' sections ({e}); nothing was stored"
-            ),
+            Failure::FenceFailed => {
+                f.write_str("the fenced fallback's membarrier fence failed; nothing was stored")
+            }
         }
     }
 }
 
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Failure::Fence(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for Failure {}
 
 /// The start of an operation: the index value read, and the area it was
 /// read from.
