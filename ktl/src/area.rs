@@ -20,13 +20,36 @@
 //! ktl never writes a field that the kernel owns, in any mode: its own area
 //! gets its initial values from the thread-local initialization image, before
 //! the kernel knows about it, and is only read afterwards.
+//!
+//! # First calls and signal handlers
+//!
+//! The first calls set things up lazily: the owner decision (which also
+//! looks vDSO `getcpu` up), a thread's registration (and the thread-local
+//! destructor that undoes it, whose arming allocates), the random states.
+//! While one of them runs, its thread carries a marker. A signal handler
+//! that interrupts it and calls ktl on the same thread finds the marker and
+//! sets nothing up: [`thread_area`] returns `None`, so the accessors answer
+//! from the `getcpu` system call and `random` from the `getrandom` system
+//! call, and [`release_current_thread`] still releases the thread. Waiting
+//! for the set-up it interrupted would never end, since that set-up resumes
+//! only when the handler returns. The registration tolerates a handler that
+//! registers or releases the thread's area between the steps of the
+//! interrupted call.
+//!
+//! A handler must not make a first call itself, unless it interrupts one of
+//! those first calls on its own thread: setting up allocates and takes
+//! locks, which the code it interrupted may hold. [`layout`] cannot answer before the owner
+//! is decided: called from a handler that interrupts the decision on its own
+//! thread, it would wait for ever. Once the owner is decided, it is one load
+//! and async-signal-safe.
 
 use crate::abi::{self, Features, KernelSupport, SyscallStatus};
 use crate::arch::{self, Slot};
 use crate::sys;
 use core::cell::Cell;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, compiler_fence};
 use std::sync::OnceLock;
 
 /// The owner of the process's rseq areas.
@@ -170,7 +193,8 @@ pub struct Layout {
 pub struct Stats {
     /// Threads whose area ktl registered.
     pub registered: u64,
-    /// Threads whose area ktl unregistered at thread exit.
+    /// Threads whose area ktl unregistered: at thread exit, or with
+    /// [`release_current_thread`].
     pub unregistered: u64,
     /// Registration attempts the kernel refused.
     pub register_failures: u64,
@@ -185,7 +209,8 @@ static REGISTER_FAILURES: AtomicU64 = AtomicU64::new(0);
 static UNREGISTER_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// The registration counters: with [`Owner::Ktl`], `registered -
-/// unregistered` is the number of live threads that have used ktl.
+/// unregistered` is the number of live threads whose area ktl registered and
+/// did not release.
 pub fn stats() -> Stats {
     Stats {
         registered: REGISTERED.load(Ordering::Relaxed),
@@ -240,7 +265,24 @@ fn live_features(active: u32) -> Features {
 /// The process's layout. The first call decides the owner (and, when ktl
 /// owns the areas, registers the calling thread's); later calls return the
 /// cached answer.
+///
+/// Once decided, this is one load and async-signal-safe. Before, it
+/// decides, which a signal handler must not do: one that calls `layout`
+/// while its own thread is deciding waits for ever (see the
+/// [module docs](self#first-calls-and-signal-handlers)).
 pub fn layout() -> Layout {
+    match DECISION.get() {
+        Some(d) => d.layout,
+        None => layout_first(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn layout_first() -> Layout {
+    // Marked, so that a signal handler that interrupts the decision and
+    // calls an accessor takes the accessor's system call instead.
+    let _first = FirstCall::begin();
     decision().layout
 }
 
@@ -251,6 +293,9 @@ struct Decision {
 
 static DECISION: OnceLock<Decision> = OnceLock::new();
 
+/// The decision, made now if it has not been. Callers hold the thread's
+/// [`FirstCall`] marker when it was free, so that a signal handler that
+/// interrupts the decision never waits for it.
 fn decision() -> &'static Decision {
     DECISION.get_or_init(|| {
         // Before any critical section can leave a descriptor of this object
@@ -265,6 +310,9 @@ fn decision() -> &'static Decision {
 }
 
 fn decide() -> Decision {
+    // Look vDSO getcpu up now, so that the accessors' fallback never has to:
+    // the first lookup parses the vDSO, which a signal handler must not do.
+    let _ = crate::vdso::getcpu_fn_in_first_call();
     let kernel = KernelSupport::probe();
     let libc = libc_rseq();
     let base = Layout {
@@ -374,7 +422,33 @@ fn publish_hot_offsets(layout: &Layout) {
 /// With [`Owner::Ktl`] this registers the calling thread's area on first use.
 /// This is the slow path behind every accessor; it costs a few loads once the
 /// thread is set up.
+///
+/// In a signal handler that interrupts one of ktl's first calls on its
+/// thread, before that call has decided the owner or registered the
+/// thread, it returns `None` and sets nothing up (see the
+/// [module docs](self#first-calls-and-signal-handlers)).
 pub fn thread_area() -> Option<isize> {
+    let Some(d) = DECISION.get() else {
+        return thread_area_first();
+    };
+    let off = d.layout.offset?;
+    if let Owner::Ktl(_) = d.layout.owner {
+        match registration_state() {
+            REGISTERED_STATE => {}
+            NOT_ATTEMPTED => return thread_area_first(),
+            _ => return None,
+        }
+    }
+    live_area(off)
+}
+
+/// [`thread_area`] when the owner is not decided or the thread not
+/// registered yet: decides and registers, marked as a first call.
+#[cold]
+#[inline(never)]
+fn thread_area_first() -> Option<isize> {
+    // `None`: a signal handler that interrupted a first call on this thread.
+    let _first = FirstCall::begin()?;
     let d = decision();
     let off = d.layout.offset?;
     if let Owner::Ktl(_) = d.layout.owner {
@@ -382,11 +456,24 @@ pub fn thread_area() -> Option<isize> {
             return None;
         }
     }
+    live_area(off)
+}
+
+/// `off` if the calling thread's area there is registered.
+fn live_area(off: isize) -> Option<isize> {
     // SAFETY: `off` is the area's offset from the thread pointer in every
     // thread: glibc's static TLS offset, or ktl's own block; both are mapped
     // for the life of the thread.
     let cpu = unsafe { arch::tp_load_u32::<{ abi::OFFSET_CPU_ID }>(off) };
     ((cpu as i32) >= 0).then_some(off)
+}
+
+/// Whether ktl's own area is registered in the calling thread: the kernel
+/// writes its `cpu_id` before the registration returns to user space, and
+/// resets it to -1 when it is unregistered. Nothing registers that block but
+/// ktl, so a live one is ktl's registration.
+fn own_area_live() -> bool {
+    live_area(arch::own_area_offset()).is_some()
 }
 
 /// Address of the calling thread's area at `off`.
@@ -447,73 +534,166 @@ fn confirm_libc_len(offset: isize, rseq_size: u32, feature_size: u32) -> (u32, b
     (guess, false)
 }
 
-/// Per-thread registration state of ktl's own area.
-struct ThreadRegistration {
-    /// 0: not attempted; 1: registered; 2: failed.
-    state: Cell<u8>,
-    /// The registered length, for the unregistration.
-    len: Cell<u32>,
-}
-
-const NOT_ATTEMPTED: u8 = 0;
-const REGISTERED_STATE: u8 = 1;
-const FAILED: u8 = 2;
-/// Released with [`release_current_thread`]: never registered again.
-const RELEASED: u8 = 3;
-
-impl Drop for ThreadRegistration {
-    fn drop(&mut self) {
-        if self.state.get() != REGISTERED_STATE {
-            return;
-        }
-        // Runs from the thread's TLS destructors, before its static TLS (which
-        // holds the area) is freed or reused. Unregister with exactly the
-        // registered length and signature.
-        // SAFETY: the arguments are those of this thread's live registration.
-        let r = unsafe {
-            sys::rseq(
-                area_ptr(arch::own_area_offset()),
-                self.len.get(),
-                abi::RSEQ_FLAG_UNREGISTER,
-                abi::RSEQ_SIG,
-            )
-        };
-        self.state.set(FAILED);
-        match r {
-            Ok(()) => UNREGISTERED.fetch_add(1, Ordering::Relaxed),
-            Err(_) => UNREGISTER_FAILURES.fetch_add(1, Ordering::Relaxed),
-        };
-    }
+/// The calling thread's first-call marker: held while ktl sets something up
+/// lazily on this thread (see the
+/// [module docs](self#first-calls-and-signal-handlers)).
+///
+/// [`begin`](Self::begin) returns `None` when the marker is already held:
+/// the caller is then either a signal handler that interrupted a first call
+/// on this thread, and must set nothing up, or code that runs inside a first
+/// call, which the marker already covers. The code paths that set things up
+/// take the marker once, at their start, and what they call inside does not
+/// ask again.
+pub(crate) struct FirstCall {
+    /// The marker belongs to the thread that holds it.
+    _thread: PhantomData<*const ()>,
 }
 
 thread_local! {
+    /// Whether the calling thread holds its [`FirstCall`] marker. It has no
+    /// destructor, so reading it arms nothing: a signal handler may, at any
+    /// time.
+    static IN_FIRST_CALL: Cell<bool> = const { Cell::new(false) };
+}
+
+impl FirstCall {
+    /// Takes the calling thread's marker, or `None` if it is held.
+    ///
+    /// A handler that runs between the test and the set takes and gives back
+    /// the marker itself, before the interrupted call resumes, so each holder
+    /// sees the marker free when it begins and leaves it free when it ends.
+    pub(crate) fn begin() -> Option<FirstCall> {
+        IN_FIRST_CALL
+            .try_with(|held| {
+                if held.get() {
+                    return None;
+                }
+                held.set(true);
+                // A signal handler runs on this thread between any two
+                // instructions: the marker must be set before the setup.
+                compiler_fence(Ordering::SeqCst);
+                Some(FirstCall {
+                    _thread: PhantomData,
+                })
+            })
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for FirstCall {
+    fn drop(&mut self) {
+        compiler_fence(Ordering::SeqCst);
+        let _ = IN_FIRST_CALL.try_with(|held| held.set(false));
+    }
+}
+
+/// Per-thread registration state of ktl's own area.
+///
+/// It has no destructor, so reading or changing it arms nothing, and a
+/// signal handler may do both. Only its own thread changes it; the state is
+/// atomic so that a change is one instruction, which a signal handler sees
+/// either before or after. Every change is a `compare_exchange` or `swap`
+/// that claims it: a handler that interrupts the claim between the read and
+/// the write made its own change first, and the claim fails and reads again.
+struct ThreadRegistration {
+    /// [`NOT_ATTEMPTED`], [`REGISTERING`], [`REGISTERED_STATE`], [`FAILED`]
+    /// or [`RELEASED`].
+    state: AtomicU8,
+    /// The registered length, for the unregistration: set before the
+    /// registration is made.
+    len: AtomicU32,
+}
+
+/// No registration yet.
+const NOT_ATTEMPTED: u8 = 0;
+/// Registered, and unregistered by the thread-local destructor at exit.
+const REGISTERED_STATE: u8 = 1;
+/// The kernel refused the registration, or the thread's TLS destructors ran:
+/// never registered again.
+const FAILED: u8 = 2;
+/// Released with [`release_current_thread`]: never registered again.
+const RELEASED: u8 = 3;
+/// The calling code is registering: a signal handler that finds this state
+/// interrupted the registration.
+const REGISTERING: u8 = 4;
+
+thread_local! {
     static REGISTRATION: ThreadRegistration = const {
-        ThreadRegistration { state: Cell::new(NOT_ATTEMPTED), len: Cell::new(0) }
+        ThreadRegistration { state: AtomicU8::new(NOT_ATTEMPTED), len: AtomicU32::new(0) }
+    };
+    /// Armed before the thread's registration: its destructor unregisters.
+    static UNREGISTER_AT_EXIT: UnregisterAtExit = const { UnregisterAtExit };
+}
+
+/// The thread-local destructor that unregisters the thread's area.
+struct UnregisterAtExit;
+
+impl Drop for UnregisterAtExit {
+    fn drop(&mut self) {
+        // Runs from the thread's TLS destructors, before its static TLS (which
+        // holds the area) is freed or reused. The swap claims the
+        // registration: a signal handler that releases the area meanwhile
+        // finds nothing left to release, and the thread never registers again.
+        let _ = REGISTRATION.try_with(|r| {
+            if r.state.swap(FAILED, Ordering::Relaxed) == REGISTERED_STATE {
+                count_unregistration(unregister(r));
+            }
+        });
+    }
+}
+
+/// The calling thread's registration state.
+fn registration_state() -> u8 {
+    REGISTRATION
+        .try_with(|r| r.state.load(Ordering::Relaxed))
+        .unwrap_or(FAILED)
+}
+
+/// Unregisters the calling thread's area, with exactly the registered length
+/// and signature.
+fn unregister(r: &ThreadRegistration) -> Result<(), i32> {
+    // SAFETY: ktl's own area of this thread, with the length and signature
+    // it was registered with. If it is not registered (any more), the kernel
+    // refuses with EINVAL and changes nothing.
+    unsafe {
+        sys::rseq(
+            area_ptr(arch::own_area_offset()),
+            r.len.load(Ordering::Relaxed),
+            abi::RSEQ_FLAG_UNREGISTER,
+            abi::RSEQ_SIG,
+        )
+    }
+}
+
+fn count_unregistration(result: Result<(), i32>) {
+    match result {
+        Ok(()) => UNREGISTERED.fetch_add(1, Ordering::Relaxed),
+        Err(_) => UNREGISTER_FAILURES.fetch_add(1, Ordering::Relaxed),
     };
 }
 
 /// Registers ktl's area for the calling thread, once. Returns whether the
 /// thread has a live ktl registration. After the thread's TLS destructors
-/// have run, returns `false` and never registers again.
+/// have run, returns `false` and never registers again. The caller holds the
+/// thread's [`FirstCall`] marker.
 fn ensure_thread_registered(len: u32) -> bool {
-    REGISTRATION
-        .try_with(|r| match r.state.get() {
-            REGISTERED_STATE => true,
-            FAILED | RELEASED => false,
-            _ => register_with(r, len).is_ok(),
-        })
-        .unwrap_or(false)
+    match registration_state() {
+        REGISTERED_STATE => true,
+        NOT_ATTEMPTED => register_with(len).is_ok(),
+        _ => false,
+    }
 }
 
 /// Registers the calling thread's area: `Err(Some(errno))` when the kernel
-/// refuses, `Err(None)` when the thread's TLS is already torn down.
+/// refuses, `Err(None)` when the thread may no longer register (its TLS is
+/// torn down, or a signal handler released it).
 fn register_current_thread(len: u32) -> Result<(), Option<i32>> {
-    REGISTRATION
-        .try_with(|r| match r.state.get() {
-            REGISTERED_STATE => Ok(()),
-            _ => register_with(r, len).map_err(Some),
-        })
-        .unwrap_or(Err(None))
+    match registration_state() {
+        REGISTERED_STATE => Ok(()),
+        NOT_ATTEMPTED => register_with(len),
+        _ => Err(None),
+    }
 }
 
 /// Why [`release_current_thread`] did not release the calling thread's area.
@@ -550,14 +730,22 @@ impl std::error::Error for ReleaseError {}
 /// registration to other code that registers its own area, or to run the
 /// fallbacks next to the fast path in tests (`ktl stress --rseq-off-every`).
 ///
-/// It is safe at any point, even from a signal handler: a critical section
-/// that this thread had started is aborted by the signal that interrupted
-/// it, and one started afterwards on the released area finds `cpu_id` at -1
-/// (the kernel resets it on unregistration) and aborts.
+/// It is safe at any point, even from a signal handler, once the owner is
+/// decided, and in a signal handler that interrupts a first call on its own
+/// thread: a critical section that this thread had started is aborted by
+/// the signal that interrupted it, and one started afterwards on the
+/// released area finds `cpu_id` at -1 (the kernel resets it on
+/// unregistration) and aborts. A handler that interrupts the thread's
+/// registration releases the area that registration makes, whether it has
+/// returned yet or not. (Before the owner is decided, and outside such a
+/// handler, it decides the owner, which a signal handler must not do.)
 ///
 /// Returns `Ok` when the thread has no ktl registration to release (the
 /// owner is [`Owner::Unavailable`], the registration had failed, or it was
-/// already released).
+/// already released). In a handler that interrupts a first call on its own
+/// thread before the owner is decided, it cannot know the owner: it
+/// releases the thread, which then never registers, and returns `Ok` even
+/// if the C library turns out to own the areas.
 ///
 /// # Errors
 ///
@@ -567,54 +755,169 @@ impl std::error::Error for ReleaseError {}
 ///
 /// See `rseq(2)`, `RSEQ_FLAG_UNREGISTER`.
 pub fn release_current_thread() -> Result<(), ReleaseError> {
-    match decision().layout.owner {
-        Owner::Libc => return Err(ReleaseError::OwnedByLibc),
-        Owner::Unavailable(_) => return Ok(()),
-        Owner::Ktl(_) => {}
+    let owner = match DECISION.get() {
+        Some(d) => d.layout.owner,
+        None => match FirstCall::begin() {
+            Some(_first) => decision().layout.owner,
+            // A signal handler that interrupted a first call on this
+            // thread, before the owner was decided.
+            None => return release_registration(),
+        },
+    };
+    match owner {
+        Owner::Libc => Err(ReleaseError::OwnedByLibc),
+        Owner::Unavailable(_) => Ok(()),
+        Owner::Ktl(_) => release_registration(),
     }
+}
+
+/// Releases the calling thread's registration: unregisters it if it is
+/// live, and makes sure the thread never registers.
+fn release_registration() -> Result<(), ReleaseError> {
     REGISTRATION
-        .try_with(|r| {
-            if r.state.get() != REGISTERED_STATE {
-                r.state.set(RELEASED);
-                return Ok(());
-            }
-            // SAFETY: the arguments are those of this thread's live
-            // registration (see `ThreadRegistration::drop`).
-            let result = unsafe {
-                sys::rseq(
-                    area_ptr(arch::own_area_offset()),
-                    r.len.get(),
-                    abi::RSEQ_FLAG_UNREGISTER,
-                    abi::RSEQ_SIG,
-                )
-            };
-            match result {
-                Ok(()) => {
-                    r.state.set(RELEASED);
-                    UNREGISTERED.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => Err(ReleaseError::Kernel(sys::Errno(e))),
-            }
-        })
-        // The thread's TLS destructors ran: its area is unregistered already.
+        .try_with(release_in)
+        // Past the thread's TLS destructors: nothing is registered.
         .unwrap_or(Ok(()))
 }
 
-fn register_with(r: &ThreadRegistration, len: u32) -> Result<(), i32> {
+fn release_in(r: &ThreadRegistration) -> Result<(), ReleaseError> {
+    loop {
+        let now = r.state.load(Ordering::Relaxed);
+        let live = match now {
+            REGISTERED_STATE => true,
+            // This is a signal handler that interrupted the thread's
+            // registration: the area is live if the registration returned.
+            // The interrupted call then finds the thread released, and
+            // undoes a registration that returns after this.
+            REGISTERING => own_area_live(),
+            NOT_ATTEMPTED => false,
+            // Failed, released, or past the thread's TLS destructors.
+            _ => return Ok(()),
+        };
+        if r.state
+            .compare_exchange(now, RELEASED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            // A handler changed the state between the load and the claim.
+            continue;
+        }
+        if !live {
+            return Ok(());
+        }
+        return match unregister(r) {
+            Ok(()) => {
+                UNREGISTERED.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                // Still registered, as it was.
+                r.state.store(now, Ordering::Relaxed);
+                Err(ReleaseError::Kernel(sys::Errno(e)))
+            }
+        };
+    }
+}
+
+/// Registers the calling thread's area, which the thread has not attempted
+/// yet: `Err(Some(errno))` when the kernel refuses, `Err(None)` when the
+/// thread may not register (see [`register_current_thread`]).
+///
+/// The caller holds the thread's [`FirstCall`] marker, so a signal handler
+/// that interrupts this never registers. A handler that ran just before the
+/// marker was taken may have registered the thread already, and one that
+/// interrupts this may release it.
+fn register_with(len: u32) -> Result<(), Option<i32>> {
+    REGISTRATION
+        .try_with(|r| register_in(r, len))
+        .unwrap_or(Err(None))
+}
+
+fn register_in(r: &ThreadRegistration, len: u32) -> Result<(), Option<i32>> {
+    if let Err(now) = r.state.compare_exchange(
+        NOT_ATTEMPTED,
+        REGISTERING,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    ) {
+        return if now == REGISTERED_STATE {
+            Ok(())
+        } else {
+            Err(None)
+        };
+    }
+    r.len.store(len, Ordering::Relaxed);
+    // Arm the destructor that unregisters the area at thread exit. Past the
+    // thread's TLS destructors it can no longer be armed: then the thread
+    // never registers.
+    if UNREGISTER_AT_EXIT.try_with(|_| ()).is_err() {
+        settle(r, FAILED);
+        return Err(None);
+    }
+    // The state and length are stored before the registration, which a
+    // signal handler may see the moment it returns.
+    compiler_fence(Ordering::SeqCst);
+    let result = register_own_area(len);
+    compiler_fence(Ordering::SeqCst);
+    if let Err(e) = result {
+        // EBUSY with a live area: the area is registered already, with
+        // exactly this length and signature (any other registration gets
+        // EINVAL or EPERM), and ktl's own area is nobody else's: keep it.
+        if e != libc::EBUSY || !own_area_live() {
+            REGISTER_FAILURES.fetch_add(1, Ordering::Relaxed);
+            settle(r, FAILED);
+            return Err(Some(e));
+        }
+    }
+    REGISTERED.fetch_add(1, Ordering::Relaxed);
+    if r.state
+        .compare_exchange(
+            REGISTERING,
+            REGISTERED_STATE,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+    {
+        return Ok(());
+    }
+    // A signal handler released the thread meanwhile. It unregistered the
+    // area if the registration had returned; otherwise undo it here.
+    if own_area_live() {
+        let undone = unregister(r);
+        let kept = undone.is_err();
+        count_unregistration(undone);
+        if kept {
+            // Still registered: the thread's exit unregisters it.
+            r.state.store(REGISTERED_STATE, Ordering::Relaxed);
+            return Ok(());
+        }
+    }
+    Err(None)
+}
+
+/// Ends a registration attempt in `to`, unless a signal handler released
+/// the thread meanwhile (it stays released).
+fn settle(r: &ThreadRegistration, to: u8) {
+    let _ = r
+        .state
+        .compare_exchange(REGISTERING, to, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// The registration system call for ktl's own area of the calling thread.
+fn register_own_area(len: u32) -> Result<(), i32> {
     let ptr = area_ptr(arch::own_area_offset());
     // SAFETY: the area is ktl's own thread-local block: `len` bytes (at most
     // OWN_AREA_CAPACITY) at an address aligned to BLOCK_ALIGN (64, at least
     // the kernel's alignment, checked by `ktl_registration_len`). It stays
-    // mapped and unused by anything else until the destructor of
-    // `REGISTRATION`, which is now armed, unregisters it. User space never
-    // writes its kernel-owned fields.
+    // mapped and unused by anything else until the destructor
+    // `UNREGISTER_AT_EXIT`, which the caller armed, unregisters it. User
+    // space never writes its kernel-owned fields.
     //
     // On the KTLS kernel prototype, the registration also records the
     // thread group's layout (every thread's area is at the same offset), so
     // that clone3(CLONE_RSEQ_KTLS) can register new threads. If the kernel
     // refuses that (another layout is set), register plainly.
-    let result = if crate::ktls::features().group_layout() {
+    if crate::ktls::features().group_layout() {
         // SAFETY: as above; the flag changes only what the kernel records.
         match unsafe { sys::rseq(ptr, len, abi::RSEQ_FLAG_KTLS_LAYOUT, abi::RSEQ_SIG) } {
             Ok(()) => {
@@ -627,19 +930,7 @@ fn register_with(r: &ThreadRegistration, len: u32) -> Result<(), i32> {
     } else {
         // SAFETY: as above.
         unsafe { sys::rseq(ptr, len, 0, abi::RSEQ_SIG) }
-    };
-    match result {
-        Ok(()) => {
-            r.len.set(len);
-            r.state.set(REGISTERED_STATE);
-            REGISTERED.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(_) => {
-            r.state.set(FAILED);
-            REGISTER_FAILURES.fetch_add(1, Ordering::Relaxed);
-        }
     }
-    result
 }
 
 /// Finds the C library's `__rseq_*` symbols.

@@ -33,6 +33,19 @@
 //!
 //! If every source fails (a filter that blocks `getcpu` as well), the
 //! accessors return 0, which is always a valid CPU, node and id.
+//!
+//! ## Signal handlers
+//!
+//! Once the calling thread has made an accessor call, the accessors are
+//! async-signal-safe in it: the fast path only loads, and the cold path
+//! reads the decided state, then calls vDSO `getcpu` (looked up with the
+//! owner decision) or the system call. The first accessor call of a thread
+//! may set things up (decide the owner, register the thread's area and arm
+//! the destructor that unregisters it, which allocates): a signal handler
+//! must not make it, except when it interrupts a first call of ktl on its
+//! own thread. Such a handler sets nothing up and waits for nothing: its
+//! accessors answer from the `getcpu` system call (see
+//! [`crate::area`](crate::area#first-calls-and-signal-handlers)).
 
 use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_MM_CID, OFFSET_NODE_ID};
 use crate::arch::{self, Slot};
@@ -214,8 +227,8 @@ pub fn sources() -> Sources {
         Source::Nothing
     };
     let live = area::thread_area().is_some();
-    let features = area::layout().features;
-    let has = |f: Features| live && features.contains(f);
+    // A live area means the owner is decided.
+    let has = |f: Features| live && area::layout().features.contains(f);
     Sources {
         cpu_id: if live { Source::Area } else { fallback },
         node_id: if has(Features::NODE_ID) {
@@ -295,7 +308,9 @@ pub unsafe fn mm_cid_at(area_offset: isize) -> u32 {
     unsafe { arch::tp_load_u32::<OFFSET_MM_CID>(area_offset) }
 }
 
-/// `(cpu, node)` from the vDSO's `getcpu`, or `None` when the vDSO lacks it.
+/// `(cpu, node)` from the vDSO's `getcpu`, or `None` when the vDSO lacks it
+/// (or in a signal handler that interrupts one of ktl's first calls on its
+/// thread before the vDSO was ever looked at; see [`vdso::getcpu_fn`]).
 #[inline]
 pub fn getcpu_vdso() -> Option<(u32, u32)> {
     vdso::getcpu()

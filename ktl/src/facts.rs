@@ -29,6 +29,14 @@
 //! own memory: use them as the system calls' answers, never as a security
 //! boundary against the process itself.
 //!
+//! The accessors are async-signal-safe in a thread that has called one of
+//! them before (the first call decides the path and registers the thread's
+//! area where ktl owns them). A signal handler that interrupts one of ktl's
+//! first calls on its own thread gets the system calls' answers and sets
+//! nothing up (see
+//! [`crate::area`](crate::area#first-calls-and-signal-handlers)); [`path`]
+//! must not be called there before the path is decided.
+//!
 //! # Example
 //!
 //! ```
@@ -127,16 +135,37 @@ struct State {
 
 static STATE: OnceLock<State> = OnceLock::new();
 
+/// The decided state; `None` in a signal handler that interrupted one of
+/// ktl's first calls on its thread before the path was decided (the caller
+/// then makes the system call).
 #[inline]
-fn state() -> &'static State {
-    STATE.get_or_init(decide)
+fn state() -> Option<&'static State> {
+    match STATE.get() {
+        Some(st) => Some(st),
+        None => state_first(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn state_first() -> Option<&'static State> {
+    let _first = area::FirstCall::begin()?;
+    Some(STATE.get_or_init(decide))
 }
 
 /// The path this process takes, decided at the first call.
 pub fn path() -> Path {
-    state().path
+    match STATE.get() {
+        Some(st) => st.path,
+        None => {
+            let _first = area::FirstCall::begin();
+            STATE.get_or_init(decide).path
+        }
+    }
 }
 
+/// Decides the path. Runs inside a first call, which holds the thread's
+/// marker.
 #[cold]
 fn decide() -> State {
     let syscall = |why| State {
@@ -155,7 +184,7 @@ fn decide() -> State {
     if layout.registered_len < abi::KTLS_FACTS_END {
         return syscall(Fallback::ShortRegistration(layout.registered_len));
     }
-    let vdso = Fact::ALL.map(|f| vdso::ktls_fn(f.vdso_fn()));
+    let vdso = Fact::ALL.map(|f| vdso::ktls_fn_in_first_call(f.vdso_fn()));
     let path = if vdso.iter().all(Option::is_some) {
         Path::Vdso
     } else {
@@ -285,14 +314,18 @@ fn read(st: &State, off: Option<isize>, fact: Fact) -> u32 {
 }
 
 fn get(fact: Fact) -> u32 {
-    let st = state();
-    read(st, live(st), fact)
+    match state() {
+        Some(st) => read(st, live(st), fact),
+        None => fact.syscall(),
+    }
 }
 
 /// All six ids of the calling thread, with one check of the area for the
 /// six.
 pub fn thread_facts() -> ThreadFacts {
-    let st = state();
+    let Some(st) = state() else {
+        return syscall_facts();
+    };
     let off = live(st);
     let read = |f: Fact| read(st, off, f);
     ThreadFacts {

@@ -20,15 +20,26 @@
 //!   rseq registration);
 //! - a call that interrupts another one on the same thread (from a signal
 //!   handler) uses the `getrandom(2)` system call, so a state is never used
-//!   by two calls at once;
+//!   by two calls at once; so does a call that interrupts one of ktl's
+//!   first calls on its thread (see [`crate::area`]), which sets nothing up;
 //! - a `fork` child gets wiped states from the kernel, so it never repeats
 //!   its parent's output, and the states of threads that do not exist in the
 //!   child go back to its free list.
 //!
 //! Without the vDSO function (kernels before 6.11 on x86_64 and 6.14 on
-//! aarch64, no vDSO, `KTL_VDSO=off`) or without memory for a state (a
-//! sandbox that refuses the mapping), every call uses the `getrandom(2)`
-//! system call. [`path`] says which path is live, and `ktl info` shows it.
+//! aarch64, no vDSO, `KTL_VDSO=off`), every call uses the `getrandom(2)`
+//! system call. So does a thread that got no state (a sandbox that refuses
+//! the mapping), until a state comes free (another thread exits or maps a
+//! page of them): it then takes that one. [`path`] says which path is live,
+//! and `ktl info` shows it.
+//!
+//! [`fill`] is async-signal-safe in a thread that has made a fill before:
+//! it calls the vDSO with the thread's state, or makes the system call. The
+//! first fill of the process finds the vDSO function, and the first fill of
+//! a thread gives it a state; both allocate and take locks, so a signal
+//! handler must not make them, except when it interrupts a fill or another
+//! of ktl's first calls on its own thread: then it makes the system call and
+//! sets nothing up.
 //!
 //! ```
 //! let mut key = [0u8; 32];
@@ -60,6 +71,7 @@ use core::sync::atomic::{AtomicU64, Ordering, compiler_fence};
 use std::sync::OnceLock;
 
 use crate::Errno;
+use crate::area;
 use crate::vdso::{self, GetrandomFn, VdsoError};
 use state::Geometry;
 
@@ -143,21 +155,31 @@ struct Vgetrandom {
     geometry: Geometry,
 }
 
+/// The vDSO path, once looked up.
+static VGETRANDOM: OnceLock<Result<Vgetrandom, Fallback>> = OnceLock::new();
+
 /// The vDSO path, looked up once: the function and its state geometry, or
 /// why there is none.
 fn vgetrandom() -> Result<&'static Vgetrandom, Fallback> {
-    static VGETRANDOM: OnceLock<Result<Vgetrandom, Fallback>> = OnceLock::new();
-    VGETRANDOM
-        .get_or_init(find)
-        .as_ref()
-        .map_err(|&fallback| fallback)
+    let v = match VGETRANDOM.get() {
+        Some(v) => v,
+        None => {
+            // Marked as a first call (unless the caller's is), so that a
+            // fill in a signal handler that interrupts this takes the system
+            // call instead of waiting for it.
+            let _first = area::FirstCall::begin();
+            VGETRANDOM.get_or_init(find)
+        }
+    };
+    v.as_ref().map_err(|&fallback| fallback)
 }
 
-/// Finds vDSO getrandom and the geometry of its states.
+/// Finds vDSO getrandom and the geometry of its states. Runs inside a first
+/// call, which holds the thread's marker.
 #[cold]
 fn find() -> Result<Vgetrandom, Fallback> {
     vdso::Vdso::get().map_err(Fallback::NoVdso)?;
-    let getrandom = vdso::getrandom_fn().ok_or(Fallback::NoSymbol)?;
+    let getrandom = vdso::getrandom_fn_in_first_call().ok_or(Fallback::NoSymbol)?;
     let params = vdso::getrandom_params(getrandom).map_err(Fallback::Params)?;
     let size = params.size_of_opaque_state as usize;
     // SAFETY: sysconf only reads a configuration value.
@@ -181,8 +203,6 @@ fn geometry() -> Option<Geometry> {
     vgetrandom().ok().map(|v| v.geometry)
 }
 
-/// The errno of the last failed state mapping, or 0.
-static ALLOC_ERRNO: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
 /// Fills that used the system call, in all threads.
 static SYSCALL_FILLS: AtomicU64 = AtomicU64::new(0);
 /// Fills that interrupted a fill on the same thread (signal handlers).
@@ -190,42 +210,61 @@ static REENTRANT_FILLS: AtomicU64 = AtomicU64::new(0);
 
 /// The path [`fill`] takes in this process.
 ///
-/// [`Path::Vdso`] unless the vDSO function is missing, or the last attempt to
-/// map states failed (then threads that already hold a state still use the
-/// vDSO, and new ones use the system call).
+/// [`Path::Vdso`] unless the vDSO function is missing, or the most recent
+/// attempt to give a thread a state failed: then threads that hold a state
+/// still use the vDSO, and threads without one use the system call until a
+/// state comes free. The next thread that gets a state makes it
+/// [`Path::Vdso`] again.
 pub fn path() -> Path {
     match vgetrandom() {
         Err(why) => Path::Syscall(why),
-        Ok(_) => match ALLOC_ERRNO.load(Ordering::Relaxed) {
-            0 => Path::Vdso,
-            e => Path::Syscall(Fallback::StateAlloc(Errno(e))),
+        Ok(_) => match state::last_failure() {
+            None => Path::Vdso,
+            Some(e) => Path::Syscall(Fallback::StateAlloc(e)),
         },
     }
 }
 
 /// The calling thread's vDSO state and the flags that guard it.
+///
+/// It has no destructor, so a fill that reads it arms nothing (a signal
+/// handler may); [`GiveBack`], armed when the thread takes a state, returns
+/// the state at thread exit.
 struct Slot {
     /// The thread's state, or null before its first vDSO fill.
     state: Cell<*mut u8>,
     /// A fill is running on this thread (a signal handler that calls
     /// [`fill`] then sees it set).
     busy: Cell<bool>,
-    /// Mapping a state failed for this thread: it uses the system call.
+    /// Taking a state failed for this thread: it uses the system call until
+    /// [`state::generation`] moves on from `refused_at`.
     no_state: Cell<bool>,
+    /// [`state::generation`] when taking a state failed.
+    refused_at: Cell<u64>,
+    /// The thread's TLS destructors ran: it never takes a state again.
+    exited: Cell<bool>,
     /// Fills of this thread through the vDSO.
     vdso_fills: Cell<u64>,
     /// Fills of this thread through the system call.
     syscall_fills: Cell<u64>,
 }
 
-impl Drop for Slot {
+/// The thread-local destructor that returns the thread's state.
+struct GiveBack;
+
+impl Drop for GiveBack {
     fn drop(&mut self) {
-        // Runs from the thread's TLS destructors. Later calls on this thread
-        // find the slot gone and use the system call, so the state is free.
-        let state = self.state.replace(core::ptr::null_mut());
-        if !state.is_null() {
-            state::release(state);
-        }
+        // Runs from the thread's TLS destructors. Later fills on this thread
+        // find it exited, with no state, and use the system call; so does a
+        // signal handler's fill that interrupts this.
+        let _ = SLOT.try_with(|s| {
+            s.exited.set(true);
+            compiler_fence(Ordering::SeqCst);
+            let state = s.state.replace(core::ptr::null_mut());
+            if !state.is_null() {
+                state::release(state);
+            }
+        });
     }
 }
 
@@ -235,10 +274,14 @@ thread_local! {
             state: Cell::new(core::ptr::null_mut()),
             busy: Cell::new(false),
             no_state: Cell::new(false),
+            refused_at: Cell::new(0),
+            exited: Cell::new(false),
             vdso_fills: Cell::new(0),
             syscall_fills: Cell::new(0),
         }
     };
+    /// Armed when the thread takes a state.
+    static GIVE_BACK: GiveBack = const { GiveBack };
 }
 
 /// The calling thread's state, if it has one (for the `fork` child handler).
@@ -254,6 +297,9 @@ fn current_state() -> Option<*mut u8> {
 /// it, and the `getrandom(2)` system call otherwise (see [`path`]). The
 /// bytes are those of the kernel's generator (`/dev/urandom` quality): the
 /// call blocks only until that generator is first seeded, early in boot.
+///
+/// Async-signal-safe once the thread has made a fill; see the
+/// [module docs](self).
 ///
 /// # Errors
 ///
@@ -275,13 +321,9 @@ pub fn fill(dest: &mut [u8]) -> Result<(), RandomError> {
 #[inline]
 pub fn fill_uninit(dest: &mut [MaybeUninit<u8>]) -> Result<&mut [u8], RandomError> {
     if !dest.is_empty() {
-        let on_slot = SLOT.try_with(|slot| match vgetrandom() {
-            Ok(v) => fill_on_slot(slot, v, dest),
-            Err(_) => syscall_on_slot(slot, dest),
-        });
-        match on_slot {
+        match SLOT.try_with(|slot| fill_on_slot(slot, dest)) {
             Ok(r) => r?,
-            // The thread's TLS is being torn down.
+            // Not expected: the slot has no destructor.
             Err(_) => syscall_uninit(dest)?,
         }
     }
@@ -317,27 +359,21 @@ pub fn u32() -> Result<u32, RandomError> {
 /// or through the system call if a fill is already running on this thread
 /// or the thread has no state.
 #[inline]
-fn fill_on_slot(
-    slot: &Slot,
-    v: &Vgetrandom,
-    dest: &mut [MaybeUninit<u8>],
-) -> Result<(), RandomError> {
+fn fill_on_slot(slot: &Slot, dest: &mut [MaybeUninit<u8>]) -> Result<(), RandomError> {
     if slot.busy.get() {
         REENTRANT_FILLS.fetch_add(1, Ordering::Relaxed);
         return syscall_on_slot(slot, dest);
     }
     slot.busy.set(true);
     // A signal handler runs on this thread between any two instructions: the
-    // flag must be set before the state is used, and cleared after.
+    // flag must be set before anything is set up or the state is used, and
+    // cleared after.
     compiler_fence(Ordering::SeqCst);
-    let mut state = slot.state.get();
-    if state.is_null() {
-        state = take_state(slot, v);
-    }
-    let r = if state.is_null() {
-        Err(())
-    } else {
-        vdso_fill(v, state, dest)
+    let state = slot.state.get();
+    let r = match VGETRANDOM.get() {
+        // A thread holds a state only once the vDSO path was found.
+        Some(Ok(v)) if !state.is_null() => vdso_fill(v, state, dest),
+        _ => first_fill(slot, dest),
     };
     compiler_fence(Ordering::SeqCst);
     slot.busy.set(false);
@@ -350,21 +386,52 @@ fn fill_on_slot(
     }
 }
 
-/// Gives the thread a state, or records that it has none; null if none.
+/// A fill of a thread without a state: finds the vDSO path and gives the
+/// thread a state, then fills through the vDSO; `Err` to use the system
+/// call. Inside another of ktl's first calls on this thread (a signal
+/// handler interrupted it), it sets nothing up and returns `Err`.
 #[cold]
 #[inline(never)]
+fn first_fill(slot: &Slot, dest: &mut [MaybeUninit<u8>]) -> Result<(), ()> {
+    let Some(_first) = area::FirstCall::begin() else {
+        return Err(());
+    };
+    let v = vgetrandom().map_err(|_| ())?;
+    let state = take_state(slot, v);
+    if state.is_null() {
+        return Err(());
+    }
+    vdso_fill(v, state, dest)
+}
+
+/// Gives the thread a state, or records that it has none; null if none.
+///
+/// A thread that was refused one tries again only once a state has come
+/// free since, and then only takes a free one: it maps nothing.
 fn take_state(slot: &Slot, v: &Vgetrandom) -> *mut u8 {
-    if slot.no_state.get() {
+    if slot.exited.get() {
         return core::ptr::null_mut();
     }
-    match state::acquire(&v.geometry) {
+    let retry = slot.no_state.get();
+    if retry && state::generation() == slot.refused_at.get() {
+        return core::ptr::null_mut();
+    }
+    // Arm the destructor that gives the state back at thread exit. Past the
+    // thread's TLS destructors it can no longer be armed, and the thread
+    // never takes a state.
+    if GIVE_BACK.try_with(|_| ()).is_err() {
+        slot.exited.set(true);
+        return core::ptr::null_mut();
+    }
+    match state::acquire(&v.geometry, !retry) {
         Ok(state) => {
             slot.state.set(state);
+            slot.no_state.set(false);
             state
         }
-        Err(e) => {
-            ALLOC_ERRNO.store(e.0, Ordering::Relaxed);
+        Err(refused_at) => {
             slot.no_state.set(true);
+            slot.refused_at.set(refused_at);
             core::ptr::null_mut()
         }
     }
@@ -467,6 +534,10 @@ pub fn stats() -> Stats {
         ..Stats::default()
     };
     if let Some(geometry) = geometry() {
+        // Marked while it holds the states' lock, so that a signal handler's
+        // first fill on this thread takes the system call instead of that
+        // lock.
+        let _first = area::FirstCall::begin();
         let c = state::counts(&geometry);
         stats.state_size = geometry.state_size;
         stats.pages = c.pages;

@@ -8,6 +8,10 @@
 //! holds `page_size / stride` states, where the stride is the state size
 //! rounded up to a cache line (two threads' states never share one).
 //!
+//! A thread that is refused a state (the mapping of a new page fails) uses
+//! the system call, and tries again, taking only a free state, once the free
+//! list has grown since the refusal: [`generation`] counts its growths.
+//!
 //! After `fork`, the child has only the forking thread. Its copy of the
 //! registry still counts the states of the parent's other threads as in use,
 //! so a `pthread_atfork` child handler returns them to the free list. Their
@@ -15,10 +19,12 @@
 //! so every state there starts from zero and the vDSO reseeds it, and the
 //! child never repeats the parent's output.
 
+use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
 use crate::Errno;
+use crate::area::FirstCall;
 
 /// The geometry of the states, from the vDSO's parameters.
 #[derive(Debug, Clone, Copy)]
@@ -82,8 +88,39 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 
 /// The registry, whatever a panicking holder left (nothing here panics while
 /// holding it, and its invariants hold between statements).
+///
+/// Its holders hold the thread's [`FirstCall`] marker too, so that a signal
+/// handler that interrupts them never waits for the lock: its fills take the
+/// system call.
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How many times the free list has grown (states given back, pages
+/// mapped, a `fork` child's states freed). Changed under the registry lock.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The errno of the most recent attempt to give a thread a state, if it
+/// failed, else 0. Changed under the registry lock, so it follows the order
+/// of the attempts.
+static LAST_ERRNO: AtomicI32 = AtomicI32::new(0);
+
+/// [`GENERATION`] now.
+pub(super) fn generation() -> u64 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// The errno of the most recent attempt to give a thread a state, if it
+/// failed.
+pub(super) fn last_failure() -> Option<Errno> {
+    match LAST_ERRNO.load(Ordering::Relaxed) {
+        0 => None,
+        e => Some(Errno(e)),
+    }
+}
+
+fn grew() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Counts of the registry, for [`super::Stats`].
@@ -105,17 +142,22 @@ pub(super) fn counts(geometry: &Geometry) -> Counts {
     }
 }
 
-/// Takes a free state, mapping a new page of them if there is none.
-/// `Err(errno)` if the page cannot be mapped.
-pub(super) fn acquire(geometry: &Geometry) -> Result<*mut u8, Errno> {
+/// Takes a free state, mapping a new page of them if there is none and
+/// `may_map`. The caller holds the thread's [`FirstCall`] marker. `Err`
+/// with the [`generation`] of the refusal if there is none.
+pub(super) fn acquire(geometry: &Geometry, may_map: bool) -> Result<*mut u8, u64> {
     register_fork_handlers();
     let mut r = registry();
     if r.free.is_empty() {
+        if !may_map {
+            return Err(generation());
+        }
         let base = match map_page(geometry) {
             Ok(base) => base,
             Err(e) => {
                 r.alloc_failures += 1;
-                return Err(e);
+                LAST_ERRNO.store(e.0, Ordering::Relaxed);
+                return Err(generation());
             }
         };
         r.pages.push(base);
@@ -125,20 +167,24 @@ pub(super) fn acquire(geometry: &Geometry) -> Result<*mut u8, Errno> {
                 .rev()
                 .map(|i| base + i * geometry.stride),
         );
+        grew();
     }
     let Some(state) = r.free.pop() else {
         // `per_page` is at least 1, so the page just mapped added one.
-        return Err(Errno(libc::ENOMEM));
+        return Err(generation());
     };
     r.in_use += 1;
+    LAST_ERRNO.store(0, Ordering::Relaxed);
     Ok(core::ptr::with_exposed_provenance_mut(state))
 }
 
 /// Returns a state taken with [`acquire`] to the free list.
 pub(super) fn release(state: *mut u8) {
+    let _first = FirstCall::begin();
     let mut r = registry();
     r.free.push(state.expose_provenance());
     r.in_use = r.in_use.saturating_sub(1);
+    grew();
 }
 
 /// Maps one page of states with the vDSO's protection and flags.
@@ -167,11 +213,14 @@ fn map_page(geometry: &Geometry) -> Result<usize, Errno> {
     Ok(p.expose_provenance())
 }
 
+/// What the forking thread holds across a `fork`.
+type ForkGuard = (MutexGuard<'static, Registry>, Option<FirstCall>);
+
 thread_local! {
     /// The registry lock held across a `fork` by the forking thread, from
-    /// the prepare handler to the parent or child handler.
-    static FORK_GUARD: RefCell<Option<MutexGuard<'static, Registry>>> =
-        const { RefCell::new(None) };
+    /// the prepare handler to the parent or child handler, with the thread's
+    /// first-call marker (see [`registry`]).
+    static FORK_GUARD: RefCell<Option<ForkGuard>> = const { RefCell::new(None) };
 }
 
 /// Registers the `pthread_atfork` handlers, once.
@@ -188,8 +237,9 @@ fn register_fork_handlers() {
 
 /// Before `fork`: hold the registry, so the child gets a consistent copy.
 extern "C" fn prepare() {
+    let first = FirstCall::begin();
     let guard = registry();
-    let _ = FORK_GUARD.try_with(|g| *g.borrow_mut() = Some(guard));
+    let _ = FORK_GUARD.try_with(|g| *g.borrow_mut() = Some((guard, first)));
 }
 
 /// In the parent after `fork`: release the registry.
@@ -202,7 +252,9 @@ extern "C" fn parent() {
 extern "C" fn child() {
     let own = super::current_state().map(|s| s.expose_provenance());
     let _ = FORK_GUARD.try_with(|g| {
-        if let Some(mut r) = g.borrow_mut().take() {
+        // The lock, then the marker, are given back when `held` drops.
+        if let Some(mut held) = g.borrow_mut().take() {
+            let r = &mut held.0;
             let Some(geometry) = super::geometry() else {
                 return;
             };
@@ -218,6 +270,7 @@ extern "C" fn child() {
             }
             r.pages = pages;
             r.in_use = usize::from(own.is_some());
+            grew();
         }
     });
 }

@@ -17,6 +17,13 @@
 //! makes ktl ignore the vDSO ([`VdsoError::Disabled`]): every vDSO call then
 //! takes its system-call fallback. It exists to test those fallbacks and to
 //! rule the vDSO out when debugging.
+//!
+//! The first lookup of a symbol parses the vDSO (and reads the environment,
+//! which allocates). A signal handler that interrupts one of ktl's first
+//! calls on its thread gets `None` from the lookup functions when the symbol
+//! was never looked up, without caching it, so that the accessors take their
+//! system call instead of waiting for the parse they interrupted; see
+//! [`crate::area`].
 
 mod elf;
 #[cfg(test)]
@@ -276,9 +283,17 @@ pub struct Vdso {
 impl Vdso {
     /// The process's vDSO, parsed once (cached in a [`OnceLock`]), or why it
     /// is unavailable.
+    ///
+    /// Async-signal-safe once the vDSO has been parsed. Before, it parses,
+    /// which a signal handler must not do: one that calls this while its own
+    /// thread is parsing waits for ever. The lookup functions
+    /// ([`getcpu_fn`] and the others) never do that.
     pub fn get() -> Result<&'static Vdso, VdsoError> {
-        static VDSO: OnceLock<Result<Vdso, VdsoError>> = OnceLock::new();
-        VDSO.get_or_init(find).as_ref().map_err(|&error| error)
+        let vdso = match VDSO.get() {
+            Some(vdso) => vdso,
+            None => parse_once(),
+        };
+        vdso.as_ref().map_err(|&error| error)
     }
 
     /// Parses an image held in memory (for tests and fuzzing). The result
@@ -299,6 +314,19 @@ impl Vdso {
     pub fn base(&self) -> usize {
         self.image.bytes().as_ptr().addr()
     }
+}
+
+/// The process's vDSO, once parsed.
+static VDSO: OnceLock<Result<Vdso, VdsoError>> = OnceLock::new();
+
+#[cold]
+#[inline(never)]
+fn parse_once() -> &'static Result<Vdso, VdsoError> {
+    // Marked as a first call (unless the caller's first call is), so that a
+    // signal handler that interrupts the parse and calls an accessor takes
+    // the accessor's system call instead.
+    let _first = crate::area::FirstCall::begin();
+    VDSO.get_or_init(find)
 }
 
 /// A slice of `len` bytes of the vDSO mapping at `base`.
@@ -377,7 +405,9 @@ static KTLS_ADDRS: [[AtomicUsize; 2]; 7] =
     [const { [const { AtomicUsize::new(NOT_LOOKED_UP) }; 2] }; 7];
 
 /// The address of `name` in the process's vDSO, looked up once and cached
-/// in `cache`; `None` if the vDSO or the symbol is missing.
+/// in `cache`; `None` if the vDSO or the symbol is missing, and, uncached,
+/// in a signal handler that interrupts one of ktl's first calls on its
+/// thread before the symbol was ever looked up.
 #[inline]
 fn cached_symbol(cache: &AtomicUsize, name: &str) -> Option<*const c_void> {
     cached_versioned(cache, name, VERSION)
@@ -388,11 +418,41 @@ fn cached_symbol(cache: &AtomicUsize, name: &str) -> Option<*const c_void> {
 fn cached_versioned(cache: &AtomicUsize, name: &str, version: &str) -> Option<*const c_void> {
     // Relaxed is enough: the cached value is all that is shared. The code it
     // points to was mapped before the process started.
-    let mut addr = cache.load(Ordering::Relaxed);
-    if addr == NOT_LOOKED_UP {
-        addr = lookup(name, version);
-        cache.store(addr, Ordering::Relaxed);
-    }
+    let addr = match cache.load(Ordering::Relaxed) {
+        NOT_LOOKED_UP => first_lookup(cache, name, version)?,
+        addr => addr,
+    };
+    present(addr)
+}
+
+/// The first lookup, which may parse the vDSO: marked as a first call, and
+/// `None` (not cached) in a signal handler that interrupted one.
+#[cold]
+#[inline(never)]
+fn first_lookup(cache: &AtomicUsize, name: &str, version: &str) -> Option<usize> {
+    let _first = crate::area::FirstCall::begin()?;
+    Some(lookup_into(cache, name, version))
+}
+
+/// [`cached_versioned`] for code that runs inside one of ktl's first calls,
+/// which holds the thread's marker already: looks the symbol up if needed.
+fn cached_in_first_call(cache: &AtomicUsize, name: &str, version: &str) -> Option<*const c_void> {
+    let addr = match cache.load(Ordering::Relaxed) {
+        NOT_LOOKED_UP => lookup_into(cache, name, version),
+        addr => addr,
+    };
+    present(addr)
+}
+
+/// Looks `name` up and caches the answer in `cache`.
+fn lookup_into(cache: &AtomicUsize, name: &str, version: &str) -> usize {
+    let addr = lookup(name, version);
+    cache.store(addr, Ordering::Relaxed);
+    addr
+}
+
+/// The pointer a cached address stands for.
+fn present(addr: usize) -> Option<*const c_void> {
     (addr != ABSENT).then(|| core::ptr::with_exposed_provenance::<c_void>(addr))
 }
 
@@ -411,7 +471,8 @@ fn lookup(name: &str, version: &str) -> usize {
 /// The vDSO getcpu function, looked up once and cached.
 ///
 /// `None` if the process has no vDSO or the vDSO has no [`GETCPU`] at
-/// [`VERSION`].
+/// [`VERSION`], and (not cached) in a signal handler that interrupts one of
+/// ktl's first calls on its thread before the first lookup.
 #[inline]
 pub fn getcpu_fn() -> Option<GetcpuFn> {
     let ptr = cached_symbol(&GETCPU_ADDR, GETCPU)?;
@@ -422,11 +483,21 @@ pub fn getcpu_fn() -> Option<GetcpuFn> {
     Some(unsafe { core::mem::transmute::<*const c_void, GetcpuFn>(ptr) })
 }
 
+/// [`getcpu_fn`] inside one of ktl's first calls (the owner decision, which
+/// looks it up so that the accessors' fallback never has to), which holds
+/// the thread's marker.
+pub(crate) fn getcpu_fn_in_first_call() -> Option<GetcpuFn> {
+    let ptr = cached_in_first_call(&GETCPU_ADDR, GETCPU, VERSION)?;
+    // SAFETY: as in `getcpu_fn`.
+    Some(unsafe { core::mem::transmute::<*const c_void, GetcpuFn>(ptr) })
+}
+
 /// The vDSO getrandom function, looked up once and cached.
 ///
 /// `None` if the process has no vDSO or the vDSO has no [`GETRANDOM`] at
-/// [`VERSION`] (kernels before 6.11 on x86_64, before 6.14 on aarch64).
-/// [`crate::random`] is the safe interface over it.
+/// [`VERSION`] (kernels before 6.11 on x86_64, before 6.14 on aarch64), and
+/// as [`getcpu_fn`] says in a signal handler. [`crate::random`] is the safe
+/// interface over it.
 #[inline]
 pub fn getrandom_fn() -> Option<GetrandomFn> {
     let ptr = cached_symbol(&GETRANDOM_ADDR, GETRANDOM)?;
@@ -435,14 +506,30 @@ pub fn getrandom_fn() -> Option<GetrandomFn> {
     Some(unsafe { core::mem::transmute::<*const c_void, GetrandomFn>(ptr) })
 }
 
+/// [`getrandom_fn`] inside one of ktl's first calls (the set-up of
+/// [`crate::random`]), which holds the thread's marker.
+pub(crate) fn getrandom_fn_in_first_call() -> Option<GetrandomFn> {
+    let ptr = cached_in_first_call(&GETRANDOM_ADDR, GETRANDOM, VERSION)?;
+    // SAFETY: as in `getrandom_fn`.
+    Some(unsafe { core::mem::transmute::<*const c_void, GetrandomFn>(ptr) })
+}
+
 /// The KTLS vDSO function `f` that takes the area's address, looked up once
 /// and cached; `None` without the prototype's vDSO (any upstream kernel, or
-/// `KTL_VDSO=off`).
+/// `KTL_VDSO=off`), and as [`getcpu_fn`] says in a signal handler.
 #[inline]
 pub fn ktls_fn(f: KtlsFn) -> Option<KtlsPtrFn> {
     let ptr = cached_versioned(&KTLS_ADDRS[f as usize][0], f.symbol(), KTLS_VERSION)?;
     // SAFETY: as in `getcpu_fn`, for a KTLS function of the address form,
     // whose C signature `KtlsPtrFn` declares.
+    Some(unsafe { core::mem::transmute::<*const c_void, KtlsPtrFn>(ptr) })
+}
+
+/// [`ktls_fn`] inside one of ktl's first calls (the set-up of
+/// [`crate::facts`]), which holds the thread's marker.
+pub(crate) fn ktls_fn_in_first_call(f: KtlsFn) -> Option<KtlsPtrFn> {
+    let ptr = cached_in_first_call(&KTLS_ADDRS[f as usize][0], f.symbol(), KTLS_VERSION)?;
+    // SAFETY: as in `ktls_fn`.
     Some(unsafe { core::mem::transmute::<*const c_void, KtlsPtrFn>(ptr) })
 }
 
@@ -481,7 +568,8 @@ pub fn getrandom_params(getrandom: GetrandomFn) -> Result<GetrandomParams, crate
 }
 
 /// Calls vDSO getcpu: `Some((cpu, node))` on success, `None` if the vDSO or
-/// the symbol is missing or the call fails.
+/// the symbol is missing or the call fails (and as [`getcpu_fn`] says in a
+/// signal handler).
 ///
 /// After the first call this is one load of a cached function pointer and
 /// one indirect call.
