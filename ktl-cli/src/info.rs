@@ -234,6 +234,8 @@ pub fn gather() -> Report {
     };
     let (libc_name, libc_version) = match area::libc_version() {
         Some((n, v)) => (Some(n), Some(v)),
+        // musl has no version query; the target names the library.
+        None if cfg!(target_env = "musl") => (Some("musl"), None),
         None => (None, None),
     };
     let (kind, reason, errno) = match layout.owner {
@@ -475,7 +477,7 @@ fn print_text(r: &Report) {
     println!(
         "  name, version        {} {}",
         r.libc.name.unwrap_or("unknown"),
-        r.libc.version.as_deref().unwrap_or("")
+        r.libc.version.as_deref().unwrap_or("(version unknown)")
     );
     if r.libc.rseq_symbols {
         println!(
