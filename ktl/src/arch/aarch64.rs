@@ -303,7 +303,7 @@ macro_rules! add_current_section {
             "str x10, [x0, #8]\n",
             "6:\n",
             rseq_delay_inside!(),
-            "ldrsw x10, [x0, #{field}]\n",
+            "ldr w10, [x0, #{field}]\n",
             $check,
             "cmp x10, {len}\n",
             "b.hs {other}\n",
@@ -321,9 +321,8 @@ macro_rules! add_current_section {
 
 /// Adds `count` to the `i64` at `base + i * stride`, where `i` is the index
 /// field at byte `FIELD` of the area at `area`, read inside the section (see
-/// the x86_64 back end for the exits; the field is loaded sign-extended,
-/// with `ldrsw`, so a negative one fails the unsigned bound check whatever
-/// `len` is). x10 and x11 are clobbers, so nothing is saved on the stack.
+/// the x86_64 back end for the exits and the bound). x10 and x11 are
+/// clobbers, so nothing is saved on the stack.
 ///
 /// # Safety
 /// As for the x86_64 version.

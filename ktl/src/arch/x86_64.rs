@@ -423,7 +423,7 @@ macro_rules! add_current_section {
             "mov qword ptr fs:[rdi + 8], rax\n",
             "6:\n",
             rseq_delay_inside!(),
-            "movsxd rax, dword ptr fs:[rdi + {field}]\n",
+            "mov eax, dword ptr fs:[rdi + {field}]\n",
             $check,
             "cmp rax, {len}\n",
             "jae {other}\n",
@@ -446,9 +446,9 @@ macro_rules! add_current_section {
 /// Leaves through `Err(Exit::Aborted)` on an abort, and through
 /// `Err(Exit::Other)`, having written nothing but `rseq_cs`, when `i` is not
 /// below `len`, which includes an area that is not registered (its
-/// `cpu_id` is negative): the field is loaded sign-extended (`movsxd`), so
-/// a negative value is above every `len` in the unsigned compare, even
-/// `usize::MAX`. For `mm_cid` (`FIELD` is not `cpu_id`'s offset)
+/// `cpu_id` is negative): the field is zero-extended, so a negative value is
+/// 0xFFFF_FFFE or more, which the caller's `len` (capped at 2^31 by
+/// `rseq::add_current`) never exceeds. For `mm_cid` (`FIELD` is not `cpu_id`'s offset)
 /// the section also checks that `cpu_id` is not negative, since an
 /// unregistered area's `mm_cid` is 0. The slot's address is only formed for
 /// `i < len`. There is no gate check: the words of this operation are never

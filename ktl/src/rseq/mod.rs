@@ -442,6 +442,12 @@ unsafe fn add_current_once(
     count: i64,
 ) -> Result<(), Exit> {
     delay_before();
+    // Index values are below 2^31. The section zero-extends the index field,
+    // so an unregistered area's -1 (or -2) reads as 0xFFFF_FFFF: capping
+    // `len` makes it fail the bound check whatever length the caller gave.
+    // (A sign-extending load would do the same inside the section, but it
+    // lengthens the load-multiply-add chain: measured 1.2x per add.)
+    let len = len.min(INDEX_LIMIT);
     // SAFETY: a hot offset designates an area of this thread's static TLS;
     // the words' validity below `len` is the caller's contract.
     unsafe {
@@ -463,6 +469,9 @@ unsafe fn add_current_once(
         }
     }
 }
+
+/// Above every index value: [`add_current`] caps its array's length here.
+const INDEX_LIMIT: usize = 1 << 31;
 
 /// [`add_current`] after its first section left without committing: counts
 /// an abort; registers the thread's area if it has none yet (the first
