@@ -48,6 +48,17 @@ fn with_seccomp(cmd: &mut Command, errno: i32) {
     }
 }
 
+/// Fails unless `file` (where it is installed) calls `bin` static.
+fn assert_static(bin: &Path) {
+    let file = Command::new("file")
+        .arg(bin)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if let Ok(desc) = file {
+        assert!(desc.contains("static"), "not a static binary: {desc}");
+    }
+}
+
 fn ktl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ktl"))
 }
@@ -145,13 +156,7 @@ fn default_glibc_owns_the_area() {
 #[cfg(target_env = "musl")]
 fn default_musl_leaves_the_area_to_ktl() {
     let bin = ktl_bin();
-    let file = Command::new("file")
-        .arg(&bin)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if let Ok(desc) = file {
-        assert!(desc.contains("static"), "not a static binary: {desc}");
-    }
+    assert_static(&bin);
     let r = check(&bin, |_| {});
     assert_eq!(r["info"]["libc"]["rseq_symbols"], false, "{r:#}");
     assert_eq!(r["info"]["libc"]["rseq_size"], no_libc_area());
@@ -207,13 +212,7 @@ fn build_static() -> PathBuf {
 #[cfg(target_arch = "x86_64")]
 fn static_build_finds_glibc_and_owns_when_disabled() {
     let bin = build_static();
-    let file = Command::new("file")
-        .arg(&bin)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if let Ok(desc) = file {
-        assert!(desc.contains("static"), "not a static binary: {desc}");
-    }
+    assert_static(&bin);
     let r = check(&bin, |_| {});
     assert_glibc_owned(&r, "weak");
     let r = check(&bin, |c| {

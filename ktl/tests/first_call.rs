@@ -20,6 +20,8 @@
 
 #[path = "support/seccomp.rs"]
 mod seccomp;
+#[path = "support/signals.rs"]
+mod signals;
 #[path = "support/storm.rs"]
 mod storm;
 
@@ -72,7 +74,7 @@ fn pace() -> Duration {
 /// Installs `handler` for the storm's signal and calibrates the pace.
 fn prepare(handler: extern "C" fn(libc::c_int)) {
     CPUS.store(possible_cpus(), SeqCst);
-    storm::install(SIG, handler);
+    signals::install(SIG, handler);
     let pace = storm::calibrate(SIG);
     PACE.store(pace.as_nanos() as u64, SeqCst);
     eprintln!("storm pace {pace:?}");

@@ -231,24 +231,6 @@ fn vdso_turned_off_uses_the_syscall() {
     }
 }
 
-/// A seccomp program: `mmap` with `MAP_DROPPABLE` (0x08) in its flags fails
-/// with EPERM; everything else is allowed.
-fn deny_droppable_mmap() -> Vec<libc::sock_filter> {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    use seccomp::{SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, jump, stmt};
-    const MAP_DROPPABLE: u32 = 0x08;
-    // seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (the low word
-    // first on these little-endian targets): the flags are args[3], at 40.
-    seccomp::program([
-        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
-        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_mmap as u32, 0, 3),
-        stmt(BPF_LD | BPF_W | BPF_ABS, 40),
-        jump(BPF_JMP | BPF_JSET | BPF_K, MAP_DROPPABLE, 0, 1),
-        stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | libc::EPERM as u32),
-        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    ])
-}
-
 #[test]
 fn seccomp_refusing_the_states_uses_the_syscall() {
     const TEST: &str = "seccomp_refusing_the_states_uses_the_syscall";
@@ -264,7 +246,7 @@ fn seccomp_refusing_the_states_uses_the_syscall() {
         // this thread must map one, and the filter refuses it.
         assert_eq!(random::stats().states, 0);
         std::thread::spawn(|| {
-            let program = deny_droppable_mmap();
+            let program = seccomp::deny_droppable_mmap_program();
             // SAFETY: a valid program, alive for the call; this thread only.
             unsafe { seccomp::install(&program, false) }.expect("seccomp");
             let a = draw();

@@ -18,24 +18,6 @@ use ktl::random::{self, Fallback, Path};
 /// Set in the re-executed copy: which test it runs.
 const CHILD_ENV: &str = "KTL_RANDOM_ALLOC_RETRY_CHILD";
 
-/// A seccomp program: `mmap` with `MAP_DROPPABLE` (0x08) in its flags fails
-/// with EPERM; everything else is allowed.
-fn deny_droppable_mmap() -> Vec<libc::sock_filter> {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    use seccomp::{SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, jump, stmt};
-    const MAP_DROPPABLE: u32 = 0x08;
-    // seccomp_data: nr at 0, args[3] (the flags; low word first on these
-    // little-endian targets) at 40.
-    seccomp::program([
-        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
-        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_mmap as u32, 0, 3),
-        stmt(BPF_LD | BPF_W | BPF_ABS, 40),
-        jump(BPF_JMP | BPF_JSET | BPF_K, MAP_DROPPABLE, 0, 1),
-        stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | libc::EPERM as u32),
-        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    ])
-}
-
 fn draw() -> [u8; 32] {
     let mut b = [0u8; 32];
     random::fill(&mut b).expect("random::fill");
@@ -65,7 +47,7 @@ fn child() {
     let (refused_tx, refused_rx) = mpsc::channel();
     let (retry_tx, retry_rx) = mpsc::channel::<()>();
     let sandboxed = std::thread::spawn(move || {
-        let program = deny_droppable_mmap();
+        let program = seccomp::deny_droppable_mmap_program();
         // SAFETY: a valid program, alive for the call; this thread only.
         unsafe { seccomp::install(&program, false) }.expect("seccomp");
         draw();

@@ -70,6 +70,23 @@ pub fn deny_rseq_program(errno: i32) -> Vec<libc::sock_filter> {
     deny_syscall_program(libc::SYS_rseq, SECCOMP_RET_ERRNO | (errno as u32 & 0xffff))
 }
 
+/// A seccomp program: `mmap` with `MAP_DROPPABLE` (0x08) in its flags fails
+/// with EPERM; everything else is allowed.
+pub fn deny_droppable_mmap_program() -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    const MAP_DROPPABLE: u32 = 0x08;
+    // seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (the low word
+    // first on these little-endian targets): the flags are args[3], at 40.
+    program([
+        stmt(BPF_LD | BPF_W | BPF_ABS, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_mmap as u32, 0, 3),
+        stmt(BPF_LD | BPF_W | BPF_ABS, 40),
+        jump(BPF_JMP | BPF_JSET | BPF_K, MAP_DROPPABLE, 0, 1),
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    ])
+}
+
 /// Installs `program` for the calling thread (and, with `all_threads`, every
 /// thread of the process). Only makes system calls, so it may run between
 /// `fork` and `exec`.

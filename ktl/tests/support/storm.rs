@@ -162,18 +162,6 @@ pub fn calibrate(sig: libc::c_int) -> Duration {
     pace
 }
 
-/// Installs `handler` for `sig`, with `SA_RESTART` and an empty mask.
-pub fn install(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) {
-    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = handler as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
-    }
-}
-
 /// Runs `f` with the calling thread's `errno` saved and restored, as a
 /// signal handler must.
 pub fn keeping_errno(f: impl FnOnce()) {
