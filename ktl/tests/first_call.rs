@@ -117,6 +117,7 @@ enum Call {
     CpuId = 1,
     Layout = 2,
     Fill = 3,
+    Fence = 4,
 }
 
 /// The call in progress in the trial process (0: none), for its handler.
@@ -137,6 +138,11 @@ extern "C" fn repeat_the_call(_: libc::c_int) {
         let ok = if call == Call::Fill as u8 {
             let mut b = [0u8; 16];
             ktl::random::fill(&mut b).is_ok() && b != [0u8; 16]
+        } else if call == Call::Fence as u8 {
+            // Any answer, without waiting: Unavailable while the
+            // interrupted call decides.
+            let _ = ktl::rseq::fence::kind();
+            true
         } else {
             ktl::cpu_id() < CPUS.load(SeqCst)
         };
@@ -169,6 +175,11 @@ fn trial(
             let mut b = [0u8; 32];
             ktl::random::fill(&mut b).is_ok() && b != [0u8; 32]
         }
+        Call::Fence => {
+            // What an uninterrupted decision gives here: the handlers'
+            // answers were not cached in its place.
+            ktl::rseq::fence::kind() == fence_kind_from_the_kernel()
+        }
     };
     IN_CALL.store(0, SeqCst);
     drop(storm);
@@ -177,6 +188,22 @@ fn trial(
     assert_eq!(BAD.load(SeqCst), 0, "wrong answers in the handler");
     check_what_the_first_call_set_up(call, deny_rseq.is_some());
     0
+}
+
+/// The fence kind that the kernel's `MEMBARRIER_CMD_QUERY` answer implies
+/// (registration, which ktl also makes, is not expected to fail here).
+fn fence_kind_from_the_kernel() -> ktl::rseq::fence::FenceKind {
+    use ktl::rseq::fence::FenceKind;
+    // SAFETY: MEMBARRIER_CMD_QUERY takes plain integers and reads no memory.
+    let cmds = unsafe { libc::syscall(libc::SYS_membarrier, 0, 0, 0) };
+    let has = |bits: libc::c_long| cmds >= 0 && cmds & bits == bits;
+    if has((1 << 7) | (1 << 8)) {
+        FenceKind::Rseq
+    } else if has((1 << 3) | (1 << 4)) {
+        FenceKind::Expedited
+    } else {
+        FenceKind::Unavailable
+    }
 }
 
 /// What the interrupted first call set up must be what an uninterrupted
@@ -287,6 +314,17 @@ fn first_cpu_id_on_the_vdso_fallback_interrupted_by_cpu_id() {
     // the system call fail with ENOSYS, so cpu_id sets up vDSO getcpu.
     run(TEST, &[KTL_OWNS], || {
         process_trials(TEST, &[Call::CpuId], true);
+    });
+}
+
+/// Caught: a handler that interrupted the fence's first decision (a
+/// `OnceLock`) and asked for the fence kind waited for it for ever. Failed
+/// on e5be285: trial 33 hung.
+#[test]
+fn first_fence_kind_of_a_process_interrupted_by_fence_kind() {
+    const TEST: &str = "first_fence_kind_of_a_process_interrupted_by_fence_kind";
+    run(TEST, &[], || {
+        process_trials(TEST, &[Call::Fence], false);
     });
 }
 

@@ -158,10 +158,30 @@ fn decide() -> FenceKind {
 /// The first call in the process queries the kernel and registers the
 /// process for the best command; the answer is cached (in a [`OnceLock`]),
 /// so registration happens at most once, and concurrent first calls wait
-/// for it.
+/// for it. That first call is one of ktl's first calls (see
+/// [`crate::area`]): a signal handler that interrupts it, or another first
+/// call, on its own thread gets [`FenceKind::Unavailable`] until the answer
+/// is known, without waiting and without caching that.
 pub fn kind() -> FenceKind {
-    static KIND: OnceLock<FenceKind> = OnceLock::new();
-    *KIND.get_or_init(decide)
+    match KIND.get() {
+        Some(&kind) => kind,
+        None => kind_first(),
+    }
+}
+
+/// The fence mechanism, once decided.
+static KIND: OnceLock<FenceKind> = OnceLock::new();
+
+/// [`kind`] before the decision: makes it, marked as a first call.
+#[cold]
+#[inline(never)]
+fn kind_first() -> FenceKind {
+    match crate::area::FirstCall::begin() {
+        Some(_first) => *KIND.get_or_init(decide),
+        // A signal handler inside a first call of this thread, which may be
+        // this very decision: waiting for it would never end.
+        None => KIND.get().copied().unwrap_or(FenceKind::Unavailable),
+    }
 }
 
 /// Aborts the critical sections running on CPU `cpu`.
