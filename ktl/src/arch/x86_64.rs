@@ -237,12 +237,18 @@ pub(crate) fn set_hot_offset(slot: Slot, off: isize) {
 
 /// Whether the CPU has the RDPID instruction (CPUID.(EAX=7,ECX=0):ECX bit 22).
 pub(crate) fn has_rdpid() -> bool {
-    // CPUID is available on every x86_64 processor and has no side effects.
-    let leaf0 = core::arch::x86_64::__cpuid(0);
-    if leaf0.eax < 7 {
-        return false;
-    }
-    core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 22) != 0
+    // `__cpuid` is an unsafe function before Rust 1.94 and a safe one after,
+    // so the block is unused on newer compilers.
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID is available on every x86_64 processor and has no side
+    // effects.
+    let (leaf0, leaf7) = unsafe {
+        (
+            core::arch::x86_64::__cpuid(0),
+            core::arch::x86_64::__cpuid_count(7, 0),
+        )
+    };
+    leaf0.eax >= 7 && leaf7.ecx & (1 << 22) != 0
 }
 
 /// Reads `IA32_TSC_AUX` with RDPID. Linux stores `(node << 12) | cpu` there.

@@ -113,11 +113,11 @@ impl<T> Heads<T> {
     #[inline]
     unsafe fn push_with(&self, node: *mut Node<T>, counted: bool) -> Result<usize, NoSlot> {
         // One attempt inline, the rest out of line (as in `pop`).
-        if let Some(s) = rseq::start(self.index())
+        if let Some(s) = rseq::start(self.index()) {
             // SAFETY: forwarded to the caller.
-            && let Ok(Some(depth)) = unsafe { self.push_once(s, node, counted) }
-        {
-            return Ok(depth);
+            if let Ok(Some(depth)) = unsafe { self.push_once(s, node, counted) } {
+                return Ok(depth);
+            }
         }
         // SAFETY: forwarded to the caller.
         unsafe { self.push_slow(node, counted) }
@@ -184,9 +184,7 @@ impl<T> Heads<T> {
     pub(crate) fn pop(&self) -> Result<Option<*mut Node<T>>, NoSlot> {
         // One attempt inline; a retry after an abort, or a thread without
         // an area, goes out of line (see `PerCpuCounter::add`).
-        if let Some(s) = rseq::start(self.index())
-            && self.heads.slot(s).is_some()
-        {
+        if let Some(s) = rseq::start(self.index()).filter(|&s| self.heads.slot(s).is_some()) {
             match self.pop_with(s) {
                 Ok(node) => return Ok(node),
                 Err(Failure::CompareFailed) => return Ok(None),
