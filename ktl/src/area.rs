@@ -377,7 +377,7 @@ fn decide() -> Decision {
     // Register the deciding thread now: if that fails, nothing will work in
     // the other threads either (another library owns the areas, or a filter
     // refuses registrations), and the owner is Unavailable.
-    match register_current_thread(len) {
+    match register_with(len) {
         // `None`: the deciding thread is past its TLS destructors and can no
         // longer register; the other threads still can.
         Ok(()) | Err(None) => Decision {
@@ -452,7 +452,7 @@ fn thread_area_first() -> Option<isize> {
     let d = decision();
     let off = d.layout.offset?;
     if let Owner::Ktl(_) = d.layout.owner {
-        if !ensure_thread_registered(d.layout.registered_len) {
+        if register_with(d.layout.registered_len).is_err() {
             return None;
         }
     }
@@ -673,29 +673,6 @@ fn count_unregistration(result: Result<(), i32>) {
     };
 }
 
-/// Registers ktl's area for the calling thread, once. Returns whether the
-/// thread has a live ktl registration. After the thread's TLS destructors
-/// have run, returns `false` and never registers again. The caller holds the
-/// thread's [`FirstCall`] marker.
-fn ensure_thread_registered(len: u32) -> bool {
-    match registration_state() {
-        REGISTERED_STATE => true,
-        NOT_ATTEMPTED => register_with(len).is_ok(),
-        _ => false,
-    }
-}
-
-/// Registers the calling thread's area: `Err(Some(errno))` when the kernel
-/// refuses, `Err(None)` when the thread may no longer register (its TLS is
-/// torn down, or a signal handler released it).
-fn register_current_thread(len: u32) -> Result<(), Option<i32>> {
-    match registration_state() {
-        REGISTERED_STATE => Ok(()),
-        NOT_ATTEMPTED => register_with(len),
-        _ => Err(None),
-    }
-}
-
 /// Why [`release_current_thread`] did not release the calling thread's area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleaseError {
@@ -818,9 +795,11 @@ fn release_in(r: &ThreadRegistration) -> Result<(), ReleaseError> {
     }
 }
 
-/// Registers the calling thread's area, which the thread has not attempted
-/// yet: `Err(Some(errno))` when the kernel refuses, `Err(None)` when the
-/// thread may not register (see [`register_current_thread`]).
+/// Registers ktl's area for the calling thread, once: `Ok` when the thread
+/// has a live ktl registration (made now, or already), `Err(Some(errno))`
+/// when the kernel refuses, `Err(None)` when the thread may no longer
+/// register (an earlier attempt failed, its TLS is torn down, or a signal
+/// handler released it).
 ///
 /// The caller holds the thread's [`FirstCall`] marker, so a signal handler
 /// that interrupts this never registers. A handler that ran just before the
