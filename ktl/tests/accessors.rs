@@ -4,6 +4,8 @@
 
 #[path = "support/affinity.rs"]
 mod affinity;
+#[path = "support/fork.rs"]
+mod fork;
 
 use affinity::{allowed_cpus, pin};
 use ktl::abi::SyscallStatus;
@@ -145,29 +147,16 @@ fn layout_is_consistent() {
 fn fork_child_reads_valid_values() {
     let cpu = *allowed_cpus().last().unwrap();
     let _ = ktl::cpu_id();
-    // SAFETY: the child makes system calls and reads memory only, then _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let ok = (|| {
-            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-            unsafe { libc::CPU_SET(cpu, &mut set) };
-            if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
-                return false;
-            }
-            let Ok((c, n)) = ktl::cpu::getcpu_syscall() else {
-                return false;
-            };
-            ktl::cpu_id() == c && ktl::node_id() == n && c as usize == cpu
-        })();
-        // SAFETY: leaves the child at once.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child above.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status}"
-    );
+    // The child makes system calls and reads memory only.
+    fork::in_fork_child(|| {
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+            return false;
+        }
+        let Ok((c, n)) = ktl::cpu::getcpu_syscall() else {
+            return false;
+        };
+        ktl::cpu_id() == c && ktl::node_id() == n && c as usize == cpu
+    });
 }

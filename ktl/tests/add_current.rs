@@ -9,6 +9,8 @@
 
 #[path = "support/affinity.rs"]
 mod affinity;
+#[path = "support/fork.rs"]
+mod fork;
 #[path = "support/signals.rs"]
 mod signals;
 #[path = "support/without_rseq.rs"]
@@ -217,22 +219,11 @@ fn adds_work_in_a_fork_child() {
     let live = sections("adds_work_in_a_fork_child", Index::CpuId);
     let c = Counter::new();
     add_loop(&c, Index::CpuId, 10);
-    // SAFETY: the child only adds and reads memory, then leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
+    // The child only adds and reads memory.
+    fork::in_fork_child(|| {
         let per_cpu = add_loop(&c, Index::CpuId, 1000);
-        let ok = c.total() == 1010 && (per_cpu == 1000) == live;
-        // SAFETY: leaves the child at once.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child above.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status}"
-    );
+        c.total() == 1010 && (per_cpu == 1000) == live
+    });
     assert_eq!(c.total(), 10, "the child's updates stay in the child");
 }
 

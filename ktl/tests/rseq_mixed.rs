@@ -13,6 +13,8 @@
 
 #[path = "support/affinity.rs"]
 mod affinity;
+#[path = "support/fork.rs"]
+mod fork;
 
 use affinity::allowed_cpus;
 use ktl::abi::SyscallStatus;
@@ -181,21 +183,10 @@ fn child_a_start_taken_before_the_release_commits_nothing() {
     // mm_cid 0 is the value the kernel leaves in a released area, and the
     // only thread of a process always has it: run in a fork child, whose
     // one thread keeps its registration.
-    // SAFETY: the child only runs the checks below and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        let ok = std::panic::catch_unwind(released_start_commits_nothing).is_ok();
-        // SAFETY: leaves the child at once.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child above.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the fork child failed: status {status}"
-    );
+    fork::in_fork_child(|| {
+        released_start_commits_nothing();
+        true
+    });
 }
 
 /// The body of [`child_a_start_taken_before_the_release_commits_nothing`],

@@ -9,6 +9,8 @@
 
 #[path = "support/affinity.rs"]
 mod affinity;
+#[path = "support/fork.rs"]
+mod fork;
 #[path = "support/signals.rs"]
 mod signals;
 #[path = "support/without_rseq.rs"]
@@ -233,23 +235,11 @@ fn operations_work_in_a_fork_child() {
     }
     let slots = slots();
     add_loop(&slots, Index::CpuId, 10);
-    // SAFETY: the child only runs rseq operations and reads memory, then
-    // leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
+    // The child only runs rseq operations and reads memory.
+    fork::in_fork_child(|| {
         add_loop(&slots, Index::CpuId, 1000);
-        let ok = total(&slots) == 1010;
-        // SAFETY: leaves the child at once.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child above.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status}"
-    );
+        total(&slots) == 1010
+    });
     assert_eq!(total(&slots), 10, "the child's updates stay in the child");
 }
 
