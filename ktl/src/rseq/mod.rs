@@ -446,7 +446,8 @@ unsafe fn add_current_once(
     // so an unregistered area's -1 (or -2) reads as 0xFFFF_FFFF: capping
     // `len` makes it fail the bound check whatever length the caller gave.
     // (A sign-extending load would do the same inside the section, but it
-    // lengthens the load-multiply-add chain: measured 1.2x per add.)
+    // lengthens the load-multiply-add chain, which made each add
+    // measurably slower.)
     let len = len.min(INDEX_LIMIT);
     // SAFETY: a hot offset designates an area of this thread's static TLS;
     // the words' validity below `len` is the caller's contract.
