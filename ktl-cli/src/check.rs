@@ -10,6 +10,7 @@
 
 use ktl::area;
 use ktl::{Features, Owner};
+use ktl_bench::os;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -56,7 +57,7 @@ pub fn run(args: &CheckArgs) -> Result<(), String> {
         return Err("--threads and --batch must be at least 1".into());
     }
     let info = crate::info::gather();
-    let cpus = allowed_cpus().map_err(|e| format!("cannot read the CPU affinity: {e}"))?;
+    let cpus = os::allowed_cpus().map_err(|e| format!("cannot read the CPU affinity: {e}"))?;
     let checks = vec![
         check_pinned(&cpus, Spawner::Std),
         check_pinned(&cpus, Spawner::Pthread),
@@ -97,36 +98,6 @@ pub fn run(args: &CheckArgs) -> Result<(), String> {
     }
 }
 
-/// The CPUs the process may run on.
-fn allowed_cpus() -> Result<Vec<usize>, std::io::Error> {
-    // SAFETY: cpu_set_t is plain data; all-zero is an empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes to `set`.
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: CPU_ISSET only reads the set.
-    Ok((0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect())
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) -> Result<(), std::io::Error> {
-    // SAFETY: as in `allowed_cpus`.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (it came from `allowed_cpus`).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the calling thread; the set is valid.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// How a check's thread is created.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Spawner {
@@ -145,58 +116,8 @@ fn in_thread<T: Send + 'static>(
         Spawner::Std => std::thread::spawn(f)
             .join()
             .map_err(|_| "the thread panicked".to_string()),
-        Spawner::Pthread => pthread_run(f),
+        Spawner::Pthread => os::run_on_pthread(f),
     }
-}
-
-/// Runs `f` on a thread made with `pthread_create`, the way C code creates
-/// threads, bypassing std's thread machinery.
-fn pthread_run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    type Job = Box<dyn FnOnce() + Send>;
-    extern "C" fn start(arg: *mut libc::c_void) -> *mut libc::c_void {
-        // SAFETY: `arg` is the Box<Job> leaked by `pthread_run` for this thread.
-        let job: Box<Job> = unsafe { Box::from_raw(arg.cast()) };
-        // A panic must not unwind into C; report it as a missing result.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-        std::ptr::null_mut()
-    }
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let out = slot.clone();
-    let job: Job = Box::new(move || {
-        let v = f();
-        if let Ok(mut g) = out.lock() {
-            *g = Some(v);
-        }
-    });
-    let arg = Box::into_raw(Box::new(job));
-    // pthread_t is an integer in glibc and a pointer in musl: pthread_create
-    // writes it, and it is only ever handed back to the C library.
-    let mut tid = std::mem::MaybeUninit::<libc::pthread_t>::uninit();
-    // SAFETY: `start` has the required signature and takes ownership of `arg`;
-    // `tid` is writable memory for one pthread_t.
-    let r = unsafe { libc::pthread_create(tid.as_mut_ptr(), std::ptr::null(), start, arg.cast()) };
-    if r != 0 {
-        // SAFETY: the thread was not created, so `arg` is still ours.
-        drop(unsafe { Box::from_raw(arg) });
-        return Err(format!(
-            "pthread_create failed: {}",
-            std::io::Error::from_raw_os_error(r)
-        ));
-    }
-    // SAFETY: pthread_create succeeded, so it wrote the new thread's id.
-    let tid = unsafe { tid.assume_init() };
-    // SAFETY: `tid` is a joinable thread created above.
-    let r = unsafe { libc::pthread_join(tid, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(format!(
-            "pthread_join failed: {}",
-            std::io::Error::from_raw_os_error(r)
-        ));
-    }
-    slot.lock()
-        .ok()
-        .and_then(|mut g| g.take())
-        .ok_or_else(|| "the thread panicked".to_string())
 }
 
 const READS_PER_CPU: usize = 1000;
@@ -211,7 +132,7 @@ fn check_pinned(cpus: &[usize], how: Spawner) -> CheckResult {
     let r = in_thread(how, move || -> Result<usize, String> {
         let mut reads = 0;
         for &cpu in &list {
-            pin(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
+            os::pin_this_thread(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
             for _ in 0..READS_PER_CPU {
                 let got = ktl::cpu_id();
                 if got as usize != cpu {
@@ -259,7 +180,7 @@ fn check_node(cpus: &[usize]) -> CheckResult {
     let nodes = possible_nodes();
     let r = in_thread(Spawner::Std, move || -> Result<(), String> {
         for &cpu in &list {
-            pin(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
+            os::pin_this_thread(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
             let got = ktl::node_id();
             let (_, node) =
                 ktl::cpu::getcpu_syscall().map_err(|e| format!("getcpu failed: {e}"))?;
@@ -342,39 +263,19 @@ fn check_fork(cpus: &[usize]) -> CheckResult {
     let _ = ktl::cpu_id();
     let registered_before = area::stats().registered;
     let expect_inherited = layout.offset.is_some() && area::thread_area().is_some();
-    // SAFETY: the child only makes system calls and reads memory, then leaves
-    // with _exit; it takes no lock another thread could hold.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return CheckResult {
-            name: "fork",
-            pass: false,
-            detail: format!("fork failed: {}", std::io::Error::last_os_error()),
-        };
-    }
-    if pid == 0 {
-        let code = fork_child(
-            cpu,
-            layout.offset.filter(|_| expect_inherited),
-            registered_before,
-        );
-        // SAFETY: _exit ends the child without running the parent's handlers.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child created above.
-    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    if r != pid {
-        return CheckResult {
-            name: "fork",
-            pass: false,
-            detail: "waitpid failed".into(),
-        };
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
+    let inherited = layout.offset.filter(|_| expect_inherited);
+    // SAFETY: the child only makes system calls and reads memory; it takes
+    // no lock another thread could hold.
+    let exit = unsafe { os::run_in_fork_child(|| fork_child(cpu, inherited, registered_before)) };
+    let code = match exit {
+        Ok(code) => code.unwrap_or(-1),
+        Err(detail) => {
+            return CheckResult {
+                name: "fork",
+                pass: false,
+                detail,
+            };
+        }
     };
     let detail = match code {
         0 => format!(
@@ -402,7 +303,7 @@ fn check_fork(cpus: &[usize]) -> CheckResult {
 
 /// The fork child's checks; returns its exit code.
 fn fork_child(cpu: usize, inherited: Option<isize>, registered_before: u64) -> i32 {
-    if pin(cpu).is_err() {
+    if os::pin_this_thread(cpu).is_err() {
         return 1;
     }
     if let Some(off) = inherited {
@@ -431,9 +332,7 @@ fn fork_child(cpu: usize, inherited: Option<isize>, registered_before: u64) -> i
 fn rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * page.max(0) as u64 / 1024)
+    Some(pages * os::page_size() / 1024)
 }
 
 /// Many threads start, read cpu_id() and exit, with no crash, no growth, and
@@ -449,7 +348,7 @@ fn check_churn(args: &CheckArgs) -> CheckResult {
         let n = args.batch.min(args.threads - spawned);
         let handles: Vec<_> = (0..n)
             .map(|i| {
-                let read = || (ktl::cpu_id() as usize) < libc::CPU_SETSIZE as usize;
+                let read = || (ktl::cpu_id() as usize) < os::CPU_SETSIZE;
                 if (spawned + i) % 4 == 3 {
                     // A std thread that only hosts a pthread_create thread.
                     std::thread::spawn(move || in_thread(Spawner::Pthread, read))

@@ -211,16 +211,7 @@ fn path_name(p: Option<ktl::rseq::Path>) -> &'static str {
 }
 
 fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; uname fills it or fails.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return "unknown".into();
-    }
-    // SAFETY: on success `release` is a NUL-terminated string inside `u`.
-    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    ktl_bench::os::kernel_release().unwrap_or_else(|| "unknown".into())
 }
 
 /// Gathers the report for the calling thread.
@@ -324,8 +315,7 @@ pub fn gather() -> Report {
             feature_bits: layout.features.bits(),
         },
         thread: Thread {
-            // SAFETY: gettid has no preconditions.
-            tid: unsafe { libc::syscall(libc::SYS_gettid) },
+            tid: ktl_bench::os::thread_id(),
             cpu_id,
             node_id,
             mm_cid,
@@ -409,7 +399,7 @@ fn facts_report() -> FactsReport {
 }
 
 /// The names of the KTLS prototype's features.
-fn ktls_feature_names(f: ktl::ktls::Features) -> Vec<&'static str> {
+fn ktls_feature_names(f: ktl::ktls::KtlsFeatures) -> Vec<&'static str> {
     let mut names = Vec::new();
     if f.group_layout() {
         names.push("group-layout");

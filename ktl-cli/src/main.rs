@@ -6,7 +6,6 @@
 mod bench;
 mod check;
 mod info;
-mod plot;
 mod stress;
 
 use clap::{Parser, Subcommand};
@@ -37,9 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`ktl info | head`), as Unix tools do,
     // instead of panicking in println!.
-    // SAFETY: restoring the default disposition of SIGPIPE has no
-    // preconditions; no other thread exists yet.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let _ = ktl_bench::os::default_disposition(ktl_bench::os::SIGPIPE);
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Info(args)) => info::run(&args),
@@ -48,7 +45,7 @@ fn main() -> ExitCode {
         Some(Command::Stress(args)) => stress::run(&args),
         None => info::run(&info::InfoArgs::default()).and_then(|()| {
             println!();
-            bench::run_cli(&bench::BenchArgs::quick())
+            ktl_bench::run(&ktl_bench::Options::quick())
         }),
     };
     match result {

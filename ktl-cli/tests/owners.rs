@@ -2,9 +2,7 @@
 //! default configuration, the glibc tunable, seccomp filters that make rseq
 //! fail with ENOSYS or EPERM, and a statically linked build.
 
-#[path = "../../ktl/tests/support/seccomp.rs"]
-mod seccomp;
-
+use ktl_testkit::seccomp;
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -3,9 +3,7 @@
 //! (with the cargo feature `delay-injection`; without it, their rejection),
 //! the full thread count for `increment`, and the rejection of `--reps 0`.
 
-#[path = "../../ktl/tests/support/seccomp.rs"]
-mod seccomp;
-
+use ktl_testkit::seccomp;
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};

@@ -1,7 +1,8 @@
 //! The kernel's rseq ABI: types, constants, layout checks and discovery.
 //!
 //! These are the definitions of `<linux/rseq.h>` and `<linux/auxvec.h>` that ktl
-//! relies on, plus [`KernelSupport`], which tells what the running kernel offers.
+//! relies on, plus [`KernelSupport`], which tells what the running kernel offers,
+//! and the KTLS prototype's additions with its features ([`KtlsFeatures`]).
 //!
 //! Every field that the kernel writes is an atomic in these types, so a shared
 //! reference to a live area is sound even while the kernel updates it. Reads of
@@ -10,6 +11,7 @@
 //!
 //! See rseq(2) and the kernel's `include/uapi/linux/rseq.h`.
 
+use crate::sys;
 use core::fmt;
 use core::mem::{align_of, offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64};
@@ -234,7 +236,7 @@ impl fmt::Display for SyscallStatus {
             SyscallStatus::Absent => f.write_str("absent (ENOSYS)"),
             SyscallStatus::Blocked(0) => f.write_str("blocked (the probe unexpectedly succeeded)"),
             SyscallStatus::Blocked(errno) => {
-                write!(f, "blocked ({})", crate::sys::errno_name(errno))
+                write!(f, "blocked ({})", sys::errno_name(errno))
             }
         }
     }
@@ -263,8 +265,8 @@ impl KernelSupport {
     /// it once per process and caches the answer in [`crate::layout`].
     pub fn probe() -> KernelSupport {
         let (feature_size, align, from_auxv) = match (
-            crate::sys::getauxval(AT_RSEQ_FEATURE_SIZE),
-            crate::sys::getauxval(AT_RSEQ_ALIGN),
+            sys::auxv::getauxval(AT_RSEQ_FEATURE_SIZE),
+            sys::auxv::getauxval(AT_RSEQ_ALIGN),
         ) {
             (Some(size), Some(align)) if size > 0 && align > 0 => {
                 (clamp_u32(size), clamp_u32(align), true)
@@ -275,7 +277,7 @@ impl KernelSupport {
             feature_size,
             align,
             from_auxv,
-            syscall: classify_probe(crate::sys::rseq_probe()),
+            syscall: classify_probe(sys::rseq::probe().map_err(|e| e.0)),
         }
     }
 }
@@ -288,8 +290,8 @@ fn clamp_u32(v: u64) -> u32 {
 /// `EINVAL` means present, `ENOSYS` absent, and anything else blocked.
 pub fn classify_probe(result: Result<(), i32>) -> SyscallStatus {
     match result {
-        Err(libc::EINVAL) => SyscallStatus::Available,
-        Err(libc::ENOSYS) => SyscallStatus::Absent,
+        Err(sys::EINVAL) => SyscallStatus::Available,
+        Err(sys::ENOSYS) => SyscallStatus::Absent,
         Err(errno) => SyscallStatus::Blocked(errno),
         Ok(()) => SyscallStatus::Blocked(0),
     }
@@ -392,6 +394,67 @@ impl fmt::Display for Features {
     }
 }
 
+/// The KTLS prototype's features, from `AT_KTLS_FEATURES` (empty on every
+/// other kernel); [`ktls_features`] reads them. [`crate::ktls`] uses them,
+/// and re-exports this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KtlsFeatures(u32);
+
+impl KtlsFeatures {
+    /// `rseq()` takes `RSEQ_FLAG_KTLS_LAYOUT`.
+    pub fn group_layout(self) -> bool {
+        self.0 & KTLS_FEATURE_GROUP_LAYOUT != 0
+    }
+
+    /// `clone3()` takes `CLONE_RSEQ_KTLS`.
+    pub fn clone_rseq_ktls(self) -> bool {
+        self.0 & KTLS_FEATURE_CLONE != 0
+    }
+
+    /// The kernel writes the thread facts into areas that cover them (see
+    /// [`crate::facts`]).
+    pub fn facts(self) -> bool {
+        self.0 & KTLS_FEATURE_FACTS != 0
+    }
+
+    /// The raw bits.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether the kernel is the prototype at all.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for KtlsFeatures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = Vec::new();
+        if self.group_layout() {
+            names.push("group-layout");
+        }
+        if self.clone_rseq_ktls() {
+            names.push("clone-rseq-ktls");
+        }
+        if self.facts() {
+            names.push("facts");
+        }
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(", "))
+        }
+    }
+}
+
+/// The running kernel's KTLS prototype features, from the auxiliary
+/// vector's [`AT_KTLS_FEATURES`] (empty when it has none).
+pub fn ktls_features() -> KtlsFeatures {
+    let bits = sys::auxv::getauxval(AT_KTLS_FEATURES).unwrap_or(0);
+    KtlsFeatures(u32::try_from(bits).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,11 +473,11 @@ mod tests {
 
     #[test]
     fn probe_classification() {
-        assert_eq!(classify_probe(Err(libc::EINVAL)), SyscallStatus::Available);
-        assert_eq!(classify_probe(Err(libc::ENOSYS)), SyscallStatus::Absent);
+        assert_eq!(classify_probe(Err(sys::EINVAL)), SyscallStatus::Available);
+        assert_eq!(classify_probe(Err(sys::ENOSYS)), SyscallStatus::Absent);
         assert_eq!(
-            classify_probe(Err(libc::EPERM)),
-            SyscallStatus::Blocked(libc::EPERM)
+            classify_probe(Err(sys::EPERM)),
+            SyscallStatus::Blocked(sys::EPERM)
         );
         assert_eq!(classify_probe(Ok(())), SyscallStatus::Blocked(0));
     }

@@ -44,12 +44,11 @@
 //! and async-signal-safe.
 
 use crate::abi::{self, Features, KernelSupport, SyscallStatus};
-use crate::arch::{self, Slot};
-use crate::sys;
-use core::cell::Cell;
+use crate::arch::{self, HotOffset};
+use crate::first_call::FirstCall;
+use crate::sys::{self, Errno};
 use core::fmt;
-use core::marker::PhantomData;
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, compiler_fence};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, compiler_fence};
 use std::sync::OnceLock;
 
 /// The owner of the process's rseq areas.
@@ -255,7 +254,7 @@ pub fn ktl_registration_len(kernel: &KernelSupport) -> u32 {
 /// alone.
 fn live_features(active: u32) -> Features {
     let f = Features::for_size(active);
-    if crate::ktls::features().facts() {
+    if abi::ktls_features().facts() {
         f.without(Features::SLICE_CTRL)
     } else {
         f
@@ -411,9 +410,9 @@ fn publish_hot_offsets(layout: &Layout) {
             dead
         }
     };
-    arch::set_hot_offset(Slot::Node, pick(Features::NODE_ID));
-    arch::set_hot_offset(Slot::Cid, pick(Features::MM_CID));
-    arch::set_hot_offset(Slot::Cpu, pick(Features::CPU_ID));
+    arch::set_hot_offset(HotOffset::Node, pick(Features::NODE_ID));
+    arch::set_hot_offset(HotOffset::Cid, pick(Features::MM_CID));
+    arch::set_hot_offset(HotOffset::Cpu, pick(Features::CPU_ID));
 }
 
 /// The calling thread's live area, as an offset from the thread pointer, or
@@ -511,8 +510,8 @@ fn confirm_libc_len(offset: isize, rseq_size: u32, feature_size: u32) -> (u32, b
         // the kernel refuses every registration while one is live: with EBUSY
         // for identical arguments, EINVAL or EPERM otherwise. Nothing is
         // registered or written.
-        match unsafe { sys::rseq(area_ptr(offset), len, 0, abi::RSEQ_SIG) } {
-            Err(libc::EBUSY) => return (len, true),
+        match unsafe { sys::rseq::call(area_ptr(offset), len, 0, abi::RSEQ_SIG) } {
+            Err(Errno(sys::EBUSY)) => return (len, true),
             Err(_) => continue,
             Ok(()) => {
                 // Impossible while a registration is live; undo it at once so
@@ -520,7 +519,7 @@ fn confirm_libc_len(offset: isize, rseq_size: u32, feature_size: u32) -> (u32, b
                 // SAFETY: the registration just made has exactly these
                 // arguments.
                 let _ = unsafe {
-                    sys::rseq(
+                    sys::rseq::call(
                         area_ptr(offset),
                         len,
                         abi::RSEQ_FLAG_UNREGISTER,
@@ -532,60 +531,6 @@ fn confirm_libc_len(offset: isize, rseq_size: u32, feature_size: u32) -> (u32, b
         }
     }
     (guess, false)
-}
-
-/// The calling thread's first-call marker: held while ktl sets something up
-/// lazily on this thread (see the
-/// [module docs](self#first-calls-and-signal-handlers)).
-///
-/// [`begin`](Self::begin) returns `None` when the marker is already held:
-/// the caller is then either a signal handler that interrupted a first call
-/// on this thread, and must set nothing up, or code that runs inside a first
-/// call, which the marker already covers. The code paths that set things up
-/// take the marker once, at their start, and what they call inside does not
-/// ask again.
-pub(crate) struct FirstCall {
-    /// The marker belongs to the thread that holds it.
-    _thread: PhantomData<*const ()>,
-}
-
-thread_local! {
-    /// Whether the calling thread holds its [`FirstCall`] marker. It has no
-    /// destructor, so reading it arms nothing: a signal handler may, at any
-    /// time.
-    static IN_FIRST_CALL: Cell<bool> = const { Cell::new(false) };
-}
-
-impl FirstCall {
-    /// Takes the calling thread's marker, or `None` if it is held.
-    ///
-    /// A handler that runs between the test and the set takes and gives back
-    /// the marker itself, before the interrupted call resumes, so each holder
-    /// sees the marker free when it begins and leaves it free when it ends.
-    pub(crate) fn begin() -> Option<FirstCall> {
-        IN_FIRST_CALL
-            .try_with(|held| {
-                if held.get() {
-                    return None;
-                }
-                held.set(true);
-                // A signal handler runs on this thread between any two
-                // instructions: the marker must be set before the setup.
-                compiler_fence(Ordering::SeqCst);
-                Some(FirstCall {
-                    _thread: PhantomData,
-                })
-            })
-            .ok()
-            .flatten()
-    }
-}
-
-impl Drop for FirstCall {
-    fn drop(&mut self) {
-        compiler_fence(Ordering::SeqCst);
-        let _ = IN_FIRST_CALL.try_with(|held| held.set(false));
-    }
 }
 
 /// Per-thread registration state of ktl's own area.
@@ -657,13 +602,14 @@ fn unregister(r: &ThreadRegistration) -> Result<(), i32> {
     // it was registered with. If it is not registered (any more), the kernel
     // refuses with EINVAL and changes nothing.
     unsafe {
-        sys::rseq(
+        sys::rseq::call(
             area_ptr(arch::own_area_offset()),
             r.len.load(Ordering::Relaxed),
             abi::RSEQ_FLAG_UNREGISTER,
             abi::RSEQ_SIG,
         )
     }
+    .map_err(|e| e.0)
 }
 
 fn count_unregistration(result: Result<(), i32>) {
@@ -680,7 +626,7 @@ pub enum ReleaseError {
     /// an area it did not register.
     OwnedByLibc,
     /// The kernel refused the unregistration; the area stays registered.
-    Kernel(sys::Errno),
+    Kernel(Errno),
 }
 
 impl fmt::Display for ReleaseError {
@@ -789,7 +735,7 @@ fn release_in(r: &ThreadRegistration) -> Result<(), ReleaseError> {
             Err(e) => {
                 // Still registered, as it was.
                 r.state.store(now, Ordering::Relaxed);
-                Err(ReleaseError::Kernel(sys::Errno(e)))
+                Err(ReleaseError::Kernel(Errno(e)))
             }
         };
     }
@@ -841,7 +787,7 @@ fn register_in(r: &ThreadRegistration, len: u32) -> Result<(), Option<i32>> {
         // EBUSY with a live area: the area is registered already, with
         // exactly this length and signature (any other registration gets
         // EINVAL or EPERM), and ktl's own area is nobody else's: keep it.
-        if e != libc::EBUSY || !own_area_live() {
+        if e != sys::EBUSY || !own_area_live() {
             REGISTER_FAILURES.fetch_add(1, Ordering::Relaxed);
             settle(r, FAILED);
             return Err(Some(e));
@@ -896,31 +842,43 @@ fn register_own_area(len: u32) -> Result<(), i32> {
     // thread group's layout (every thread's area is at the same offset), so
     // that clone3(CLONE_RSEQ_KTLS) can register new threads. If the kernel
     // refuses that (another layout is set), register plainly.
-    if crate::ktls::features().group_layout() {
+    let result = if abi::ktls_features().group_layout() {
         // SAFETY: as above; the flag changes only what the kernel records.
-        match unsafe { sys::rseq(ptr, len, abi::RSEQ_FLAG_KTLS_LAYOUT, abi::RSEQ_SIG) } {
+        match unsafe { sys::rseq::call(ptr, len, abi::RSEQ_FLAG_KTLS_LAYOUT, abi::RSEQ_SIG) } {
             Ok(()) => {
-                crate::ktls::LAYOUT_SET.store(1, Ordering::Relaxed);
+                note_group_layout_set();
                 Ok(())
             }
             // SAFETY: as above.
-            Err(_) => unsafe { sys::rseq(ptr, len, 0, abi::RSEQ_SIG) },
+            Err(_) => unsafe { sys::rseq::call(ptr, len, 0, abi::RSEQ_SIG) },
         }
     } else {
         // SAFETY: as above.
-        unsafe { sys::rseq(ptr, len, 0, abi::RSEQ_SIG) }
-    }
+        unsafe { sys::rseq::call(ptr, len, 0, abi::RSEQ_SIG) }
+    };
+    result.map_err(|e| e.0)
+}
+
+/// Whether ktl recorded the thread group's layout in the kernel (the KTLS
+/// prototype's `RSEQ_FLAG_KTLS_LAYOUT`) in this process.
+static GROUP_LAYOUT_SET: AtomicBool = AtomicBool::new(false);
+
+/// Notes that ktl recorded the thread group's layout: when it registers
+/// its own areas with the layout flag, and `ktls::set_group_layout`.
+pub(crate) fn note_group_layout_set() {
+    GROUP_LAYOUT_SET.store(true, Ordering::Relaxed);
+}
+
+/// Whether ktl recorded the thread group's layout in this process (see
+/// [`note_group_layout_set`]).
+pub(crate) fn group_layout_set() -> bool {
+    GROUP_LAYOUT_SET.load(Ordering::Relaxed)
 }
 
 /// Finds the C library's `__rseq_*` symbols.
 #[cfg(not(target_feature = "crt-static"))]
 fn libc_rseq() -> Option<LibcRseq> {
-    let lookup = |name: &core::ffi::CStr| {
-        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
-        // searches the loaded objects' symbol tables.
-        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-        (!p.is_null()).then_some(p)
-    };
+    let lookup = |name: &core::ffi::CStr| sys::dl::dlsym_default(name).map(|p| p.as_ptr());
     let offset = lookup(c"__rseq_offset")?;
     let size = lookup(c"__rseq_size")?;
     let flags = lookup(c"__rseq_flags");
@@ -983,9 +941,7 @@ unsafe fn read_libc_symbols(
 pub fn libc_version() -> Option<(&'static str, String)> {
     #[cfg(target_env = "gnu")]
     {
-        // SAFETY: gnu_get_libc_version returns a pointer to a static
-        // NUL-terminated string.
-        let v = unsafe { core::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        let v = sys::glibc_version();
         Some(("glibc", v.to_string_lossy().into_owned()))
     }
     #[cfg(not(target_env = "gnu"))]
@@ -1029,12 +985,12 @@ mod tests {
     #[test]
     fn messages_name_the_errno() {
         assert!(
-            Unavailable::Blocked(libc::EPERM)
+            Unavailable::Blocked(sys::EPERM)
                 .to_string()
                 .contains("EPERM")
         );
         assert!(
-            Unavailable::RegistrationFailed(libc::EINVAL)
+            Unavailable::RegistrationFailed(sys::EINVAL)
                 .to_string()
                 .contains("EINVAL")
         );

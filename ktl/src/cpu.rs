@@ -48,7 +48,7 @@
 //! [`crate::area`](crate::area#first-calls-and-signal-handlers)).
 
 use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_MM_CID, OFFSET_NODE_ID};
-use crate::arch::{self, Slot};
+use crate::arch::{self, HotOffset};
 use crate::{area, sys, vdso};
 use core::fmt;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -66,22 +66,22 @@ use core::sync::atomic::{AtomicU8, Ordering};
 /// ```
 #[inline]
 pub fn cpu_id() -> u32 {
-    match hot_field::<OFFSET_CPU_ID>(Slot::Cpu) {
+    match hot_field::<OFFSET_CPU_ID>(HotOffset::Cpu) {
         Some(cpu) => cpu,
         None => cpu_id_slow(),
     }
 }
 
 /// The fast path shared by the accessors: the field at byte `FIELD` of the
-/// area that `slot` designates, or `None` when that area is not live in the
-/// calling thread (its `cpu_id` is negative).
+/// area that the hot offset `which` designates, or `None` when that area is
+/// not live in the calling thread (its `cpu_id` is negative).
 ///
-/// One load of the slot's offset, one thread-pointer-relative load of
+/// One load of the hot offset, one thread-pointer-relative load of
 /// `cpu_id` (plus one of the field itself, unless the field is `cpu_id`), and
 /// one branch.
 #[inline(always)]
-fn hot_field<const FIELD: usize>(slot: Slot) -> Option<u32> {
-    let off = arch::hot_offset(slot);
+fn hot_field<const FIELD: usize>(which: HotOffset) -> Option<u32> {
+    let off = arch::hot_offset(which);
     // SAFETY: a hot offset always designates an area in the calling thread's
     // static TLS: the C library's area, ktl's own area, or ktl's dead area.
     // All are mapped for the life of the thread and 32-byte aligned.
@@ -104,7 +104,7 @@ fn hot_field<const FIELD: usize>(slot: Slot) -> Option<u32> {
 /// ```
 #[inline]
 pub fn node_id() -> u32 {
-    match hot_field::<OFFSET_NODE_ID>(Slot::Node) {
+    match hot_field::<OFFSET_NODE_ID>(HotOffset::Node) {
         Some(node) => node,
         None => node_id_slow(),
     }
@@ -123,7 +123,7 @@ pub fn node_id() -> u32 {
 /// ```
 #[inline]
 pub fn mm_cid() -> u32 {
-    match hot_field::<OFFSET_MM_CID>(Slot::Cid) {
+    match hot_field::<OFFSET_MM_CID>(HotOffset::Cid) {
         Some(cid) => cid,
         None => mm_cid_slow(),
     }
@@ -170,7 +170,7 @@ fn live_area_with(feature: Features) -> Option<isize> {
 /// `(cpu, node)` from the vDSO, else the system call, else `(0, 0)`.
 fn fallback_getcpu() -> (u32, u32) {
     vdso::getcpu()
-        .or_else(|| sys::getcpu_syscall().ok())
+        .or_else(|| sys::sched::getcpu().ok())
         .unwrap_or((0, 0))
 }
 
@@ -221,7 +221,7 @@ pub struct Sources {
 pub fn sources() -> Sources {
     let fallback = if vdso::getcpu().is_some() {
         Source::VdsoGetcpu
-    } else if sys::getcpu_syscall().is_ok() {
+    } else if sys::sched::getcpu().is_ok() {
         Source::GetcpuSyscall
     } else {
         Source::Nothing
@@ -318,7 +318,7 @@ pub fn getcpu_vdso() -> Option<(u32, u32)> {
 
 /// `(cpu, node)` from the `getcpu` system call (getcpu(2)).
 pub fn getcpu_syscall() -> Result<(u32, u32), sys::Errno> {
-    sys::getcpu_syscall().map_err(sys::Errno)
+    sys::sched::getcpu()
 }
 
 /// `(cpu, node)` from the RDPID instruction (x86_64 processors that have it;

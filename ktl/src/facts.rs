@@ -53,24 +53,25 @@ use std::sync::OnceLock;
 use crate::abi;
 use crate::arch;
 use crate::area::{self, Owner};
-use crate::ktls;
+use crate::first_call::FirstCall;
+use crate::sys::ids::{self, Gid, Pid, Uid};
 use crate::vdso::{self, KtlsFn};
 
 /// The calling thread's ids, as [`thread_facts`] returns them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ThreadFacts {
     /// The thread id (`gettid(2)`).
-    pub tid: libc::pid_t,
+    pub tid: Pid,
     /// The process id (`getpid(2)`).
-    pub pid: libc::pid_t,
+    pub pid: Pid,
     /// The real user id (`getuid(2)`).
-    pub uid: libc::uid_t,
+    pub uid: Uid,
     /// The real group id (`getgid(2)`).
-    pub gid: libc::gid_t,
+    pub gid: Gid,
     /// The effective user id (`geteuid(2)`).
-    pub euid: libc::uid_t,
+    pub euid: Uid,
     /// The effective group id (`getegid(2)`).
-    pub egid: libc::gid_t,
+    pub egid: Gid,
 }
 
 /// Why [`path`] is [`Path::Syscall`].
@@ -149,7 +150,7 @@ fn state() -> Option<&'static State> {
 #[cold]
 #[inline(never)]
 fn state_first() -> Option<&'static State> {
-    let _first = area::FirstCall::begin()?;
+    let _first = FirstCall::begin()?;
     Some(STATE.get_or_init(decide))
 }
 
@@ -158,7 +159,7 @@ pub fn path() -> Path {
     match STATE.get() {
         Some(st) => st.path,
         None => {
-            let _first = area::FirstCall::begin();
+            let _first = FirstCall::begin();
             STATE.get_or_init(decide).path
         }
     }
@@ -173,7 +174,7 @@ fn decide() -> State {
         offset: 0,
         vdso: [None; 6],
     };
-    if !ktls::features().facts() {
+    if !abi::ktls_features().facts() {
         return syscall(Fallback::NoKernelSupport);
     }
     let layout = area::layout();
@@ -227,19 +228,14 @@ impl Fact {
 
     /// The system call's answer.
     fn syscall(self) -> u32 {
-        // SAFETY: these system calls take no arguments, touch no memory of
-        // the process and cannot fail.
-        let r = unsafe {
-            libc::syscall(match self {
-                Fact::Tid => libc::SYS_gettid,
-                Fact::Pid => libc::SYS_getpid,
-                Fact::Uid => libc::SYS_getuid,
-                Fact::Gid => libc::SYS_getgid,
-                Fact::Euid => libc::SYS_geteuid,
-                Fact::Egid => libc::SYS_getegid,
-            })
-        };
-        r as u32
+        match self {
+            Fact::Tid => ids::gettid(),
+            Fact::Pid => ids::getpid(),
+            Fact::Uid => ids::getuid(),
+            Fact::Gid => ids::getgid(),
+            Fact::Euid => ids::geteuid(),
+            Fact::Egid => ids::getegid(),
+        }
     }
 }
 
@@ -329,8 +325,8 @@ pub fn thread_facts() -> ThreadFacts {
     let off = live(st);
     let read = |f: Fact| read(st, off, f);
     ThreadFacts {
-        tid: read(Fact::Tid) as libc::pid_t,
-        pid: read(Fact::Pid) as libc::pid_t,
+        tid: read(Fact::Tid) as Pid,
+        pid: read(Fact::Pid) as Pid,
         uid: read(Fact::Uid),
         gid: read(Fact::Gid),
         euid: read(Fact::Euid),
@@ -342,8 +338,8 @@ pub fn thread_facts() -> ThreadFacts {
 /// baseline that the other paths must equal.
 pub fn syscall_facts() -> ThreadFacts {
     ThreadFacts {
-        tid: Fact::Tid.syscall() as libc::pid_t,
-        pid: Fact::Pid.syscall() as libc::pid_t,
+        tid: Fact::Tid.syscall() as Pid,
+        pid: Fact::Pid.syscall() as Pid,
         uid: Fact::Uid.syscall(),
         gid: Fact::Gid.syscall(),
         euid: Fact::Euid.syscall(),
@@ -352,32 +348,32 @@ pub fn syscall_facts() -> ThreadFacts {
 }
 
 /// The calling thread's id, as `gettid(2)` returns it.
-pub fn tid() -> libc::pid_t {
-    get(Fact::Tid) as libc::pid_t
+pub fn tid() -> Pid {
+    get(Fact::Tid) as Pid
 }
 
 /// The process id, as `getpid(2)` returns it.
-pub fn pid() -> libc::pid_t {
-    get(Fact::Pid) as libc::pid_t
+pub fn pid() -> Pid {
+    get(Fact::Pid) as Pid
 }
 
 /// The calling thread's real user id, as `getuid(2)` returns it.
-pub fn uid() -> libc::uid_t {
+pub fn uid() -> Uid {
     get(Fact::Uid)
 }
 
 /// The calling thread's real group id, as `getgid(2)` returns it.
-pub fn gid() -> libc::gid_t {
+pub fn gid() -> Gid {
     get(Fact::Gid)
 }
 
 /// The calling thread's effective user id, as `geteuid(2)` returns it.
-pub fn euid() -> libc::uid_t {
+pub fn euid() -> Uid {
     get(Fact::Euid)
 }
 
 /// The calling thread's effective group id, as `getegid(2)` returns it.
-pub fn egid() -> libc::gid_t {
+pub fn egid() -> Gid {
     get(Fact::Egid)
 }
 
@@ -393,10 +389,8 @@ mod tests {
             (tid(), pid(), uid(), gid(), euid(), egid()),
             (me.tid, me.pid, me.uid, me.gid, me.euid, me.egid)
         );
-        assert_eq!(me.pid, std::process::id() as libc::pid_t);
-        // SAFETY: getuid and gettid cannot fail.
-        assert_eq!(me.uid, unsafe { libc::getuid() });
-        assert_eq!(me.tid, unsafe { libc::gettid() });
+        assert_eq!(me.pid, std::process::id() as Pid);
+        assert_eq!((me.uid, me.tid), ids::libc_uid_tid());
     }
 
     #[test]
@@ -413,7 +407,7 @@ mod tests {
     #[test]
     fn path_is_consistent_with_the_kernel() {
         let p = path();
-        if !ktls::features().facts() {
+        if !abi::ktls_features().facts() {
             assert_eq!(p, Path::Syscall(Fallback::NoKernelSupport));
         }
         // The text names the path.

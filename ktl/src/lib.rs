@@ -48,6 +48,17 @@
 //! - **In a raw thread** ([`ktls::spawn_raw`]), anything but the short list
 //!   in that function's contract: such a thread has no thread-local storage
 //!   and no `errno`.
+//!
+//! ## Where the `unsafe` code is
+//!
+//! The crate denies `unsafe_code`; the modules that need it opt in, each
+//! for a stated reason. At the bottom, `sys` holds every call into the C
+//! library (each system call behind a typed wrapper) and `arch` the
+//! assembly (thread-pointer loads, the critical sections, raw system
+//! calls); above them, unsafe code remains only where it is the point:
+//! the kernel-shared area, the per-CPU structures' raw memory, the vDSO's
+//! functions and the raw threads.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -55,22 +66,68 @@
 compile_error!("ktl is Linux-only: the rseq area is a Linux kernel ABI");
 
 pub mod abi;
+// Assembly: thread-pointer loads, the thread-local block, critical sections, raw syscalls.
+#[allow(unsafe_code)]
 mod arch;
+// Registers and reads the kernel-shared area; reads the C library's `__rseq_*` symbols.
+#[allow(unsafe_code)]
 pub mod area;
+// The accessors' loads from the kernel-shared area, and the unsafe `_at` accessors.
+#[allow(unsafe_code)]
 pub mod cpu;
+// Reads the thread facts in the kernel-shared area; calls the prototype's vDSO functions.
+#[allow(unsafe_code)]
 pub mod facts;
+mod first_call;
+// Raw threads: their own stack and TLS block, clone3 and raw rseq calls, unsafe by contract.
+#[allow(unsafe_code)]
 pub mod ktls;
+// The per-CPU structures' raw memory, written by restartable sequences.
+#[allow(unsafe_code)]
 pub mod percpu;
 pub mod pin;
+// Calls vDSO getrandom on per-thread states in its own mappings; registers fork handlers.
+#[allow(unsafe_code)]
 pub mod random;
+// Restartable sequences: unsafe operations on the caller's memory, and their fallbacks'.
+#[allow(unsafe_code)]
 pub mod rseq;
+// System calls: every call into the C library, behind typed wrappers.
+#[allow(unsafe_code)]
 mod sys;
+// Reads the vDSO image in memory and calls its functions through pointers looked up in it.
+#[allow(unsafe_code)]
 pub mod vdso;
 
 // The README's Rust examples run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+// The same for the crate's own README and the pages of the guide.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/accessors.md")]
+struct GuideAccessorsDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/rseq.md")]
+struct GuideRseqDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/percpu.md")]
+struct GuidePercpuDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/random.md")]
+struct GuideRandomDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/prototype.md")]
+struct GuidePrototypeDoctests;
 
 pub use abi::Features;
 pub use area::{Layout, Owner, layout};

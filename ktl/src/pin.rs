@@ -109,21 +109,16 @@ static HANDLE: core::sync::atomic::AtomicPtr<core::ffi::c_void> =
 
 #[cfg(not(any(target_feature = "crt-static", target_env = "musl")))]
 fn pin() -> Pinning {
-    use crate::sys;
-    use core::ffi::c_void;
-    // One of ktl's own statics: it is in the object that holds ktl.
-    let Some(own) = sys::dladdr(core::ptr::addr_of!(PINNING).cast::<c_void>()) else {
+    use crate::sys::dl;
+    // The object that holds ktl's own code and statics.
+    let Some(own) = dl::ktl_object() else {
         return Pinning::NoObject;
     };
     // The executable is the object that holds its program headers.
-    let main = sys::getauxval(libc::AT_PHDR).and_then(|phdr| sys::dladdr(phdr as *const c_void));
-    if main.is_some_and(|m| m.base == own.base) {
+    if dl::executable_object().is_some_and(|m| m.base() == own.base()) {
         return Pinning::Executable;
     }
-    // SAFETY: `own.name` is the loader's NUL-terminated name of a loaded
-    // object: the one that holds this code, which the program cannot
-    // rightly unload while it calls into it.
-    match unsafe { sys::dlopen_nodelete(own.name) } {
+    match dl::dlopen_nodelete(&own) {
         Some(handle) => {
             HANDLE.store(handle.as_ptr(), core::sync::atomic::Ordering::Relaxed);
             Pinning::Pinned

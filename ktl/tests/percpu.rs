@@ -2,12 +2,9 @@
 //! counter updates (fewer on the locked fallback), and pools and stacks whose threads are moved from CPU
 //! to CPU while they run, with every object accounted for at the end.
 
-#[path = "support/affinity.rs"]
-mod affinity;
-
-use affinity::{allowed_cpus, pin};
 use ktl::percpu::{PerCpuCounter, PerCpuCounterU64, PerCpuStack, PoolBuilder};
 use ktl::rseq::Index;
+use ktl_testkit::affinity::{allowed_cpus, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// `n` operations with critical sections; a fiftieth of that on the locked
@@ -143,11 +140,11 @@ fn stack_values_survive_migrations_mid_operation() {
                     let mut mover = Mover::new(t as usize, 500);
                     for i in 0..scaled(50_000) {
                         stack.push(t * 1_000_000 + i);
-                        if i % 2 == 0
-                            && let Some(v) = stack.pop_any()
-                        {
-                            popped.fetch_add(1, Ordering::Relaxed);
-                            popped_sum.fetch_add(v, Ordering::Relaxed);
+                        if i % 2 == 0 {
+                            if let Some(v) = stack.pop_any() {
+                                popped.fetch_add(1, Ordering::Relaxed);
+                                popped_sum.fetch_add(v, Ordering::Relaxed);
+                            }
                         }
                         mover.step();
                     }

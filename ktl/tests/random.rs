@@ -14,10 +14,7 @@ use ktl::abi::SyscallStatus;
 use ktl::random::{self, Fallback, Path};
 use ktl::vdso::VdsoError;
 
-#[path = "support/seccomp.rs"]
-mod seccomp;
-#[path = "support/signals.rs"]
-mod signals;
+use ktl_testkit::{seccomp, signals};
 
 /// Set in the re-executed copy of this binary: which inner test to run.
 const CHILD_ENV: &str = "KTL_RANDOM_TEST_CHILD";

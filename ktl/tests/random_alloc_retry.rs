@@ -5,10 +5,7 @@
 //! Runs in a fresh process (this test binary re-executed), so that no state
 //! has been mapped before the refusal.
 
-#[path = "support/seccomp.rs"]
-mod seccomp;
-#[path = "support/storm.rs"]
-mod storm;
+use ktl_testkit::{seccomp, storm};
 
 use std::sync::mpsc;
 use std::time::Duration;

@@ -6,13 +6,9 @@
 //! Run with `cargo test -p ktl --features delay-injection --test rseq_delay`.
 #![cfg(feature = "delay-injection")]
 
-#[path = "support/affinity.rs"]
-mod affinity;
-#[path = "support/exclusive.rs"]
-mod exclusive;
-
-use affinity::{allowed_cpus, pin};
 use ktl::rseq::{self, Index, delay};
+use ktl_testkit::affinity::{allowed_cpus, pin};
+use ktl_testkit::exclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 

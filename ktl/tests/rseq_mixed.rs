@@ -11,15 +11,11 @@
 //! the length, copies 64 bytes, then commits, and a fallback operation on
 //! another CPU that slipped in between would be overwritten.
 
-#[path = "support/affinity.rs"]
-mod affinity;
-#[path = "support/fork.rs"]
-mod fork;
-
-use affinity::allowed_cpus;
 use ktl::abi::SyscallStatus;
 use ktl::area::ReleaseError;
 use ktl::rseq::{self, Commit, Failure, Index, Path};
+use ktl_testkit::affinity::allowed_cpus;
+use ktl_testkit::fork;
 use std::process::Command;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 

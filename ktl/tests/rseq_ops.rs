@@ -7,17 +7,9 @@
 //! filter that makes rseq fail with ENOSYS, where every operation takes the
 //! locked fallback.
 
-#[path = "support/affinity.rs"]
-mod affinity;
-#[path = "support/fork.rs"]
-mod fork;
-#[path = "support/signals.rs"]
-mod signals;
-#[path = "support/without_rseq.rs"]
-mod without_rseq;
-
-use affinity::{allowed_cpus, pin};
 use ktl::rseq::{self, Failure, Index};
+use ktl_testkit::affinity::{allowed_cpus, pin};
+use ktl_testkit::{fork, signals, without_rseq};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 

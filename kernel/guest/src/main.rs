@@ -20,9 +20,8 @@ use ktl::abi;
 
 mod facts;
 
-#[path = "../../../ktl/tests/support/seccomp.rs"]
-mod seccomp;
 use ktl::ktls::{self, GroupLayout, KtlsError, Registration};
+use ktl_testkit::seccomp;
 
 /// A check's result: a detail line, or why it failed.
 type Check = Result<String, String>;

@@ -6,7 +6,7 @@
 //! into a constant in an executable. A zero delta means "the own area", so the
 //! table is valid before any code has run.
 
-use super::{SLOTS, Slot, ktl_symbol, rseq_cs_tables, rseq_exit_point};
+use super::{Exit, Failure, HOT_OFFSETS, HotOffset, ktl_symbol, rseq_cs_tables, rseq_exit_point};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicIsize, Ordering};
 
@@ -20,20 +20,21 @@ global_asm!(
     concat!(".globl ", ktl_symbol!("block")),
     concat!(".hidden ", ktl_symbol!("block")),
     concat!(".type ", ktl_symbol!("block"), ",%object"),
-    concat!(".size ", ktl_symbol!("block"), ", 160"),
+    concat!(".size ", ktl_symbol!("block"), ", {size}"),
     concat!(ktl_symbol!("block"), ":"),
     ".word 0, 0xffffffff",
     ".zero 120",
     ".word 0, 0xffffffff",
     ".zero 24",
     ".text",
+    size = const super::BLOCK_SIZE,
 );
 
 const _: () =
     assert!(super::BLOCK_SIZE == 160 && super::DEAD_AREA == 128 && super::BLOCK_ALIGN == 64);
 
 /// Offsets relative to the own area; 0 until the owner is decided.
-static HOT_DELTA: [AtomicIsize; SLOTS] = [const { AtomicIsize::new(0) }; SLOTS];
+static HOT_DELTA: [AtomicIsize; HOT_OFFSETS] = [const { AtomicIsize::new(0) }; HOT_OFFSETS];
 
 /// The thread pointer: `tpidr_el0`.
 #[inline(always)]
@@ -94,15 +95,15 @@ pub(crate) fn dead_area_offset() -> isize {
     own_area_offset() + super::DEAD_AREA as isize
 }
 
-/// The area offset the fast accessor of `slot` reads.
+/// The area offset the fast accessor of `which` reads.
 #[inline(always)]
-pub(crate) fn hot_offset(slot: Slot) -> isize {
-    own_area_offset() + HOT_DELTA[slot as usize].load(Ordering::Relaxed)
+pub(crate) fn hot_offset(which: HotOffset) -> isize {
+    own_area_offset() + HOT_DELTA[which as usize].load(Ordering::Relaxed)
 }
 
-/// Points the fast accessor of `slot` at the area at `off`.
-pub(crate) fn set_hot_offset(slot: Slot, off: isize) {
-    HOT_DELTA[slot as usize].store(off - own_area_offset(), Ordering::Relaxed);
+/// Points the fast accessor of `which` at the area at `off`.
+pub(crate) fn set_hot_offset(which: HotOffset, off: isize) {
+    HOT_DELTA[which as usize].store(off - own_area_offset(), Ordering::Relaxed);
 }
 
 /// AArch64 has no RDPID.
@@ -265,7 +266,7 @@ pub(crate) unsafe fn rseq_add(
     gate: *const u32,
     v: *mut i64,
     count: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: the caller guarantees a registered area and a valid `v`; the
     // block follows the rseq ABI and restores x10, x11 and sp on every exit.
@@ -285,7 +286,7 @@ pub(crate) unsafe fn rseq_add(
             in("x3") count,
             out("x16") _,
             out("x17") _,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            abort = label { return Err(Failure::Aborted) },
         );
     }
     Ok(())
@@ -333,8 +334,7 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
     stride: usize,
     len: usize,
     count: i64,
-) -> Result<(), crate::rseq::Exit> {
-    use crate::rseq::Exit;
+) -> Result<(), Exit> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // The block, with `$check` after the index load and `$extra` operands.
     macro_rules! section {
@@ -389,7 +389,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev(
     v: *mut i64,
     expect: i64,
     newv: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
@@ -413,8 +413,8 @@ pub(crate) unsafe fn rseq_cmpeqv_storev(
             in("x4") newv,
             out("x16") _,
             out("x17") _,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
@@ -438,7 +438,7 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
     expectnot: *mut u8,
     voffp: isize,
     load: *mut *mut u8,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
@@ -465,8 +465,8 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
             in("x5") load,
             out("x16") _,
             out("x17") _,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
@@ -486,7 +486,7 @@ pub(crate) unsafe fn rseq_offset_deref_addv(
     ptr: *mut *mut u8,
     off: isize,
     inc: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
@@ -509,7 +509,7 @@ pub(crate) unsafe fn rseq_offset_deref_addv(
             in("x4") inc,
             out("x16") _,
             out("x17") _,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            abort = label { return Err(Failure::Aborted) },
         );
     }
     Ok(())
@@ -531,7 +531,7 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
     v2: *const i64,
     expect2: i64,
     newv: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
@@ -562,8 +562,8 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
             in("x6") newv,
             out("x16") _,
             out("x17") _,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
@@ -586,7 +586,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
     v2: *mut i64,
     newv2: i64,
     newv: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
@@ -618,8 +618,8 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
             in("x6") newv,
             out("x16") _,
             out("x17") _,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
@@ -643,7 +643,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
     src: *const u8,
     len: usize,
     newv: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
@@ -684,12 +684,15 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
             in("x7") newv,
             out("x16") _,
             out("x17") _,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
 }
+
+/// `ENOSYS` on aarch64 Linux (`asm-generic/errno.h`).
+const ENOSYS: isize = 38;
 
 /// The KTLS kernel prototype is x86_64-only: on aarch64 raw system calls
 /// for it are not provided, and this returns `-ENOSYS`.
@@ -698,7 +701,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
 ///
 /// None needed: it makes no call.
 pub(crate) unsafe fn syscall4(_nr: usize, _a1: usize, _a2: usize, _a3: usize, _a4: usize) -> isize {
-    -(libc::ENOSYS as isize)
+    -ENOSYS
 }
 
 /// The KTLS kernel prototype is x86_64-only: raw thread creation returns
@@ -713,5 +716,5 @@ pub(crate) unsafe fn clone3_thread(
     _entry: extern "C" fn(usize) -> i32,
     _arg: usize,
 ) -> isize {
-    -(libc::ENOSYS as isize)
+    -ENOSYS
 }

@@ -9,8 +9,16 @@
 //! - `tp_load_u32::<DISP>(off)`: one 32-bit load at `thread pointer + off + DISP`;
 //! - `own_area_offset()` / `dead_area_offset()`: where ktl's own area and the
 //!   never-registered "dead" area sit, relative to the thread pointer;
-//! - `hot_offset(slot)` / `set_hot_offset(slot, off)`: the process-wide
-//!   offsets that the fast accessors read, one per [`Slot`].
+//! - `hot_offset(which)` / `set_hot_offset(which, off)`: the process-wide
+//!   offsets that the fast accessors read, one per [`HotOffset`];
+//! - the restartable sequences' critical sections (`rseq_add` and the
+//!   others), which leave through [`Failure`] or [`Exit`];
+//! - `syscall4` and `clone3_thread`: raw system calls without the C
+//!   library, for threads that have none.
+//!
+//! It depends on nothing else in ktl but the constants of `abi` (the
+//! offsets of the area's fields and the signature, which the assembly
+//! needs); the modules above use it.
 //!
 //! ## ktl's thread-local block
 //!
@@ -57,13 +65,14 @@ pub(crate) const DEAD_AREA: usize = OWN_AREA_CAPACITY;
 /// Size of the block.
 pub(crate) const BLOCK_SIZE: usize = DEAD_AREA + 32;
 
-/// The process-wide offsets read by the fast accessors.
+/// The process-wide offsets read by the fast accessors: the entries of the
+/// hot-offset table.
 ///
 /// Each holds the offset, from the thread pointer, of the area whose field the
 /// accessor reads; the accessor gates on that area's `cpu_id`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
-pub(crate) enum Slot {
+pub(crate) enum HotOffset {
     /// Area read by `cpu_id()`.
     Cpu = 0,
     /// Area read by `node_id()`.
@@ -72,8 +81,44 @@ pub(crate) enum Slot {
     Cid = 2,
 }
 
-/// The number of [`Slot`]s.
-pub(crate) const SLOTS: usize = 3;
+/// The number of [`HotOffset`]s: the entries of the table.
+pub(crate) const HOT_OFFSETS: usize = 3;
+
+/// The critical sections (one `asm!` block each) leave through
+/// [`Aborted`](Self::Aborted) and [`CompareFailed`](Self::CompareFailed);
+/// the fallbacks, which run no section, through all three. Defined with the
+/// sections, and re-exported as `rseq::Failure`.
+///
+/// It is one byte, and so is every operation's `Result<(), Failure>`: a
+/// wider result measurably slows the loops the operations are inlined into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The kernel aborted the section (preemption, migration or a signal),
+    /// or the index had already changed: start again.
+    Aborted,
+    /// The operation's compare did not match; nothing was stored.
+    CompareFailed,
+    /// The operation ran on the fenced fallback, and its membarrier fence
+    /// failed, so it could not exclude the other threads' critical sections:
+    /// nothing was stored. This is not an abort: the cause (for example a
+    /// seccomp filter that refuses `membarrier` in this thread) usually
+    /// lasts, so the caller should use its own fallback, as the per-CPU
+    /// structures do (their shared stores).
+    ///
+    /// The variant carries no error value on purpose: a payload would make
+    /// every operation's `Result` wider than a byte.
+    FenceFailed,
+}
+
+/// How a section of `rseq::add_current` left without committing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// The kernel aborted it.
+    Aborted,
+    /// It wrote nothing: the index value has no slot, or the area is not
+    /// registered.
+    Other,
+}
 
 /// Builds the symbol names of the assembly-defined items. They carry the
 /// crate's major and minor version, so two semver-incompatible copies of ktl
@@ -130,6 +175,46 @@ macro_rules! rseq_exit_point {
     };
 }
 pub(crate) use rseq_exit_point;
+
+// The inside delay's iteration count (cargo feature `delay-injection`, see
+// `rseq::delay`). It is read by name from inside the critical sections,
+// where no operand can carry it, so it is defined here in assembly, hidden,
+// and declared to Rust below.
+#[cfg(feature = "delay-injection")]
+core::arch::global_asm!(
+    concat!(
+        ".section .data.",
+        ktl_symbol!("delay_inside"),
+        ",\"aw\",%progbits"
+    ),
+    ".p2align 3",
+    concat!(".globl ", ktl_symbol!("delay_inside")),
+    concat!(".hidden ", ktl_symbol!("delay_inside")),
+    concat!(ktl_symbol!("delay_inside"), ":"),
+    ".quad 0",
+    ".text",
+);
+
+#[cfg(feature = "delay-injection")]
+unsafe extern "C" {
+    /// The inside delay's iteration count (defined above).
+    #[link_name = ktl_symbol!("delay_inside")]
+    safe static DELAY_INSIDE: core::sync::atomic::AtomicU64;
+}
+
+/// Sets the number of busy-loop iterations each critical section runs right
+/// after its index check.
+#[cfg(feature = "delay-injection")]
+pub(crate) fn set_delay_inside(iterations: u64) {
+    DELAY_INSIDE.store(iterations, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The number of busy-loop iterations each critical section runs right
+/// after its index check.
+#[cfg(feature = "delay-injection")]
+pub(crate) fn delay_inside() -> u64 {
+    DELAY_INSIDE.load(core::sync::atomic::Ordering::Relaxed)
+}
 
 // Weak references to the C library's rseq symbols, for statically linked
 // programs, where dlsym cannot find them. The static linker resolves a weak
@@ -245,9 +330,11 @@ mod tests {
         };
         // The dead area holds cpu_id_start = 0 and cpu_id = -1: the two loads
         // must tell the displacements apart, and agree with plain loads.
-        // SAFETY (all three): inside this thread's dead area.
+        // SAFETY: inside this thread's dead area.
         let start = unsafe { tp_load_u32::<0>(dead) };
+        // SAFETY: as above.
         let cpu = unsafe { tp_load_u32::<OFFSET_CPU_ID>(dead) };
+        // SAFETY: as above.
         let cpu_by_offset = unsafe { tp_load_u32::<0>(dead + OFFSET_CPU_ID as isize) };
         assert_eq!((start, cpu), (0, RSEQ_CPU_ID_UNINITIALIZED));
         assert_eq!(cpu_by_offset, cpu);

@@ -15,7 +15,7 @@
 //!   gains one `add` (a `lea` once the static linker has relaxed it in an
 //!   executable): about 1.5x the time of an accessor in a tight loop.
 
-use super::{SLOTS, Slot, ktl_symbol, rseq_cs_tables, rseq_exit_point};
+use super::{Exit, Failure, HOT_OFFSETS, HotOffset, ktl_symbol, rseq_cs_tables, rseq_exit_point};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicIsize, Ordering};
 
@@ -54,7 +54,7 @@ global_asm!(
     concat!(".globl ", ktl_symbol!("block")),
     concat!(".hidden ", ktl_symbol!("block")),
     concat!(".type ", ktl_symbol!("block"), ",@object"),
-    concat!(".size ", ktl_symbol!("block"), ", 160"),
+    concat!(".size ", ktl_symbol!("block"), ", {size}"),
     concat!(ktl_symbol!("block"), ":"),
     // Own area: cpu_id_start = 0, cpu_id = -1, the rest 0 (128 bytes).
     ".long 0, 0xffffffff",
@@ -69,19 +69,20 @@ global_asm!(
     concat!(".type ", ktl_symbol!("hot"), ",@object"),
     concat!(".size ", ktl_symbol!("hot"), ", 24"),
     concat!(ktl_symbol!("hot"), ":"),
-    // Slots Cpu, Node and Cid.
+    // The hot offsets Cpu, Node and Cid.
     hot_init!(),
     ".text",
+    size = const super::BLOCK_SIZE,
 );
 
 const _: () =
     assert!(super::BLOCK_SIZE == 160 && super::DEAD_AREA == 128 && super::BLOCK_ALIGN == 64);
 
 unsafe extern "C" {
-    /// The table defined above: `SLOTS` hot offsets (absolute, or relative to
+    /// The table defined above: `HOT_OFFSETS` offsets (absolute, or relative to
     /// the own area with the feature `shared-object`).
     #[link_name = ktl_symbol!("hot")]
-    safe static HOT: [AtomicIsize; SLOTS];
+    safe static HOT: [AtomicIsize; HOT_OFFSETS];
 }
 
 /// The thread pointer: the FS base.
@@ -167,7 +168,7 @@ pub(crate) fn dead_area_offset() -> isize {
     own_area_offset() + super::DEAD_AREA as isize
 }
 
-/// The area offset the fast accessor of `slot` reads: one load of the table,
+/// The area offset the fast accessor of `which` reads: one load of the table,
 /// plus, with the feature `shared-object`, the own area's offset (added with
 /// `add block@GOTTPOFF(%rip), %reg`, whose GOT operand the static linker
 /// turns into an immediate in an executable).
@@ -180,11 +181,11 @@ pub(crate) fn dead_area_offset() -> isize {
 /// registered, whose negative `cpu_id` sends the accessor to its slow path,
 /// which answers from the decided state.
 #[inline(always)]
-pub(crate) fn hot_offset(slot: Slot) -> isize {
-    match slot {
-        Slot::Cpu => hot_load::<{ Slot::Cpu as usize * 8 }>(),
-        Slot::Node => hot_load::<{ Slot::Node as usize * 8 }>(),
-        Slot::Cid => hot_load::<{ Slot::Cid as usize * 8 }>(),
+pub(crate) fn hot_offset(which: HotOffset) -> isize {
+    match which {
+        HotOffset::Cpu => hot_load::<{ HotOffset::Cpu as usize * 8 }>(),
+        HotOffset::Node => hot_load::<{ HotOffset::Node as usize * 8 }>(),
+        HotOffset::Cid => hot_load::<{ HotOffset::Cid as usize * 8 }>(),
     }
 }
 
@@ -228,11 +229,11 @@ fn hot_load<const BYTE_OFFSET: usize>() -> isize {
     v
 }
 
-/// Points the fast accessor of `slot` at the area at `off`.
-pub(crate) fn set_hot_offset(slot: Slot, off: isize) {
+/// Points the fast accessor of `which` at the area at `off`.
+pub(crate) fn set_hot_offset(which: HotOffset, off: isize) {
     #[cfg(feature = "shared-object")]
     let off = off - own_area_offset();
-    HOT[slot as usize].store(off, Ordering::Relaxed);
+    HOT[which as usize].store(off, Ordering::Relaxed);
 }
 
 /// Whether the CPU has the RDPID instruction (CPUID.(EAX=7,ECX=0):ECX bit 22).
@@ -392,7 +393,7 @@ pub(crate) unsafe fn rseq_add(
     gate: *const u32,
     v: *mut i64,
     count: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     // SAFETY: the caller guarantees a registered area and a valid `v`; the
     // block follows the rseq ABI described above and restores %rax (its zero
     // scratch input) on every exit.
@@ -412,7 +413,7 @@ pub(crate) unsafe fn rseq_add(
             in("edx") value,
             in("rsi") v,
             in("rcx") count,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            abort = label { return Err(Failure::Aborted) },
         );
     }
     Ok(())
@@ -479,8 +480,7 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
     stride: usize,
     len: usize,
     count: i64,
-) -> Result<(), crate::rseq::Exit> {
-    use crate::rseq::Exit;
+) -> Result<(), Exit> {
     // The block, with `$check` after the index load and `$extra` operands.
     macro_rules! section {
         ($check:literal; $($extra:tt)*) => {
@@ -531,7 +531,7 @@ pub(crate) unsafe fn rseq_cmpeqv_storev(
     v: *mut i64,
     expect: i64,
     newv: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     // SAFETY: as in `rseq_add`.
     unsafe {
         asm!(
@@ -553,8 +553,8 @@ pub(crate) unsafe fn rseq_cmpeqv_storev(
             in("rsi") v,
             in("rcx") expect,
             in("r8") newv,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
@@ -580,7 +580,7 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
     expectnot: *mut u8,
     voffp: isize,
     load: *mut *mut u8,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     // SAFETY: as in `rseq_add`; %rax is zeroed again on every exit.
     unsafe {
         asm!(
@@ -610,8 +610,8 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
             in("rcx") expectnot,
             in("r8") voffp,
             in("r9") load,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
@@ -633,7 +633,7 @@ pub(crate) unsafe fn rseq_offset_deref_addv(
     ptr: *mut *mut u8,
     off: isize,
     inc: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     // SAFETY: as in `rseq_cmpnev_storeoffp_load`.
     unsafe {
         asm!(
@@ -654,7 +654,7 @@ pub(crate) unsafe fn rseq_offset_deref_addv(
             in("rsi") ptr,
             in("r8") off,
             in("rcx") inc,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
+            abort = label { return Err(Failure::Aborted) },
         );
     }
     Ok(())
@@ -676,7 +676,7 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
     v2: *const i64,
     expect2: i64,
     newv: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     // SAFETY: as in `rseq_add`.
     unsafe {
         asm!(
@@ -702,8 +702,8 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
             in("r8") v2,
             in("r9") expect2,
             in("r10") newv,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
@@ -729,7 +729,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
     v2: *mut i64,
     newv2: i64,
     newv: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     // SAFETY: as in `rseq_add`.
     unsafe {
         asm!(
@@ -754,8 +754,8 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
             in("r8") v2,
             in("r9") newv2,
             in("r10") newv,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())
@@ -785,7 +785,7 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
     src: *const u8,
     len: usize,
     newv: i64,
-) -> Result<(), crate::rseq::Failure> {
+) -> Result<(), Failure> {
     // SAFETY: as in `rseq_cmpnev_storeoffp_load`; %rax and %r11 are zeroed
     // again on every exit.
     unsafe {
@@ -829,8 +829,8 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
             in("r10") len,
             in("r12") newv,
             in("r11") 0usize,
-            abort = label { return Err(crate::rseq::Failure::Aborted) },
-            cmpfail = label { return Err(crate::rseq::Failure::CompareFailed) },
+            abort = label { return Err(Failure::Aborted) },
+            cmpfail = label { return Err(Failure::CompareFailed) },
         );
     }
     Ok(())

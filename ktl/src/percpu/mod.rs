@@ -74,11 +74,7 @@ pub fn slot_count(index: Index) -> usize {
     let _ = index;
     match crate::cpu::possible_cpus() {
         Some(n) => n.max(1) as usize,
-        None => {
-            // SAFETY: sysconf only reads system configuration.
-            let conf = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-            usize::try_from(conf).unwrap_or(1).max(1)
-        }
+        None => crate::sys::sched::configured_cpus().unwrap_or(1).max(1),
     }
 }
 

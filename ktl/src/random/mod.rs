@@ -70,8 +70,8 @@ use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU64, Ordering, compiler_fence};
 use std::sync::OnceLock;
 
-use crate::Errno;
-use crate::area;
+use crate::first_call::FirstCall;
+use crate::sys::{self, Errno};
 use crate::vdso::{self, GetrandomFn, VdsoError};
 use state::Geometry;
 
@@ -167,7 +167,7 @@ fn vgetrandom() -> Result<&'static Vgetrandom, Fallback> {
             // Marked as a first call (unless the caller's is), so that a
             // fill in a signal handler that interrupts this takes the system
             // call instead of waiting for it.
-            let _first = area::FirstCall::begin();
+            let _first = FirstCall::begin();
             VGETRANDOM.get_or_init(find)
         }
     };
@@ -182,9 +182,7 @@ fn find() -> Result<Vgetrandom, Fallback> {
     let getrandom = vdso::getrandom_fn_in_first_call().ok_or(Fallback::NoSymbol)?;
     let params = vdso::getrandom_params(getrandom).map_err(Fallback::Params)?;
     let size = params.size_of_opaque_state as usize;
-    // SAFETY: sysconf only reads a configuration value.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let page = usize::try_from(page).unwrap_or(4096);
+    let page = sys::memory::page_size().unwrap_or(4096);
     let geometry = Geometry::new(
         size,
         page,
@@ -393,7 +391,7 @@ fn fill_on_slot(slot: &Slot, dest: &mut [MaybeUninit<u8>]) -> Result<(), RandomE
 #[cold]
 #[inline(never)]
 fn first_fill(slot: &Slot, dest: &mut [MaybeUninit<u8>]) -> Result<(), ()> {
-    let Some(_first) = area::FirstCall::begin() else {
+    let Some(_first) = FirstCall::begin() else {
         return Err(());
     };
     let v = vgetrandom().map_err(|_| ())?;
@@ -462,7 +460,7 @@ fn vdso_fill(v: &Vgetrandom, state: *mut u8, dest: &mut [MaybeUninit<u8>]) -> Re
         };
         match usize::try_from(ret) {
             Ok(n) if n > 0 => done += n.min(rest.len()),
-            _ if ret == -(libc::EINTR as isize) => continue,
+            _ if ret == -(sys::EINTR as isize) => continue,
             _ => return Err(()),
         }
     }
@@ -496,10 +494,10 @@ fn syscall_uninit(dest: &mut [MaybeUninit<u8>]) -> Result<(), RandomError> {
     let mut done = 0;
     while done < dest.len() {
         let rest = &mut dest[done..];
-        match crate::sys::getrandom(rest) {
+        match sys::random::getrandom(rest) {
             Ok(n) => done += n.min(rest.len()),
-            Err(libc::EINTR) => continue,
-            Err(e) => return Err(RandomError::Syscall(Errno(e))),
+            Err(Errno(sys::EINTR)) => continue,
+            Err(e) => return Err(RandomError::Syscall(e)),
         }
     }
     Ok(())
@@ -537,7 +535,7 @@ pub fn stats() -> Stats {
         // Marked while it holds the states' lock, so that a signal handler's
         // first fill on this thread takes the system call instead of that
         // lock.
-        let _first = area::FirstCall::begin();
+        let _first = FirstCall::begin();
         let c = state::counts(&geometry);
         stats.state_size = geometry.state_size;
         stats.pages = c.pages;

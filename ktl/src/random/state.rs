@@ -23,8 +23,8 @@ use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
-use crate::Errno;
-use crate::area::FirstCall;
+use crate::first_call::FirstCall;
+use crate::sys::{self, Errno};
 
 /// The geometry of the states, from the vDSO's parameters.
 #[derive(Debug, Clone, Copy)]
@@ -189,28 +189,12 @@ pub(super) fn release(state: *mut u8) {
 
 /// Maps one page of states with the vDSO's protection and flags.
 fn map_page(geometry: &Geometry) -> Result<usize, Errno> {
-    // SAFETY: an anonymous mapping at an address of the kernel's choosing
+    // An anonymous mapping at an address of the kernel's choosing, which
     // touches no existing memory. The pages are never unmapped: freed states
     // go back to the free list, because another thread may still hold a
     // state of the same page.
-    let p = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            geometry.page,
-            geometry.prot,
-            geometry.flags,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Errno(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::ENOMEM),
-        ));
-    }
-    Ok(p.expose_provenance())
+    let p = sys::memory::map_anonymous(geometry.page, geometry.prot, geometry.flags)?;
+    Ok(p.as_ptr().expose_provenance())
 }
 
 /// What the forking thread holds across a `fork`.
@@ -228,10 +212,13 @@ fn register_fork_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: the handlers are `extern "C"` functions that live for the
-        // whole process. A registration failure (ENOMEM) leaves a child with
-        // states counted in use that nothing will return: a leak in that
-        // child, never a state shared by two threads.
-        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+        // whole process; each only takes or gives back the registry and the
+        // thread's first-call marker, and the child's runs in a child whose
+        // only thread is the one that held the registry across the fork. A
+        // registration failure (ENOMEM) leaves a child with states counted
+        // in use that nothing will return: a leak in that child, never a
+        // state shared by two threads.
+        let _ = unsafe { sys::fork::at_fork(Some(prepare), Some(parent), Some(child)) };
     });
 }
 

@@ -12,41 +12,20 @@
 //! Both are off (0 iterations) by default. Without the feature, neither loop
 //! exists in the code at all.
 
-use crate::arch::ktl_symbol;
+#![forbid(unsafe_code)]
+
+use crate::arch;
 use core::sync::atomic::{AtomicU64, Ordering};
-
-// The inside delay's iteration count. It is read by name from inside the
-// critical sections (see `arch`), where no operand can carry it, so it is
-// defined here in assembly, hidden, and declared to Rust below.
-core::arch::global_asm!(
-    concat!(
-        ".section .data.",
-        ktl_symbol!("delay_inside"),
-        ",\"aw\",%progbits"
-    ),
-    ".p2align 3",
-    concat!(".globl ", ktl_symbol!("delay_inside")),
-    concat!(".hidden ", ktl_symbol!("delay_inside")),
-    concat!(ktl_symbol!("delay_inside"), ":"),
-    ".quad 0",
-    ".text",
-);
-
-unsafe extern "C" {
-    /// The inside delay's iteration count (defined above).
-    #[link_name = ktl_symbol!("delay_inside")]
-    safe static INSIDE: AtomicU64;
-}
 
 /// Sets the number of busy-loop iterations run inside each critical section,
 /// right after its index check (0, the default, disables the delay).
 pub fn set_inside(iterations: u64) {
-    INSIDE.store(iterations, Ordering::Relaxed);
+    arch::set_delay_inside(iterations);
 }
 
 /// The current delay inside each critical section.
 pub fn inside_iterations() -> u64 {
-    INSIDE.load(Ordering::Relaxed)
+    arch::delay_inside()
 }
 
 static BEFORE: AtomicU64 = AtomicU64::new(0);

@@ -50,7 +50,9 @@
 //! }
 //! ```
 
-use crate::sys::Errno;
+#![forbid(unsafe_code)]
+
+use crate::sys::{self, Errno};
 use core::ffi::{c_int, c_uint};
 use core::fmt;
 use std::sync::OnceLock;
@@ -121,17 +123,9 @@ impl fmt::Display for FenceError {
 impl std::error::Error for FenceError {}
 
 /// `membarrier(2)`: the call's non-negative result, or `Err(errno)`.
+#[inline]
 fn membarrier(cmd: c_int, flags: c_uint, cpu_id: c_int) -> Result<c_int, i32> {
-    // SAFETY: membarrier reads and writes no memory of ours; its three
-    // arguments are plain integers that the kernel validates.
-    let ret = unsafe { libc::syscall(libc::SYS_membarrier, cmd, flags, cpu_id) };
-    if ret >= 0 {
-        Ok(ret as c_int)
-    } else {
-        Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EINVAL))
-    }
+    sys::membarrier::membarrier(cmd, flags, cpu_id).map_err(|e| e.0)
 }
 
 /// Queries the kernel and registers the best mechanism.
@@ -176,7 +170,7 @@ static KIND: OnceLock<FenceKind> = OnceLock::new();
 #[cold]
 #[inline(never)]
 fn kind_first() -> FenceKind {
-    match crate::area::FirstCall::begin() {
+    match crate::first_call::FirstCall::begin() {
         Some(_first) => *KIND.get_or_init(decide),
         // A signal handler inside a first call of this thread, which may be
         // this very decision: waiting for it would never end.
@@ -208,10 +202,10 @@ pub fn fence_cpu(cpu: u32) -> Result<(), FenceError> {
     }
     // Above i32::MAX the kernel would read a negative CPU: all CPUs.
     let Ok(cpu_id) = c_int::try_from(cpu) else {
-        return Err(FenceError::Failed(libc::EINVAL));
+        return Err(FenceError::Failed(sys::EINVAL));
     };
     if crate::cpu::possible_cpus().is_some_and(|n| cpu >= n) {
-        return Err(FenceError::Failed(libc::EINVAL));
+        return Err(FenceError::Failed(sys::EINVAL));
     }
     let result = match kind {
         FenceKind::Rseq => membarrier(CMD_PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, cpu_id),
@@ -253,7 +247,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_errno() {
-        let text = FenceError::Failed(libc::EPERM).to_string();
+        let text = FenceError::Failed(sys::EPERM).to_string();
         assert!(text.contains("EPERM"), "{text}");
     }
 }

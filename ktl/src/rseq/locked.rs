@@ -46,6 +46,8 @@
 
 use super::fence::{self, FenceError};
 use super::{Commit, Failure, Index};
+use crate::sys::fork;
+use crate::sys::signals::{self, SignalMask};
 use core::cell::Cell;
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Once;
@@ -114,8 +116,7 @@ thread_local! {
     /// not 0.
     static BLOCKED: Cell<u32> = const { Cell::new(0) };
     /// The signal mask to restore when the last guard is dropped.
-    // SAFETY: an all-zero sigset_t is a valid (empty) set.
-    static SAVED_MASK: Cell<libc::sigset_t> = const { Cell::new(unsafe { core::mem::zeroed() }) };
+    static SAVED_MASK: Cell<SignalMask> = const { Cell::new(SignalMask::EMPTY) };
 }
 
 /// The calling thread's number for the gates: not 0, and distinct between
@@ -139,15 +140,7 @@ fn thread_number() -> u32 {
 fn block_signals() {
     let depth = BLOCKED.with(Cell::get);
     if depth == 0 {
-        // SAFETY: sigset_t is plain data; sigfillset initializes it, and
-        // pthread_sigmask only reads `all` and writes `old`.
-        let old = unsafe {
-            let mut all: libc::sigset_t = core::mem::zeroed();
-            let mut old: libc::sigset_t = core::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            old
-        };
+        let old = signals::block_all();
         // Signals are blocked from here on, so no handler of this thread
         // runs between these updates.
         SAVED_MASK.with(|m| m.set(old));
@@ -161,9 +154,9 @@ fn unblock_signals() {
     let depth = BLOCKED.with(Cell::get).saturating_sub(1);
     BLOCKED.with(|b| b.set(depth));
     if depth == 0 {
+        // Restores the mask saved by the first `block_signals`.
         let old = SAVED_MASK.with(Cell::get);
-        // SAFETY: restores the mask saved by the first `block_signals`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+        signals::set_mask(&old);
     }
 }
 
@@ -203,7 +196,7 @@ impl Guard {
             // and this thread's number. If registration fails (ENOMEM), a
             // fork child may inherit a closed gate, as with any lock held
             // across fork.
-            unsafe { libc::pthread_atfork(None, None, Some(open_all_in_child)) };
+            let _ = unsafe { fork::at_fork(None, None, Some(open_all_in_child)) };
         });
         let n = key.value as usize % GATES;
         HIGHEST.fetch_max(n, Ordering::Relaxed);

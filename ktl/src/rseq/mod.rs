@@ -67,7 +67,7 @@
 //! | [`cmpeqv_trymemcpy_storev`] | compare, copy a small buffer, commit (relaxed or release) |
 
 use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_CPU_ID_START, OFFSET_MM_CID};
-use crate::arch::{self, Slot};
+use crate::arch::{self, Exit, HotOffset};
 use crate::area;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -84,27 +84,13 @@ pub enum Index {
 }
 
 /// Why an operation did not commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The kernel aborted the section (preemption, migration or a signal),
-    /// or the index had already changed: start again.
-    Aborted,
-    /// The operation's compare did not match; nothing was stored.
-    CompareFailed,
-    /// The operation ran on the [fenced fallback](self#the-fallback), and
-    /// its membarrier fence failed, so it could not exclude the other
-    /// threads' critical sections: nothing was stored. This is not an
-    /// abort, and [`retry`] returns it: the cause (for example a seccomp
-    /// filter that refuses `membarrier` in this thread) usually lasts, so
-    /// the caller should use its own fallback, as the per-CPU structures do
-    /// (their shared stores). [`fence::fence_all`] in the same thread
-    /// returns the fence's error.
-    ///
-    /// The variant carries no error value on purpose: a payload would make
-    /// every operation's `Result` wider than a byte, which measurably slows
-    /// the loops the operations are inlined into.
-    FenceFailed,
-}
+///
+/// After [`Failure::Aborted`], start again, as [`retry`] does.
+/// [`Failure::FenceFailed`] comes from the [fenced fallback](self#the-fallback)
+/// when its fence failed: [`retry`] returns it, and [`fence::fence_all`] in
+/// the same thread returns the fence's error.
+///
+pub use crate::arch::Failure;
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -173,13 +159,13 @@ impl Start {
 /// (and, for `mm_cid`, one more load).
 #[inline]
 pub fn start(index: Index) -> Option<Start> {
-    let slot = match index {
-        Index::CpuId => Slot::Cpu,
-        Index::MmCid => Slot::Cid,
+    let which = match index {
+        Index::CpuId => HotOffset::Cpu,
+        Index::MmCid => HotOffset::Cid,
     };
-    let area = arch::hot_offset(slot);
+    let area = arch::hot_offset(which);
     // SAFETY: a hot offset always designates an area of the calling thread's
-    // static TLS (see `arch`); the mm_cid slot designates a live area only
+    // static TLS (see `arch`); the mm_cid offset designates a live area only
     // where the kernel provides mm_cid, and the dead area otherwise.
     let cpu = unsafe { arch::tp_load_u32::<OFFSET_CPU_ID>(area) };
     if (cpu as i32) < 0 {
@@ -351,16 +337,6 @@ pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> 
     unsafe { dispatch!(start, rseq_add; v, count) }
 }
 
-/// How a section of [`add_current`] left without committing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
-    /// The kernel aborted it.
-    Aborted,
-    /// It wrote nothing: the index value has no slot, or the area is not
-    /// registered.
-    Other,
-}
-
 /// Adds `count` to the current CPU's (or concurrency id's) word in an array
 /// of per-CPU words, in one critical section that reads the index itself:
 /// the word at byte `value * stride` from `base`, where `value` is the index
@@ -454,14 +430,14 @@ unsafe fn add_current_once(
     unsafe {
         match index {
             Index::CpuId => arch::rseq_add_current::<OFFSET_CPU_ID>(
-                arch::hot_offset(Slot::Cpu),
+                arch::hot_offset(HotOffset::Cpu),
                 base,
                 stride,
                 len,
                 count,
             ),
             Index::MmCid => arch::rseq_add_current::<OFFSET_MM_CID>(
-                arch::hot_offset(Slot::Cid),
+                arch::hot_offset(HotOffset::Cid),
                 base,
                 stride,
                 len,

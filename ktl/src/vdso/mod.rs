@@ -31,6 +31,7 @@ mod test_util;
 
 pub use elf::Image;
 
+use crate::sys;
 use core::ffi::{c_int, c_void};
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -325,7 +326,7 @@ fn parse_once() -> &'static Result<Vdso, VdsoError> {
     // Marked as a first call (unless the caller's first call is), so that a
     // signal handler that interrupts the parse and calls an accessor takes
     // the accessor's system call instead.
-    let _first = crate::area::FirstCall::begin();
+    let _first = crate::first_call::FirstCall::begin();
     VDSO.get_or_init(find)
 }
 
@@ -349,13 +350,8 @@ fn find() -> Result<Vdso, VdsoError> {
     if std::env::var_os(DISABLE_ENV).is_some_and(|v| v == "off") {
         return Err(VdsoError::Disabled);
     }
-    // SAFETY: `getauxval` only reads the auxiliary vector that libc saved at
-    // startup; it is thread-safe and has no preconditions.
-    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+    let base = sys::auxv::getauxval(sys::auxv::AT_SYSINFO_EHDR).ok_or(VdsoError::NotPresent)?;
     let base = usize::try_from(base).map_err(|_| VdsoError::NotPresent)?;
-    if base == 0 {
-        return Err(VdsoError::NotPresent);
-    }
 
     // The mapping's length is not in the auxiliary vector: it follows from
     // the ELF headers. Read the ELF header, then the program header table,
@@ -430,7 +426,7 @@ fn cached_versioned(cache: &AtomicUsize, name: &str, version: &str) -> Option<*c
 #[cold]
 #[inline(never)]
 fn first_lookup(cache: &AtomicUsize, name: &str, version: &str) -> Option<usize> {
-    let _first = crate::area::FirstCall::begin()?;
+    let _first = crate::first_call::FirstCall::begin()?;
     Some(lookup_into(cache, name, version))
 }
 
@@ -562,8 +558,8 @@ pub fn getrandom_params(getrandom: GetrandomFn) -> Result<GetrandomParams, crate
     };
     match ret {
         0 => Ok(params),
-        r if r < 0 => Err(crate::Errno(i32::try_from(-r).unwrap_or(libc::EINVAL))),
-        _ => Err(crate::Errno(libc::EINVAL)),
+        r if r < 0 => Err(crate::Errno(i32::try_from(-r).unwrap_or(sys::EINVAL))),
+        _ => Err(crate::Errno(sys::EINVAL)),
     }
 }
 
@@ -639,8 +635,7 @@ mod tests {
         let Some(vdso) = vdso("get_finds_the_vdso") else {
             return;
         };
-        // SAFETY: no preconditions.
-        let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
+        let base = sys::auxv::getauxval(sys::auxv::AT_SYSINFO_EHDR).unwrap() as usize;
         assert_eq!(vdso.base(), base);
         assert_eq!(base % MIN_PAGE_SIZE, 0);
         let len = vdso.image.bytes().len();
@@ -708,7 +703,13 @@ mod tests {
 
     #[test]
     fn vdso_clock_gettime_agrees_with_libc() {
-        type ClockGettimeFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> c_int;
+        /// `struct timespec` on the 64-bit targets ktl supports.
+        #[repr(C)]
+        struct Timespec {
+            tv_sec: i64,
+            tv_nsec: i64,
+        }
+        type ClockGettimeFn = unsafe extern "C" fn(i32, *mut Timespec) -> c_int;
         let Some(vdso) = vdso("vdso_clock_gettime_agrees_with_libc") else {
             return;
         };
@@ -716,18 +717,19 @@ mod tests {
         let ptr = core::ptr::with_exposed_provenance::<c_void>(addr);
         // SAFETY: the vDSO clock_gettime has this C signature.
         let clock_gettime = unsafe { core::mem::transmute::<*const c_void, ClockGettimeFn>(ptr) };
-        let now = |f: &dyn Fn(*mut libc::timespec) -> c_int| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            assert_eq!(f(&mut ts), 0);
-            (ts.tv_sec, ts.tv_nsec)
+        let libc_now = || sys::time::clock_gettime(sys::time::CLOCK_MONOTONIC).unwrap();
+        let before = libc_now();
+        let mut ts = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
         };
-        // SAFETY (both): a valid clock id and a pointer to a live timespec.
-        let before = now(&|ts| unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts) });
-        let during = now(&|ts| unsafe { clock_gettime(libc::CLOCK_MONOTONIC, ts) });
-        let after = now(&|ts| unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts) });
+        // SAFETY: a valid clock id and a pointer to a live timespec.
+        assert_eq!(
+            unsafe { clock_gettime(sys::time::CLOCK_MONOTONIC, &mut ts) },
+            0
+        );
+        let during = (ts.tv_sec, ts.tv_nsec);
+        let after = libc_now();
         assert!(
             before <= during && during <= after,
             "{before:?} {during:?} {after:?}"
@@ -757,42 +759,17 @@ mod tests {
 
     /// The CPUs this thread may run on.
     fn allowed_cpus() -> Vec<usize> {
-        // SAFETY: cpu_set_t is plain data; all zeroes is an empty set.
-        let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-        // SAFETY: `set` is a live cpu_set_t of the size passed.
-        let ret = unsafe { libc::sched_getaffinity(0, size_of_val(&set), &mut set) };
-        assert_eq!(ret, 0);
-        (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: `cpu` is below CPU_SETSIZE.
-            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-            .collect()
+        sys::sched::allowed_cpus().unwrap()
     }
 
     /// Pins the calling thread to `cpu`.
     fn pin(cpu: usize) {
-        // SAFETY: as in `allowed_cpus`.
-        let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-        // SAFETY: `cpu` is below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-        // SAFETY: `set` is a live cpu_set_t of the size passed.
-        let ret = unsafe { libc::sched_setaffinity(0, size_of_val(&set), &set) };
-        assert_eq!(ret, 0, "pinning to cpu {cpu}");
+        let ret = sys::sched::pin_to(cpu);
+        assert_eq!(ret, Ok(()), "pinning to cpu {cpu}");
     }
 
     fn getcpu_syscall() -> (u32, u32) {
-        let mut cpu = 0u32;
-        let mut node = 0u32;
-        // SAFETY: getcpu writes one u32 through each of the two pointers.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_getcpu,
-                &mut cpu as *mut u32,
-                &mut node as *mut u32,
-                core::ptr::null_mut::<c_void>(),
-            )
-        };
-        assert_eq!(ret, 0);
-        (cpu, node)
+        sys::sched::getcpu().unwrap()
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Test helpers: a tiny PRNG and a builder of small ELF64 images.
 
+#![forbid(unsafe_code)]
+
 /// xorshift64: a deterministic source of noise for corruption tests.
 pub(crate) struct XorShift(u64);
 

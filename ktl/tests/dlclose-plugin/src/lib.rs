@@ -1,4 +1,4 @@
-//! A plugin built on ktl, for `ktl/tests/dlclose.rs`: a shared object that
+//! A plugin built on ktl, for `ktl/tests/pin_dlclose.rs`: a shared object that
 //! the test process loads with `dlopen`, calls from worker threads, and
 //! unloads with `dlclose` while those threads are blocked.
 //!

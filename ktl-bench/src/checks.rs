@@ -1,0 +1,290 @@
+//! The comparisons the project promises, computed from the medians of one
+//! run, and the footprint of `PerCpu<T>`, computed, not measured. A failed
+//! comparison is reported, never turned into an error: machines are noisy.
+
+use crate::harness::Outcome;
+use crate::workloads::cpu::{BASELINE, GLIBC, RAW_LOAD};
+use crate::workloads::percpu::{ARRAY_QUEUE_2, PERCPU_ADD_2, PERCPU_SHARED_ADD_2, POOL_2};
+use crate::workloads::random::{KTL_16, SYSCALL_16};
+use crate::workloads::rseq::{FETCH_ADD_1, RSEQ_CURRENT_1, RSEQ_CURRENT_2, SHARED_ADD_2};
+use crate::workloads::{percpu, random};
+use serde::Serialize;
+
+/// Which side of the limit a check's ratio must stay on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Bound {
+    /// The ratio must be at most the limit.
+    Max,
+    /// The ratio must be at least the limit.
+    Min,
+    /// The ratio must equal the limit (a quantity that is not measured but
+    /// computed, such as a memory footprint).
+    Exact,
+}
+
+/// A promised comparison: `median(numerator) / median(denominator)` against
+/// `limit`.
+pub(crate) struct CheckSpec {
+    pub(crate) name: &'static str,
+    numerator: &'static str,
+    denominator: &'static str,
+    bound: Bound,
+    limit: f64,
+}
+
+/// The comparisons the project promises.
+const CHECKS: &[CheckSpec] = &[
+    CheckSpec {
+        name: "ktl::cpu_id() costs at most 1.5x the raw load",
+        numerator: BASELINE,
+        denominator: RAW_LOAD,
+        bound: Bound::Max,
+        limit: 1.5,
+    },
+    CheckSpec {
+        name: "ktl::cpu_id() is at least 4x faster than glibc sched_getcpu",
+        numerator: GLIBC,
+        denominator: BASELINE,
+        bound: Bound::Min,
+        limit: 4.0,
+    },
+    CheckSpec {
+        name: "rseq add with 2 threads is at least 5x faster per op than a shared AtomicU64 fetch_add",
+        numerator: SHARED_ADD_2,
+        denominator: RSEQ_CURRENT_2,
+        bound: Bound::Min,
+        limit: 5.0,
+    },
+    CheckSpec {
+        name: "a single-thread rseq add costs at most half an uncontended fetch_add",
+        numerator: RSEQ_CURRENT_1,
+        denominator: FETCH_ADD_1,
+        bound: Bound::Max,
+        limit: 0.5,
+    },
+    CheckSpec {
+        name: "PerCpuCounter::add with 2 threads is at least 5x faster per op than a shared AtomicU64 fetch_add",
+        numerator: PERCPU_SHARED_ADD_2,
+        denominator: PERCPU_ADD_2,
+        bound: Bound::Min,
+        limit: 5.0,
+    },
+    CheckSpec {
+        name: "Pool get+put with 2 threads is at least 2x faster per op than ArrayQueue pop+push",
+        numerator: ARRAY_QUEUE_2,
+        denominator: POOL_2,
+        bound: Bound::Min,
+        limit: 2.0,
+    },
+];
+
+/// The promise of the `random` group: vDSO getrandom with a per-thread
+/// state against the system call, for a small request (skipped when ktl's
+/// rows ran on the system call).
+pub(crate) const RANDOM_CHECK: CheckSpec = CheckSpec {
+    name: "ktl::random::fill of 16 bytes is at least 5x faster than the getrandom syscall",
+    numerator: SYSCALL_16,
+    denominator: KTL_16,
+    bound: Bound::Min,
+    limit: 5.0,
+};
+
+/// The name of the footprint check, which is computed, not measured.
+pub(crate) const FOOTPRINT_CHECK: &str =
+    "PerCpu<T> takes possible CPUs x size_of::<CachePadded<T>>() bytes (PerCpu::footprint)";
+
+/// A comparison's result, as serialized.
+#[derive(Serialize, Debug)]
+pub(crate) struct Check {
+    pub(crate) name: &'static str,
+    /// `median(numerator) / median(denominator)` (for the footprint: bytes
+    /// taken / bytes expected); null when not computed.
+    pub(crate) ratio: Option<f64>,
+    pub(crate) limit: f64,
+    pub(crate) bound: Bound,
+    /// Null when the ratio could not be computed.
+    pub(crate) pass: Option<bool>,
+    /// Why the ratio could not be computed.
+    pub(crate) reason: Option<String>,
+    /// What was compared, in words (the footprint check); null otherwise.
+    pub(crate) detail: Option<String>,
+}
+
+/// Evaluates the checks from the medians of `outcomes`.
+pub(crate) fn checks(outcomes: &[Outcome]) -> Vec<Check> {
+    CHECKS
+        .iter()
+        .map(|spec| evaluate(spec, outcomes))
+        .chain([random_check(outcomes), footprint_check(outcomes)])
+        .collect()
+}
+
+/// Evaluates one comparison from the medians of `outcomes`.
+fn evaluate(spec: &CheckSpec, outcomes: &[Outcome]) -> Check {
+    let median = |name: &str| -> Result<f64, String> {
+        match outcomes.iter().find(|o| o.name == name) {
+            None => Err(format!("{name} was not run (--filter)")),
+            Some(o) => match &o.result {
+                Err(reason) => Err(format!("{name} is n/a: {reason}")),
+                Ok(s) if s.median_ns > 0.0 => Ok(s.median_ns),
+                Ok(_) => Err(format!("{name} measured 0 ns")),
+            },
+        }
+    };
+    let ratio = median(spec.numerator).and_then(|n| median(spec.denominator).map(|d| n / d));
+    let (ratio, reason) = match ratio {
+        Ok(r) => (Some(r), None),
+        Err(e) => (None, Some(e)),
+    };
+    let pass = ratio.map(|r| match spec.bound {
+        Bound::Max => r <= spec.limit,
+        Bound::Min => r >= spec.limit,
+        Bound::Exact => r == spec.limit,
+    });
+    Check {
+        name: spec.name,
+        ratio,
+        limit: spec.limit,
+        bound: spec.bound,
+        pass,
+        reason,
+        detail: None,
+    }
+}
+
+/// The promise of the `random` group: skipped, with the reason, when ktl's
+/// rows ran on the system call (no vDSO getrandom here).
+fn random_check(outcomes: &[Outcome]) -> Check {
+    let mut check = evaluate(&RANDOM_CHECK, outcomes);
+    let fallback = random::fallback_name(16);
+    if outcomes.iter().any(|o| o.name == fallback) {
+        check.ratio = None;
+        check.pass = None;
+        check.reason = Some(format!(
+            "ktl::random::fill ran on the syscall fallback: {}",
+            ktl::random::path()
+        ));
+    }
+    check
+}
+
+/// The footprint check, when a row of the `percpu` group ran: the bytes
+/// that [`ktl::percpu::PerCpu`] takes for a few slot types, against the
+/// possible CPUs times the padded slot.
+fn footprint_check(outcomes: &[Outcome]) -> Check {
+    let mut check = Check {
+        name: FOOTPRINT_CHECK,
+        ratio: None,
+        limit: 1.0,
+        bound: Bound::Exact,
+        pass: None,
+        reason: None,
+        detail: None,
+    };
+    if !outcomes.iter().any(|o| o.group == percpu::GROUP) {
+        check.reason = Some(format!("no {} row was run (--filter)", percpu::GROUP));
+        return check;
+    }
+    match percpu::footprints() {
+        Ok(f) => {
+            check.ratio = Some(f.taken as f64 / f.expected.max(1) as f64);
+            check.pass = Some(f.taken == f.expected && f.each_matches);
+            check.detail = Some(f.detail);
+        }
+        Err(reason) => check.reason = Some(reason),
+    }
+    check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::outcome;
+
+    #[test]
+    fn checks_pass_fail_and_skip() {
+        let outcomes = [
+            outcome(BASELINE, Some(1.0)),
+            outcome(RAW_LOAD, Some(0.5)),
+            outcome(GLIBC, Some(10.0)),
+        ];
+        let c = checks(&outcomes);
+        assert_eq!(c[0].ratio, Some(2.0));
+        assert_eq!(c[0].pass, Some(false));
+        assert_eq!(c[1].ratio, Some(10.0));
+        assert_eq!(c[1].pass, Some(true));
+
+        let outcomes = [
+            outcome(RSEQ_CURRENT_1, Some(3.0)),
+            outcome(FETCH_ADD_1, Some(2.5)),
+            outcome(RSEQ_CURRENT_2, Some(3.0)),
+            outcome(SHARED_ADD_2, Some(30.0)),
+        ];
+        let c = checks(&outcomes);
+        assert_eq!(c.len(), 8);
+        assert_eq!((c[2].ratio, c[2].bound), (Some(10.0), Bound::Min));
+        assert_eq!(c[2].pass, Some(true));
+        assert_eq!((c[3].ratio, c[3].bound), (Some(1.2), Bound::Max));
+        assert_eq!(c[3].pass, Some(false));
+        // No percpu or random row ran: their checks are skipped.
+        assert!(c[4..].iter().all(|c| c.pass.is_none()));
+        assert!(c[6].reason.as_deref().unwrap().contains("not run"));
+        assert!(c[7].reason.as_deref().unwrap().contains("no percpu row"));
+
+        let percpu = |name: &str, median: f64| Outcome {
+            group: percpu::GROUP.to_owned(),
+            threads: 2,
+            ..outcome(name, Some(median))
+        };
+        let outcomes = [
+            percpu(PERCPU_ADD_2, 2.0),
+            percpu(PERCPU_SHARED_ADD_2, 30.0),
+            percpu(POOL_2, 10.0),
+            percpu(ARRAY_QUEUE_2, 15.0),
+        ];
+        let c = checks(&outcomes);
+        assert_eq!((c[4].ratio, c[4].pass), (Some(15.0), Some(true)));
+        assert_eq!((c[5].ratio, c[5].pass), (Some(1.5), Some(false)));
+        assert_eq!((c[7].name, c[7].bound), (FOOTPRINT_CHECK, Bound::Exact));
+        assert_eq!((c[7].ratio, c[7].pass), (Some(1.0), Some(true)));
+        assert!(
+            c[7].detail
+                .as_deref()
+                .unwrap()
+                .contains("PerCpu<AtomicU64>")
+        );
+
+        let random = |name: &str, median: f64| Outcome {
+            group: random::GROUP.to_owned(),
+            baseline: Some(KTL_16.to_owned()),
+            ..outcome(name, Some(median))
+        };
+        let outcomes = [random(KTL_16, 20.0), random(SYSCALL_16, 300.0)];
+        let c = checks(&outcomes);
+        assert_eq!((c[6].name, c[6].bound), (RANDOM_CHECK.name, Bound::Min));
+        assert_eq!((c[6].ratio, c[6].pass), (Some(15.0), Some(true)));
+        let outcomes = [random(KTL_16, 80.0), random(SYSCALL_16, 300.0)];
+        assert_eq!(checks(&outcomes)[6].pass, Some(false));
+        // ktl's row on the syscall fallback: skipped, not failed.
+        let fallback = "16 B: ktl::random::fill (syscall fallback)";
+        assert_eq!(random::fallback_name(16), fallback);
+        let outcomes = [random(fallback, 300.0), random(SYSCALL_16, 300.0)];
+        let c = checks(&outcomes);
+        assert_eq!((c[6].ratio, c[6].pass), (None, None));
+        assert!(
+            c[6].reason
+                .as_deref()
+                .unwrap()
+                .contains("ran on the syscall fallback"),
+            "{:?}",
+            c[6].reason
+        );
+
+        let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
+        let c = checks(&outcomes);
+        assert_eq!(c[0].pass, None);
+        assert!(c[0].reason.as_deref().unwrap().contains("n/a"));
+        assert!(c[1].reason.as_deref().unwrap().contains("not run"));
+    }
+}
