@@ -199,7 +199,7 @@ fn draw_charts(
         .map_or_else(|| "?".to_owned(), |n| n.to_string());
     let machine = format!(
         "{}, Linux {}, {cpus} usable CPUs; {samples} samples of ~{} ms, loop shape {}",
-        m.cpu_model,
+        m.cpu(),
         m.kernel,
         target.as_millis(),
         match report.shape {

@@ -18,6 +18,13 @@ pub const COMMIT: &str = env!("KTL_BENCH_COMMIT");
 pub(crate) struct Machine {
     /// `model name` from /proc/cpuinfo, or `"unknown"`.
     pub(crate) cpu_model: String,
+    /// What tells CPUs of one model name apart (a cloud VM's "AMD EPYC"
+    /// covers several generations): on x86 `family F model M stepping S`
+    /// from /proc/cpuinfo, on Arm `implementer 0xI part 0xP`; null when
+    /// /proc/cpuinfo does not say. Absent in the records made before it was
+    /// added.
+    #[serde(default)]
+    pub(crate) cpu_signature: Option<String>,
     /// The kernel release (`uname -r`), or `"unknown"`.
     pub(crate) kernel: String,
     /// The target architecture.
@@ -29,6 +36,14 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
+    /// The CPU in words: the model name, and its signature where known.
+    pub(crate) fn cpu(&self) -> String {
+        match &self.cpu_signature {
+            Some(sig) => format!("{}, {sig}", self.cpu_model),
+            None => self.cpu_model.clone(),
+        }
+    }
+
     /// The machine this process runs on.
     pub(crate) fn probe() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -41,6 +56,14 @@ impl Machine {
             .find_map(|l| field(l, "model name"))
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "unknown".to_owned());
+        let first = |key: &str| cpuinfo.lines().find_map(|l| field(l, key));
+        let cpu_signature = match (first("cpu family"), first("model"), first("stepping")) {
+            (Some(f), Some(m), Some(s)) => Some(format!("family {f} model {m} stepping {s}")),
+            _ => match (first("CPU implementer"), first("CPU part")) {
+                (Some(i), Some(p)) => Some(format!("implementer {i} part {p}")),
+                _ => None,
+            },
+        };
         let logical = cpuinfo
             .lines()
             .filter(|l| field(l, "processor").is_some())
@@ -53,6 +76,7 @@ impl Machine {
             .unwrap_or_else(|| "unknown".to_owned());
         Machine {
             cpu_model,
+            cpu_signature,
             kernel,
             arch: std::env::consts::ARCH.to_owned(),
             logical_cpus: (logical > 0).then_some(logical),
@@ -208,7 +232,7 @@ mod tests {
         );
         let v = serde_json::to_value(&report).unwrap();
         assert_eq!(v["schema"], "ktl-bench/1");
-        for key in ["cpu_model", "kernel", "logical_cpus"] {
+        for key in ["cpu_model", "cpu_signature", "kernel", "logical_cpus"] {
             assert!(v["machine"].get(key).is_some(), "machine.{key}");
         }
         assert_eq!(v["commit"], COMMIT);

@@ -188,7 +188,7 @@ pub(crate) fn render_record(json: &str) -> Result<String, String> {
     let _ = writeln!(
         out,
         "- machine: {} ({}), Linux {}, {} logical CPUs ({} usable)",
-        cell(&m.cpu_model),
+        cell(&m.cpu()),
         m.arch,
         cell(&m.kernel),
         count(m.logical_cpus),
@@ -226,7 +226,7 @@ pub(crate) fn render_text(
             Shape::Throughput => format!("`throughput` ({UNROLL} unrolled calls per iteration)"),
         }
     );
-    let _ = writeln!(out, "machine: {} ({})", m.cpu_model, m.arch);
+    let _ = writeln!(out, "machine: {} ({})", m.cpu(), m.arch);
     let _ = writeln!(
         out,
         "         Linux {}, {} logical CPUs ({} usable)",
