@@ -60,6 +60,8 @@
 //! functions and the raw threads.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// docs.rs (nightly, `--cfg docsrs`) labels the items of optional features.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 #[cfg(not(target_os = "linux"))]

@@ -34,6 +34,7 @@ use super::RandomError;
 /// # Ok::<(), ktl::random::RandomError>(())
 /// ```
 #[cfg(feature = "rand_core")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rand_core")))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KtlRng;
 
@@ -105,6 +106,7 @@ pub fn getrandom_custom(dest: &mut [MaybeUninit<u8>]) -> Result<(), getrandom::E
 /// Requires the cargo feature `getrandom`. Without the `--cfg`, the hook is
 /// defined but unused, and `getrandom` keeps its own backend.
 #[cfg(feature = "getrandom")]
+#[cfg_attr(docsrs, doc(cfg(feature = "getrandom")))]
 #[macro_export]
 macro_rules! getrandom_backend {
     () => {
