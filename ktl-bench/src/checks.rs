@@ -1,13 +1,16 @@
 //! The comparisons the project promises, computed from the medians of one
 //! run, and the footprint of `PerCpu<T>`, computed, not measured. A failed
 //! comparison is reported, never turned into an error: machines are noisy.
+//! The `peers` group's promises (ktl at most 1.0x librseq, per scenario)
+//! are listed when the run includes that group.
 
 use crate::harness::Outcome;
 use crate::workloads::cpu::{BASELINE, GLIBC, RAW_LOAD};
+use crate::workloads::peers::Scenario;
 use crate::workloads::percpu::{ARRAY_QUEUE_2, PERCPU_ADD_2, PERCPU_SHARED_ADD_2, POOL_2};
 use crate::workloads::random::{KTL_16, SYSCALL_16};
 use crate::workloads::rseq::{FETCH_ADD_1, RSEQ_CURRENT_1, RSEQ_CURRENT_2, SHARED_ADD_2};
-use crate::workloads::{percpu, random};
+use crate::workloads::{peers, percpu, random};
 use serde::Serialize;
 
 /// Which side of the limit a check's ratio must stay on.
@@ -111,12 +114,31 @@ pub(crate) struct Check {
     pub(crate) detail: Option<String>,
 }
 
-/// Evaluates the checks from the medians of `outcomes`.
+/// The promise of the `peers` group for `scenario`: ktl's run costs at
+/// most librseq's `param_test_benchmark` of the same scenario.
+pub(crate) fn peer_spec(scenario: Scenario) -> CheckSpec {
+    CheckSpec {
+        name: scenario.check_name(),
+        numerator: scenario.ktl_row(),
+        denominator: scenario.librseq_row(),
+        bound: Bound::Max,
+        limit: 1.0,
+    }
+}
+
+/// Evaluates the checks from the medians of `outcomes`: the promises, then
+/// the `peers` group's when the run includes a row of it (run or n/a).
 pub(crate) fn checks(outcomes: &[Outcome]) -> Vec<Check> {
+    let peers = outcomes.iter().any(|o| o.group == peers::GROUP);
+    let peer_checks = Scenario::ALL
+        .into_iter()
+        .filter(|_| peers)
+        .map(|s| evaluate(&peer_spec(s), outcomes));
     CHECKS
         .iter()
         .map(|spec| evaluate(spec, outcomes))
         .chain([random_check(outcomes), footprint_check(outcomes)])
+        .chain(peer_checks)
         .collect()
 }
 
@@ -286,5 +308,47 @@ mod tests {
         assert_eq!(c[0].pass, None);
         assert!(c[0].reason.as_deref().unwrap().contains("n/a"));
         assert!(c[1].reason.as_deref().unwrap().contains("not run"));
+    }
+
+    #[test]
+    fn peers_checks_compare_ktl_with_librseq_when_the_group_ran() {
+        let peer = |name: &str, median: Option<f64>| Outcome {
+            group: peers::GROUP.to_owned(),
+            threads: 2,
+            result: median
+                .map(|m| crate::harness::Stats::from_samples(vec![m], 1))
+                .ok_or_else(|| peers::NOT_GIVEN.to_owned()),
+            ..outcome(name, None)
+        };
+        // No peers row in the run: no peers check.
+        assert_eq!(checks(&[outcome(BASELINE, Some(1.0))]).len(), 8);
+        // librseq absent: the rows are n/a, the checks not computed.
+        let absent: Vec<Outcome> = Scenario::ALL
+            .into_iter()
+            .flat_map(|s| [peer(s.ktl_row(), None), peer(s.librseq_row(), None)])
+            .collect();
+        let c = checks(&absent);
+        assert_eq!(c.len(), 8 + 5);
+        for (check, s) in c[8..].iter().zip(Scenario::ALL) {
+            assert_eq!(
+                (check.name, check.bound, check.limit),
+                (s.check_name(), Bound::Max, 1.0)
+            );
+            assert_eq!((check.ratio, check.pass), (None, None));
+            let reason = check.reason.as_deref().unwrap();
+            assert!(reason.contains("is n/a: librseq not given"), "{reason}");
+            assert!(reason.contains("--librseq DIR"), "{reason}");
+        }
+        // Measured: pass at or under 1.0x, FAIL above.
+        let outcomes = [
+            peer(Scenario::Increment.ktl_row(), Some(1.0)),
+            peer(Scenario::Increment.librseq_row(), Some(2.0)),
+            peer(Scenario::List.ktl_row(), Some(3.0)),
+            peer(Scenario::List.librseq_row(), Some(2.0)),
+        ];
+        let c = checks(&outcomes);
+        assert_eq!((c[8].ratio, c[8].pass), (Some(0.5), Some(true)));
+        assert_eq!((c[10].ratio, c[10].pass), (Some(1.5), Some(false)));
+        assert!(c[9].reason.as_deref().unwrap().contains("not run"));
     }
 }

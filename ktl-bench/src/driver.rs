@@ -7,7 +7,8 @@ use crate::json::{Machine, Report};
 use crate::plot;
 use crate::report::render_text;
 use crate::scaling::run_scaling;
-use crate::workloads::{self, GROUPS, owner_text, percpu};
+use crate::workloads::peers::{self, Librseq};
+use crate::workloads::{self, GROUPS, owner_text, percpu, selects};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,8 +34,8 @@ pub struct Options {
     /// with `quick`).
     pub sample_ms: Option<u64>,
     /// The short run: fewer, shorter samples, of the `percpu` group only
-    /// the 2-thread counter and pool rows, and of the `random` group only
-    /// the 16-byte ktl and syscall rows.
+    /// the 2-thread counter and pool rows, of the `random` group only the
+    /// 16-byte ktl and syscall rows, and no row of the `peers` group.
     pub quick: bool,
     /// Only the rows of this group, or else the rows whose name or group
     /// contains this text, ignoring case (see [`crate::workloads::selects`]).
@@ -47,6 +48,13 @@ pub struct Options {
     /// scaling (measured after the rows) into the same name with `-scaling`
     /// added.
     pub plot: Option<PathBuf>,
+    /// A built librseq tree, for the `peers` group (its
+    /// `tests/param_test_benchmark`); `None`: the one the environment
+    /// variable `KTL_LIBRSEQ` names, if any. A tree given here is checked
+    /// before anything is measured, one from the environment only when the
+    /// run includes the `peers` group; without either, that group's rows are
+    /// "n/a" (see [`crate::workloads::peers`]).
+    pub librseq: Option<PathBuf>,
 }
 
 impl Options {
@@ -91,16 +99,30 @@ pub fn run(options: &Options) -> Result<(), String> {
 /// `out`; with `plot`, measures the thread scaling too, writes the charts
 /// and says so on `log`. Failed comparisons are reported, not returned as
 /// errors; a row whose check fails (counters that do not sum to the
-/// operations, a structure that lost objects) is an error, returned after
-/// the report, and so is a chart that cannot be written (checked before
-/// anything is measured).
+/// operations, a structure that lost objects, a run of librseq that
+/// failed) is an error, returned after the report, and so is a chart that
+/// cannot be written or a librseq tree that is not built (both checked
+/// before anything is measured). The `peers` group's librseq tree comes from
+/// `options.librseq`, or else from the environment variable `KTL_LIBRSEQ`.
 pub fn run_to(options: &Options, out: &mut dyn Write, log: &mut dyn Write) -> Result<(), String> {
+    run_in(options, std::env::var_os(peers::ENV).as_deref(), out, log)
+}
+
+/// [`run_to`], with `env` as the value of `KTL_LIBRSEQ`.
+fn run_in(
+    options: &Options,
+    env: Option<&std::ffi::OsStr>,
+    out: &mut dyn Write,
+    log: &mut dyn Write,
+) -> Result<(), String> {
     let (samples, target) = options.settings()?;
     // Before anything is measured: a chart that cannot be written fails now,
     // not after the run.
     let charts = options.plot.as_deref().map(plot::Charts::new).transpose()?;
     let filter = options.filter.as_deref();
-    let all = workloads::rows();
+    let librseq = librseq(options, env)?;
+    let mut all = workloads::rows();
+    all.extend(peers::rows(librseq.as_ref()));
     let names: Vec<String> = all.iter().map(|r| r.name.clone()).collect();
     let selected: Vec<Row> = all.into_iter().filter(|r| r.matches(filter)).collect();
     if selected.is_empty() {
@@ -149,6 +171,9 @@ pub fn run_to(options: &Options, out: &mut dyn Write, log: &mut dyn Write) -> Re
         None => Vec::new(),
     };
     let report = Report::new(machine, &owner, options.shape, &outcomes, scaling);
+    let notes: Vec<String> = peers::note(librseq.as_ref(), &outcomes)
+        .into_iter()
+        .collect();
 
     let text = if options.json {
         let mut text = serde_json::to_string_pretty(&report)
@@ -164,6 +189,7 @@ pub fn run_to(options: &Options, out: &mut dyn Write, log: &mut dyn Write) -> Re
             samples,
             target,
             left_out,
+            &notes,
         )
     };
     out.write_all(text.as_bytes())
@@ -175,11 +201,27 @@ pub fn run_to(options: &Options, out: &mut dyn Write, log: &mut dyn Write) -> Re
     };
     if !failures.is_empty() {
         return Err(format!(
-            "counters or objects do not match the operations performed: {}",
+            "counters, objects or runs do not match the operations performed: {}",
             failures.join("; ")
         ));
     }
     written
+}
+
+/// The librseq tree of the `peers` group: `options.librseq`, checked
+/// whatever the run (it was given on purpose), or else `env` (the value of
+/// `KTL_LIBRSEQ`), checked only when the run includes the group (so that a
+/// stale variable does not stop a run without it); `None` when neither
+/// names one, or when only `env` does and the run leaves the group out.
+fn librseq(options: &Options, env: Option<&std::ffi::OsStr>) -> Result<Option<Librseq>, String> {
+    let filter = options.filter.as_deref();
+    let included =
+        !options.quick && peers::row_names().any(|name| selects(filter, name, peers::GROUP));
+    match (&options.librseq, included) {
+        (Some(dir), _) => Librseq::locate(Some(dir), None),
+        (None, true) => Librseq::locate(None, env),
+        (None, false) => Ok(None),
+    }
 }
 
 /// Draws the charts of `--plot`: the rows of the run as bars, and the
@@ -297,6 +339,93 @@ mod tests {
         let (r, out) = run_quietly(&options);
         assert!(r.unwrap_err().contains("no row matches"));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_librseq_tree_is_checked_before_anything_runs() {
+        let missing = std::ffi::OsStr::new("/no/such/librseq");
+        let options = Options {
+            librseq: Some(PathBuf::from(missing)),
+            filter: Some("cpu_id".to_owned()),
+            ..Options::quick()
+        };
+        let (mut out, mut log) = (Vec::new(), Vec::new());
+        let err = run_in(&options, None, &mut out, &mut log).unwrap_err();
+        assert_eq!(
+            err,
+            "--librseq /no/such/librseq: no such directory (give a built librseq tree)"
+        );
+        assert!(out.is_empty());
+        // The environment's tree only when the run includes the group.
+        let bad_env = Some(missing);
+        assert_eq!(librseq(&Options::quick(), bad_env), Ok(None));
+        let cpu = Options {
+            filter: Some("cpu".to_owned()),
+            ..Options::default()
+        };
+        assert_eq!(librseq(&cpu, bad_env), Ok(None));
+        for filter in [None, Some("peers"), Some("list:"), Some("librseq")] {
+            let options = Options {
+                filter: filter.map(str::to_owned),
+                ..Options::default()
+            };
+            let err = librseq(&options, bad_env).unwrap_err();
+            assert!(err.starts_with("KTL_LIBRSEQ=/no/such/librseq: "), "{err}");
+            assert_eq!(librseq(&options, None), Ok(None));
+        }
+    }
+
+    #[test]
+    fn without_librseq_the_peers_rows_are_na_and_nothing_fails() {
+        let options = Options {
+            filter: Some("peers".to_owned()),
+            samples: Some(1),
+            sample_ms: Some(1),
+            ..Options::default()
+        };
+        let (mut out, mut log) = (Vec::new(), Vec::new());
+        run_in(&options, None, &mut out, &mut log).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches(peers::NOT_GIVEN).count(), 10 + 5, "{text}");
+        assert!(text.contains(&format!(
+            "  {}: skipped (list: ktl::rseq (2 threads) is n/a: librseq not given",
+            peers::Scenario::List.check_name()
+        )));
+        let json = Options {
+            json: true,
+            ..options
+        };
+        let mut out = Vec::new();
+        run_in(&json, None, &mut out, &mut log).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let rows = v["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 10);
+        for row in rows {
+            assert_eq!(row["group"], peers::GROUP);
+            assert_eq!(
+                (row["available"].as_bool(), row["threads"].as_u64()),
+                (Some(false), Some(2))
+            );
+            assert_eq!(row["reason"], peers::NOT_GIVEN);
+        }
+        assert_eq!(
+            rows[0]["baseline"],
+            peers::Scenario::Increment.librseq_row()
+        );
+        let checks = v["checks"].as_array().unwrap();
+        assert_eq!(checks.len(), 8 + 5);
+        assert!(
+            checks[8..]
+                .iter()
+                .all(|c| c["pass"].is_null() && c["reason"].is_string())
+        );
+        // The quick run leaves the group out.
+        let quick = Options {
+            filter: Some("peers".to_owned()),
+            ..Options::quick()
+        };
+        let err = run_in(&quick, None, &mut Vec::new(), &mut log).unwrap_err();
+        assert!(err.contains("no row of the quick run"), "{err}");
     }
 
     #[test]

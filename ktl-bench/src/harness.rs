@@ -2,8 +2,9 @@
 //! cannot run on this machine; its timed loop runs in one of two loop shapes
 //! ([`Shape`]), counts the operations it performs, and a check after the
 //! samples verifies the row's result. The measurement calibrates an
-//! iteration count per row, warms every row up, then takes interleaved
-//! rounds of samples (one sample of every row per round).
+//! iteration count per row (or takes the row's own, see [`Calibrate`]),
+//! warms every row up, then takes interleaved rounds of samples (one sample
+//! of every row per round).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -44,6 +45,12 @@ pub(crate) type TimedLoop = Box<dyn Fn(u64, Shape) -> Duration>;
 /// what was verified, or what went wrong.
 pub(crate) type Verify = Box<dyn FnOnce() -> Result<String, String>>;
 
+/// A row's own choice of its iteration count, in place of the harness's
+/// calibration: the iterations that make one sample last about the target
+/// (the first argument) in the shape given, or why the row cannot run (it
+/// is then "n/a" with that reason, and neither warmed up nor sampled).
+pub(crate) type Calibrate = Box<dyn Fn(Duration, Shape) -> Result<u64, String>>;
+
 /// One line of the benchmark: a named operation, or why it cannot run here.
 pub struct Row {
     /// The name shown in the table and in JSON.
@@ -66,6 +73,8 @@ pub struct Row {
     /// The row the ratio column compares against; `None`: the group's
     /// baseline.
     pub(crate) baseline: Option<String>,
+    /// The row's own calibration; `None`: the harness calibrates it.
+    pub(crate) calibrate: Option<Calibrate>,
 }
 
 impl Row {
@@ -95,6 +104,7 @@ impl Row {
             ours: false,
             quick: true,
             baseline: None,
+            calibrate: None,
         }
     }
 
@@ -109,6 +119,7 @@ impl Row {
             ours: false,
             quick: true,
             baseline: None,
+            calibrate: None,
         }
     }
 
@@ -127,6 +138,13 @@ impl Row {
     /// The row, with its ratio taken against the row named `baseline`.
     pub(crate) fn compared_to(mut self, baseline: String) -> Row {
         self.baseline = Some(baseline);
+        self
+    }
+
+    /// The row, with its iteration count chosen by `calibrate` instead of
+    /// the harness's calibration.
+    pub(crate) fn calibrated_by(mut self, calibrate: Calibrate) -> Row {
+        self.calibrate = Some(calibrate);
         self
     }
 
@@ -406,36 +424,58 @@ fn calibrate(op: &dyn Fn(u64) -> Duration, target: Duration) -> u64 {
     }
 }
 
+/// One operation for [`measure_all`]: its timed run (iterations in, time
+/// out), and its own calibration, if it has one (see [`Calibrate`]).
+pub(crate) struct Timed<'a> {
+    pub(crate) run: &'a dyn Fn(u64) -> Duration,
+    pub(crate) calibrate: Option<&'a dyn Fn(Duration) -> Result<u64, String>>,
+}
+
 /// Measures several operations side by side: calibrates each (which also
 /// warms it up), runs one untimed warm-up sample of each, then takes
 /// `samples` rounds, each round one timed sample of every operation in turn,
-/// ticking `bar` once per sample.
+/// ticking `bar` once per sample. An operation with its own calibration
+/// takes the count that gives, or, when that fails, is not measured: its
+/// result is the calibration's error.
 ///
 /// Interleaving the rounds spreads the machine's slow phases (frequency
 /// changes, a noisy neighbour) over every row alike, so ratios between rows
 /// of one run stay meaningful even when absolute times wander.
 pub(crate) fn measure_all(
-    ops: &[&dyn Fn(u64) -> Duration],
+    ops: &[Timed<'_>],
     calls_per_iter: u64,
     samples: u32,
     target: Duration,
     bar: &ProgressBar,
-) -> Vec<Stats> {
-    let iters: Vec<u64> = ops.iter().map(|op| calibrate(*op, target)).collect();
-    for (op, &n) in ops.iter().zip(&iters) {
-        black_box(op(n)); // warm-up
+) -> Vec<Result<Stats, String>> {
+    let iters: Vec<Result<u64, String>> = ops
+        .iter()
+        .map(|op| match op.calibrate {
+            Some(own) => own(target),
+            None => Ok(calibrate(op.run, target)),
+        })
+        .collect();
+    for (op, n) in ops.iter().zip(&iters) {
+        match n {
+            Ok(n) => {
+                black_box((op.run)(*n)); // warm-up
+            }
+            // Not measured: its samples' ticks now.
+            Err(_) => bar.inc(u64::from(samples)),
+        }
     }
     let mut ns: Vec<Vec<f64>> = vec![Vec::with_capacity(samples as usize); ops.len()];
     for _ in 0..samples {
-        for (i, (op, &n)) in ops.iter().zip(&iters).enumerate() {
-            let elapsed = op(n);
+        for (i, (op, n)) in ops.iter().zip(&iters).enumerate() {
+            let Ok(n) = *n else { continue };
+            let elapsed = (op.run)(n);
             bar.inc(1);
             ns[i].push(elapsed.as_nanos() as f64 / (n * calls_per_iter) as f64);
         }
     }
     ns.into_iter()
         .zip(iters)
-        .map(|(v, n)| Stats::from_samples(v, n))
+        .map(|(v, n)| n.map(|n| Stats::from_samples(v, n)))
         .collect()
 }
 
@@ -465,16 +505,32 @@ pub(crate) fn run_rows(
     json: bool,
     what: &str,
 ) -> Vec<Outcome> {
-    let timed: Vec<Box<dyn Fn(u64) -> Duration + '_>> = rows
+    type Run<'r> = Box<dyn Fn(u64) -> Duration + 'r>;
+    type Own<'r> = Box<dyn Fn(Duration) -> Result<u64, String> + 'r>;
+    let timed: Vec<(Run<'_>, Option<Own<'_>>)> = rows
         .iter()
-        .filter_map(|r| r.op.as_ref().ok())
-        .map(|op| Box::new(move |iters| op(iters, shape)) as Box<dyn Fn(u64) -> Duration>)
+        .filter_map(|r| {
+            let op = r.op.as_ref().ok()?;
+            let run: Run<'_> = Box::new(move |iters| op(iters, shape));
+            let own = r
+                .calibrate
+                .as_ref()
+                .map(|c| Box::new(move |target| c(target, shape)) as Own<'_>);
+            Some((run, own))
+        })
         .collect();
-    let refs: Vec<&dyn Fn(u64) -> Duration> = timed.iter().map(|b| b.as_ref()).collect();
-    let bar = progress_bar(refs.len() as u64 * u64::from(samples), json);
+    let ops: Vec<Timed<'_>> = timed
+        .iter()
+        .map(|(run, own)| Timed {
+            run: run.as_ref(),
+            calibrate: own.as_deref(),
+        })
+        .collect();
+    let bar = progress_bar(ops.len() as u64 * u64::from(samples), json);
     bar.set_message(what.to_owned());
-    let mut stats = measure_all(&refs, shape.calls_per_iter(), samples, target, &bar).into_iter();
+    let mut stats = measure_all(&ops, shape.calls_per_iter(), samples, target, &bar).into_iter();
     bar.finish_and_clear();
+    drop(ops);
     drop(timed);
     rows.into_iter()
         .map(|row| {
@@ -486,11 +542,19 @@ pub(crate) fn run_rows(
                 row.baseline.clone(),
             );
             let result = match &row.op {
-                Ok(_) => stats.next().ok_or_else(|| "not measured".to_owned()),
+                Ok(_) => stats
+                    .next()
+                    .unwrap_or_else(|| Err("not measured".to_owned())),
                 Err(reason) => Err(reason.clone()),
             };
-            // Stops the row's threads, then runs its check.
-            let verified = row.finish();
+            // Stops the row's threads, then runs its check (not for a row
+            // that its own calibration left unmeasured: it ran nothing).
+            let verified = if result.is_ok() {
+                row.finish()
+            } else {
+                drop(row);
+                None
+            };
             Outcome {
                 result,
                 verified,
@@ -551,18 +615,64 @@ mod tests {
     }
 
     #[test]
+    fn a_row_s_own_calibration_sets_its_count_or_makes_it_na() {
+        let seen = Rc::new(Cell::new(0u64));
+        let mine = Rc::clone(&seen);
+        let fixed = Row::timed(
+            "fixed",
+            "g",
+            Box::new(move |iters, _| {
+                mine.set(iters);
+                Duration::from_nanos(iters)
+            }),
+            None,
+        )
+        .calibrated_by(Box::new(|_, shape| Ok(7 * shape.calls_per_iter())));
+        let checked = Rc::new(Cell::new(false));
+        let check = Rc::clone(&checked);
+        let refused = Row::timed(
+            "refused",
+            "g",
+            Box::new(|_, _| panic!("a row whose calibration failed runs nothing")),
+            Some(Box::new(move || {
+                check.set(true);
+                Ok("ran".to_owned())
+            })),
+        )
+        .calibrated_by(Box::new(|_, _| Err("no peer here".to_owned())));
+        let outcomes = run_rows(
+            vec![fixed, refused],
+            Shape::Throughput,
+            3,
+            Duration::from_millis(1),
+            true,
+            "test",
+        );
+        let s = outcomes[0].result.as_ref().unwrap();
+        assert_eq!((s.iters_per_sample, s.samples), (56, 3));
+        assert_eq!(seen.get(), 56);
+        assert_eq!(s.median_ns, 1.0 / UNROLL as f64);
+        assert_eq!(outcomes[1].result.as_ref().unwrap_err(), "no peer here");
+        assert!(outcomes[1].verified.is_none() && !checked.get());
+    }
+
+    #[test]
     fn measuring_a_row_gives_positive_times() {
         let row = Row::new("t", "g", ktl::cpu_id);
         let op = row.op.as_ref().unwrap();
         let timed = |iters| op(iters, Shape::Call);
         let s = measure_all(
-            &[&timed],
+            &[Timed {
+                run: &timed,
+                calibrate: None,
+            }],
             1,
             3,
             Duration::from_millis(1),
             &ProgressBar::hidden(),
         )
-        .remove(0);
+        .remove(0)
+        .unwrap();
         assert_eq!(s.samples, 3);
         assert!(s.iters_per_sample >= 1);
         assert!(s.min_ns <= s.median_ns && s.median_ns <= s.max_ns);

@@ -7,7 +7,8 @@
 //! The framework is small and meant to grow. A [`Row`] is a named operation
 //! in a group, or the reason it cannot run on this machine. For the rows that
 //! can run, the measurement calibrates an iteration count per row, so that
-//! one sample takes about `--sample-ms`, runs one untimed sample of each as a
+//! one sample takes about `--sample-ms` (the `peers` rows take the count
+//! calibrated on librseq), runs one untimed sample of each as a
 //! warm-up, then takes `--samples` rounds of timed samples, one sample of
 //! every row per round (every group's rows take part in the same rounds).
 //!
@@ -15,7 +16,8 @@
 //! - `harness`: rows, loop shapes ([`Shape`]), operation counts, statistics,
 //!   the calibrated and interleaved measurement;
 //! - `crew`: the helper threads of the multi-thread rows;
-//! - [`workloads`]: the groups' rows, `cpu`, `rseq`, `percpu` and `random`;
+//! - [`workloads`]: the groups' rows, `cpu`, `rseq`, `percpu`, `random` and
+//!   `peers`;
 //! - `stores`: the objects of the `percpu` group and the structures that
 //!   hold them, with their accounting;
 //! - `checks`: the promised comparisons and the footprint check;
@@ -27,7 +29,7 @@
 //! - [`os`]: the operating-system calls of the command and the benchmarks
 //!   (CPU affinity, signals, `pthread_create`, `fork`).
 //!
-//! Four groups of rows:
+//! Five groups of rows:
 //! - `cpu`: `ktl::cpu_id()` and the other accessors, the raw load they are
 //!   held to, and the other ways to learn the CPU (glibc, vDSO, system call,
 //!   RDPID).
@@ -57,8 +59,20 @@
 //!   names the path it took: `(vDSO)`, or `(syscall fallback)` when the
 //!   kernel has no vDSO getrandom; a line under the table gives the reason.
 //!   Each row's ratio is taken against ktl's row of the same size.
+//! - `peers`: the scenarios of the kernel's rseq `param_test` (increment,
+//!   spinlock, list, buffer, memcpy) at 2 threads, written with
+//!   [`ktl::rseq`]'s operations, next to librseq's `param_test_benchmark`
+//!   of a built librseq tree (`--librseq DIR` or `KTL_LIBRSEQ=DIR`; see
+//!   [`workloads::peers`]). ktl's rows time their threads from spawn to
+//!   join, librseq's rows the whole process from spawn to exit; both run the
+//!   repetitions calibrated on librseq, and report the time of one
+//!   repetition of one thread. Each ktl row's ratio is taken against
+//!   librseq's row of its scenario. Without librseq the rows are "n/a" with
+//!   the way to get it; the group is not in `--quick` and not in the
+//!   criterion benches.
 //!
-//! A row of N threads runs the loop in N threads at once: the benchmarking
+//! A row of N threads (outside `peers`, whose rows start their threads in
+//! every run) runs the loop in N threads at once: the benchmarking
 //! thread and N - 1 helper threads that the row spawns once and drives
 //! sample by sample (a crew). The helpers block between samples; at the
 //! start of a sample the threads meet in a short spin, the benchmarking
@@ -76,7 +90,8 @@
 //! not, the rseq sections abort and restart and the shared counter's line
 //! stays in one cache (both are part of what is measured).
 //!
-//! Every `rseq`, `percpu` and `random` row checks its result: its loops
+//! Every `rseq`, `percpu`, `random` and `peers` row checks its result (a
+//! `peers` row each of its runs, see [`workloads::peers`]): its loops
 //! count the operations they perform (calibration and warm-up included), and
 //! after the samples, once the row's threads are gone, the counters must sum
 //! to that count exactly, the pools and stacks must hold every object they
@@ -119,7 +134,10 @@
 //!   fallback);
 //! - `PerCpu<T>` takes exactly possible CPUs x `size_of::<CachePadded<T>>()`
 //!   bytes ([`ktl::percpu::PerCpu::footprint`], for a few `T`; computed, not
-//!   measured, whenever a `percpu` row runs).
+//!   measured, whenever a `percpu` row runs);
+//! - for each `peers` scenario, ktl with 2 threads costs at most 1.0x
+//!   librseq's `param_test_benchmark` (listed when the run includes the
+//!   `peers` group; not computed without librseq).
 //!
 //! A failed comparison is reported, never turned into an error: machines are
 //! noisy.
@@ -164,7 +182,9 @@
 //! the sizes in words; `detail` is `null` for the others). `scaling` is
 //! empty without `--plot`. `rows[].threads`, `checks[].detail`, `scaling`,
 //! `commit` and `rows[].baseline` were added within version 1 (a version
-//! only ever gains fields).
+//! only ever gains fields), and so were the `peers` group's rows (group
+//! `"peers"`) and its five checks (present when the run includes the
+//! group).
 //!
 //! A saved report is a dated record of a machine's numbers:
 //! [`render_record`] turns it into the Markdown table the documentation

@@ -6,7 +6,7 @@
 use crate::checks::Bound;
 use crate::harness::{Outcome, Shape, UNROLL};
 use crate::json::{Machine, Record, Report, RowReport, SCHEMA, ScalingPoint};
-use crate::workloads::{BASELINES, percpu, random};
+use crate::workloads::{BASELINES, peers, percpu, random};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -204,7 +204,9 @@ pub(crate) fn render_record(json: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// The text report: machine, owner, table and checks.
+/// The text report: machine, owner, table, the notes under it (`notes`
+/// after the report's own) and checks.
+#[allow(clippy::too_many_arguments)] // what the report shows, each from its own source
 pub(crate) fn render_text(
     report: &Report,
     outcomes: &[Outcome],
@@ -213,6 +215,7 @@ pub(crate) fn render_text(
     samples: u32,
     target: Duration,
     left_out: usize,
+    notes: &[String],
 ) -> String {
     let mut out = String::new();
     let m: &Machine = &report.machine;
@@ -266,6 +269,10 @@ pub(crate) fn render_text(
             "ktl's structure with the same operation and threads",
         ),
         (random::GROUP, random::BASELINE_TEXT),
+        (
+            peers::GROUP,
+            "librseq's param_test_benchmark of the same scenario",
+        ),
     ]
     .into_iter()
     .filter(|&(g, _)| {
@@ -296,6 +303,9 @@ pub(crate) fn render_text(
     if let Some(note) = random::note(outcomes) {
         let _ = writeln!(out, "{note}");
     }
+    for note in notes {
+        let _ = writeln!(out, "{note}");
+    }
     if outcomes.iter().any(|o| o.threads > 1 && o.result.is_ok()) {
         let _ = writeln!(
             out,
@@ -314,8 +324,12 @@ pub(crate) fn render_text(
                 .iter()
                 .any(|o| o.group == group && o.verified.is_some())
         };
-        let (objects, fills) = (checked(percpu::GROUP), checked(random::GROUP));
-        if objects || fills {
+        let (objects, fills, peer_runs) = (
+            checked(percpu::GROUP),
+            checked(random::GROUP),
+            checked(peers::GROUP),
+        );
+        if objects || fills || peer_runs {
             let mut what = Vec::new();
             if objects
                 || outcomes
@@ -332,6 +346,12 @@ pub(crate) fn render_text(
             }
             if fills {
                 what.push("every random fill succeeded, ktl's through the path its row names");
+            }
+            if peer_runs {
+                what.push(
+                    "every peers run of ktl left its data exact (counters sum to threads x reps; \
+                     lists and buffers hold every item once), every run of librseq exited 0",
+                );
             }
             let _ = writeln!(
                 out,
@@ -354,10 +374,11 @@ pub(crate) fn render_text(
         let _ = writeln!(
             out,
             "quick run: {left_out} selected rows left out (of the [{}] group it runs the 2-thread \
-             counter and pool rows, of the [{}] group the 16-byte ktl and syscall rows); \
-             `ktl bench` runs them all",
+             counter and pool rows, of the [{}] group the 16-byte ktl and syscall rows, none of \
+             the [{}] group); `ktl bench` runs them all",
             percpu::GROUP,
-            random::GROUP
+            random::GROUP,
+            peers::GROUP
         );
     }
 
@@ -465,6 +486,7 @@ mod tests {
             1,
             Duration::from_millis(1),
             left_out,
+            &[],
         )
     }
 

@@ -33,12 +33,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MS")]
     pub sample_ms: Option<u64>,
     /// The short run: fewer, shorter samples, of the percpu group only the
-    /// 2-thread counter and pool rows, and of the random group only the
-    /// 16-byte ktl and syscall rows (a few seconds in all).
+    /// 2-thread counter and pool rows, of the random group only the 16-byte
+    /// ktl and syscall rows, and none of the peers group (a few seconds in
+    /// all).
     #[arg(long)]
     pub quick: bool,
-    /// Run only the rows of this group (cpu, rseq, percpu, random), or else
-    /// the rows whose name or group contains this text (ignoring case).
+    /// Run only the rows of this group (cpu, rseq, percpu, random, peers), or
+    /// else the rows whose name or group contains this text (ignoring case).
     #[arg(long, value_name = "SUBSTRING")]
     pub filter: Option<String>,
     /// Print the results as JSON (schema `ktl-bench/1`), without a progress
@@ -54,13 +55,20 @@ pub struct BenchArgs {
     /// the rows) into FILE with `-scaling` added to its name.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// A built librseq tree (its tests/param_test_benchmark) for the peers
+    /// group: the kernel's param_test scenarios run by librseq next to the
+    /// same work on ktl's API. Without it, the KTL_LIBRSEQ environment
+    /// variable's; without either, the group's rows are n/a. Checked before
+    /// anything is measured.
+    #[arg(long, value_name = "DIR")]
+    pub librseq: Option<PathBuf>,
     /// Measure nothing: print the saved `ktl bench --json` record FILE as a
     /// Markdown table (the machine and the commit above it), as the
     /// documentation shows it.
     #[arg(
         long,
         value_name = "FILE.json",
-        conflicts_with_all = ["samples", "sample_ms", "quick", "filter", "json", "shape", "plot"]
+        conflicts_with_all = ["samples", "sample_ms", "quick", "filter", "json", "shape", "plot", "librseq"]
     )]
     pub render: Option<PathBuf>,
 }
@@ -84,6 +92,7 @@ pub fn run_cli(args: &BenchArgs) -> Result<(), String> {
         json: args.json,
         shape: args.shape.into(),
         plot: args.plot.clone(),
+        librseq: args.librseq.clone(),
     })
 }
 
@@ -105,5 +114,24 @@ mod tests {
         assert!(Cli::try_parse_from(["ktl", "--render", "r.json", "--json"]).is_err());
         let err = run_cli(&ok.bench).unwrap_err();
         assert!(err.starts_with("cannot read r.json: "), "{err}");
+        assert!(Cli::try_parse_from(["ktl", "--render", "r.json", "--librseq", "d"]).is_err());
+    }
+
+    #[test]
+    fn librseq_names_a_tree_that_is_checked_before_the_run() {
+        let none = Cli::try_parse_from(["ktl"]).unwrap();
+        assert_eq!(none.bench.librseq, None);
+        let given = Cli::try_parse_from(["ktl", "--librseq", "/no/such/librseq"]).unwrap();
+        assert_eq!(
+            given.bench.librseq.as_deref(),
+            Some("/no/such/librseq".as_ref())
+        );
+        assert!(Cli::try_parse_from(["ktl", "--librseq"]).is_err());
+        // A tree that is not there fails before anything is measured.
+        let err = run_cli(&given.bench).unwrap_err();
+        assert_eq!(
+            err,
+            "--librseq /no/such/librseq: no such directory (give a built librseq tree)"
+        );
     }
 }

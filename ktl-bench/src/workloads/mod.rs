@@ -7,12 +7,17 @@
 //! - [`percpu`]: ktl's per-CPU structures against what programs use today,
 //!   at 1, 2 and 8 threads on one shared structure;
 //! - [`random`]: random bytes through `ktl::random`, the system call and
-//!   the `getrandom` crate.
+//!   the `getrandom` crate;
+//! - [`peers`]: the scenarios of the kernel's rseq `param_test` written with
+//!   ktl's API, next to librseq's `param_test_benchmark` (when a built
+//!   librseq tree is given; its rows come from [`peers::rows`], not from
+//!   [`rows`], and the criterion benches do not measure them).
 //!
-//! Every `rseq`, `percpu` and `random` row checks its result after its
-//! samples (see [`Row::finish`]).
+//! Every `rseq`, `percpu`, `random` and `peers` row checks its result after
+//! its samples (see [`Row::finish`]).
 
 pub mod cpu;
+pub mod peers;
 pub mod percpu;
 pub mod random;
 pub mod rseq;
@@ -20,11 +25,18 @@ pub mod rseq;
 use crate::harness::Row;
 
 /// The groups of rows, in order.
-pub const GROUPS: &[&str] = &[cpu::GROUP, rseq::GROUP, percpu::GROUP, random::GROUP];
+pub const GROUPS: &[&str] = &[
+    cpu::GROUP,
+    rseq::GROUP,
+    percpu::GROUP,
+    random::GROUP,
+    peers::GROUP,
+];
 
 /// Each group's baseline: the row the ratio column compares against. The
-/// `percpu` and `random` groups' rows each name their own (ktl's structure
-/// with the same operation and thread count; ktl's fill of the same size).
+/// `percpu`, `random` and `peers` groups' rows each name their own (ktl's
+/// structure with the same operation and thread count; ktl's fill of the
+/// same size; librseq's run of the same scenario).
 pub(crate) const BASELINES: &[(&str, &str)] = &[
     (cpu::GROUP, cpu::BASELINE),
     (rseq::GROUP, rseq::FETCH_ADD_1),
@@ -32,7 +44,9 @@ pub(crate) const BASELINES: &[(&str, &str)] = &[
 
 /// The rows of this version, in order: the `cpu` group, the `rseq` group,
 /// the `percpu` group, then the `random` group. Rows that cannot run here
-/// carry their reason. The rows run on the thread that builds them.
+/// carry their reason. The rows run on the thread that builds them. (The
+/// `peers` group's rows, which need a librseq tree, come from
+/// [`peers::rows`], after these.)
 pub fn rows() -> Vec<Row> {
     let mut rows = cpu::rows();
     rows.extend(rseq::rows());
@@ -193,6 +207,21 @@ mod tests {
                 "{verified}"
             );
         }
+    }
+
+    #[test]
+    fn the_peers_group_is_selected_by_its_name_and_not_by_default_in_rows() {
+        assert_eq!(GROUPS.last(), Some(&peers::GROUP));
+        assert!(rows().iter().all(|r| r.group != peers::GROUP));
+        let name = peers::Scenario::List.ktl_row();
+        assert!(selects(Some("PEERS"), name, peers::GROUP));
+        assert!(selects(Some("list"), name, peers::GROUP));
+        assert!(selects(None, name, peers::GROUP));
+        assert!(!selects(Some("peers"), "ktl::cpu_id()", cpu::GROUP));
+        assert!(
+            !selects(Some("rseq"), name, peers::GROUP),
+            "rseq is a group"
+        );
     }
 
     #[test]
