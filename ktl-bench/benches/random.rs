@@ -5,6 +5,9 @@
 //! - `ktl::random::fill (vDSO)`: [`ktl::random::fill`], vDSO getrandom with
 //!   this thread's state; named `ktl::random::fill (syscall fallback)` when
 //!   the kernel has no vDSO getrandom and it uses the system call;
+//! - `raw vDSO getrandom (limit)`: the vDSO's `getrandom` called directly
+//!   with a state of the row's own, the limit ktl's fill is held to (skipped
+//!   where the vDSO has no getrandom);
 //! - `getrandom(2) syscall`: [`ktl::random::syscall_fill`], the system call
 //!   alone;
 //! - `getrandom crate`: `getrandom::fill` as it is, with its default Linux
@@ -13,8 +16,9 @@
 //!
 //! Each call fills a fresh buffer on the stack and adds its first 8 bytes to
 //! the loop's accumulator, so the bytes are used; throughput is in bytes. A
-//! call that fails, or a call of ktl's row on another path than its name
-//! gives, fails the run, after the group. Run with
+//! call that fails (for the limit, one that writes fewer bytes than asked),
+//! or a call of ktl's row on another path than its name gives, fails the
+//! run, after the group. Run with
 //! `cargo bench -p ktl-bench --bench random`; `-- --test` runs each once.
 
 mod common;

@@ -58,7 +58,9 @@
 //!   (`getrandom::fill`, which calls the C library's `getrandom`). ktl's row
 //!   names the path it took: `(vDSO)`, or `(syscall fallback)` when the
 //!   kernel has no vDSO getrandom; a line under the table gives the reason.
-//!   Each row's ratio is taken against ktl's row of the same size.
+//!   Right after it, `raw vDSO getrandom (limit)` calls the vDSO's
+//!   `getrandom` directly with a state of its own (n/a without one). Each
+//!   row's ratio is taken against ktl's row of the same size.
 //! - `peers`: the scenarios of the kernel's rseq `param_test` (increment,
 //!   spinlock, list, buffer, memcpy) at 2 threads, written with
 //!   [`ktl::rseq`]'s operations, next to librseq's `param_test_benchmark`
@@ -129,9 +131,10 @@
 //!   than a shared `AtomicU64::fetch_add` with 2 threads;
 //! - `Pool` get+put with 2 threads is at least 2x faster per operation than
 //!   `ArrayQueue` pop+push with 2 threads;
-//! - `ktl::random::fill` of 16 bytes is at least 5x faster than the
-//!   `getrandom(2)` system call (skipped when ktl's rows ran on the syscall
-//!   fallback);
+//! - `ktl::random::fill` of 16 bytes costs at most 1.1x the raw vDSO
+//!   getrandom, the vDSO's `getrandom` called directly with a state of its
+//!   own (skipped when ktl's rows ran on the syscall fallback or the limit
+//!   row is n/a);
 //! - `PerCpu<T>` takes exactly possible CPUs x `size_of::<CachePadded<T>>()`
 //!   bytes ([`ktl::percpu::PerCpu::footprint`], for a few `T`; computed, not
 //!   measured, whenever a `percpu` row runs);
@@ -144,10 +147,10 @@
 //!
 //! `--quick` (and `ktl` with no subcommand) takes fewer, shorter samples, of
 //! the `percpu` group runs only the 2-thread counter and pool rows, and of
-//! the `random` group only ktl's and the system call's 16-byte rows: the
-//! rows the promises compare. A filter that is a group's name selects that
-//! group (`cpu` does not select `percpu`); any other filter selects the rows
-//! whose name or group contains it.
+//! the `random` group only the 16-byte rows of ktl, the raw vDSO limit and
+//! the system call: the rows the promises compare. A filter that is a
+//! group's name selects that group (`cpu` does not select `percpu`); any
+//! other filter selects the rows whose name or group contains it.
 //!
 //! `--plot FILE.svg` draws two SVG charts: the rows of the run as bars into
 //! `FILE.svg`, and, into `FILE-scaling.svg`, the thread scaling of the

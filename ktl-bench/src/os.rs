@@ -1,7 +1,8 @@
 //! The operating-system calls of `ktl bench`, `ktl check` and `ktl stress`,
 //! in one place: the CPUs a thread may use and pinning it to one, signal
 //! dispositions and signals between threads, a thread made by
-//! `pthread_create`, a `fork` child, and a few facts (the page size, the
+//! `pthread_create`, a `fork` child, an anonymous memory mapping (the state
+//! of the raw vDSO getrandom rows), and a few facts (the page size, the
 //! kernel release, the C library's version, the thread id).
 //!
 //! Every `libc` call of the command and of the benchmarks goes through this
@@ -263,6 +264,62 @@ pub fn page_size() -> u64 {
     page.max(0) as u64
 }
 
+/// An anonymous memory mapping of whole pages, at an address of the
+/// kernel's choosing, unmapped on drop. Its memory is only reached through
+/// the pointer [`Mapping::as_ptr`] gives (for example, by the vDSO's
+/// `getrandom` as its state).
+pub struct Mapping {
+    addr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps `len` bytes (rounded up to whole pages by the kernel) with the
+    /// `mmap` protection `prot` and flags `flags` (which must include
+    /// `MAP_ANONYMOUS`; `MAP_FIXED` is refused). The mapping starts on a
+    /// page boundary.
+    pub fn anonymous(len: usize, prot: i32, flags: i32) -> io::Result<Mapping> {
+        if len == 0 || flags & libc::MAP_FIXED != 0 || flags & libc::MAP_ANONYMOUS == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: an anonymous mapping (no file descriptor) without
+        // MAP_FIXED and with a null hint: the kernel picks an address where
+        // nothing is mapped, so the call touches no existing memory.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(Mapping { addr, len })
+    }
+
+    /// The first byte of the mapping (page-aligned).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr.as_ptr()
+    }
+
+    /// The length asked for, in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: a mapping has at least a byte).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `addr..addr + len` is the mapping made in `anonymous`,
+        // owned by `self` alone, and nothing uses it after the drop (every
+        // user borrows the mapping). A failure leaves it mapped: a leak,
+        // nothing worse.
+        unsafe { libc::munmap(self.addr.as_ptr().cast(), self.len) };
+    }
+}
+
 /// The kernel release (`uname -r`), if `uname` answers.
 pub fn kernel_release() -> Option<String> {
     // SAFETY: utsname is plain data; uname fills it or fails.
@@ -337,5 +394,29 @@ mod tests {
         assert_eq!(unsafe { run_in_fork_child(|| 3) }, Ok(Some(3)));
         assert!(page_size() >= 4096);
         assert!(kernel_release().is_some_and(|r| !r.is_empty()));
+    }
+
+    #[test]
+    fn a_mapping_is_page_aligned_writable_and_refuses_fixed() {
+        let page = usize::try_from(page_size()).unwrap();
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let m = Mapping::anonymous(page, prot, flags).unwrap();
+        assert_eq!((m.as_ptr().addr() % page, m.len()), (0, page));
+        assert!(!m.is_empty());
+        // SAFETY: the mapping is `page` writable bytes, owned by `m`.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), page) };
+        assert!(bytes.iter().all(|&b| b == 0));
+        bytes[page - 1] = 7;
+        assert_eq!(bytes[page - 1], 7);
+        drop(m);
+        for (len, flags) in [
+            (0, flags),
+            (page, flags | libc::MAP_FIXED),
+            (page, libc::MAP_PRIVATE),
+        ] {
+            let err = Mapping::anonymous(len, prot, flags).err().unwrap();
+            assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        }
     }
 }

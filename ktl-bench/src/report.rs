@@ -374,7 +374,7 @@ pub(crate) fn render_text(
         let _ = writeln!(
             out,
             "quick run: {left_out} selected rows left out (of the [{}] group it runs the 2-thread \
-             counter and pool rows, of the [{}] group the 16-byte ktl and syscall rows, none of \
+             counter and pool rows, of the [{}] group the 16-byte ktl, limit and syscall rows, none of \
              the [{}] group); `ktl bench` runs them all",
             percpu::GROUP,
             random::GROUP,
@@ -534,12 +534,14 @@ mod tests {
         let ktl_256 = "256 B: ktl::random::fill (vDSO)";
         let outcomes = [
             row(random::KTL_16, 20.0, random::KTL_16),
+            row(random::LIMIT_16, 19.0, random::KTL_16),
             row(random::SYSCALL_16, 300.0, random::KTL_16),
             row(ktl_256, 100.0, ktl_256),
             row("256 B: getrandom(2) syscall", 450.0, ktl_256),
         ];
         let text = text(&outcomes, 0);
         assert!(line(&text, random::KTL_16).ends_with("1.00x"), "{text}");
+        assert!(line(&text, random::LIMIT_16).ends_with("0.95x"), "{text}");
         assert!(line(&text, random::SYSCALL_16).ends_with("15.0x"), "{text}");
         assert!(
             line(&text, "256 B: getrandom(2)").ends_with("4.50x"),
@@ -554,11 +556,14 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("4 of 4 checked rows are exact (every random fill succeeded"),
+            text.contains("5 of 5 checked rows are exact (every random fill succeeded"),
             "{text}"
         );
         assert!(
-            text.contains(&format!("  {}: pass (ratio 15.0x", RANDOM_CHECK.name)),
+            text.contains(&format!(
+                "  {}: pass (ratio 1.05x, limit <= 1.10x)",
+                RANDOM_CHECK.name
+            )),
             "{text}"
         );
     }

@@ -120,7 +120,7 @@ mod tests {
         );
         assert!(rows[16..52].iter().all(|r| r.group == percpu::GROUP));
         assert!(rows[52..].iter().all(|r| r.group == random::GROUP));
-        assert_eq!(rows.len(), 16 + 36 + 9);
+        assert_eq!(rows.len(), 16 + 36 + 12);
         assert_eq!(rows[16].name, "counter: PerCpuCounter::add (1 thread)");
         assert_eq!(rows[51].name, "stack: Mutex<Vec> push+pop (8 threads)");
         let names = &names[..16];
@@ -145,10 +145,11 @@ mod tests {
             .filter(|r| r.matches(Some("Random")))
             .map(|r| r.name.as_str())
             .collect();
-        assert_eq!(random.len(), 9, "--filter random selects the random group");
-        assert_eq!(random[1], random::SYSCALL_16);
+        assert_eq!(random.len(), 12, "--filter random selects the random group");
+        assert_eq!(random[1], random::LIMIT_16);
+        assert_eq!(random[2], random::SYSCALL_16);
         let small = rows.iter().filter(|r| r.matches(Some("16 B:"))).count();
-        assert_eq!(small, 3, "16 B, not 4096 B");
+        assert_eq!(small, 4, "16 B, not 4096 B");
         let quick: Vec<&str> = rows
             .iter()
             .filter(|r| r.quick)
@@ -156,10 +157,13 @@ mod tests {
             .collect();
         assert_eq!(
             quick.len(),
-            16 + 8 + 2,
-            "the quick run: 2-thread counters and pools, 16-byte ktl and syscall"
+            16 + 8 + 3,
+            "the quick run: 2-thread counters and pools, 16-byte ktl, limit and syscall"
         );
-        assert_eq!(quick[24..], [random[0], random::SYSCALL_16]);
+        assert_eq!(
+            quick[24..],
+            [random[0], random::LIMIT_16, random::SYSCALL_16]
+        );
         for r in &rows[8..] {
             assert_eq!(r.op.is_ok(), r.verify.is_some(), "{} counts", r.name);
         }
