@@ -6,33 +6,10 @@
 
 use ktl_bench::Shape;
 use ktl_bench::workloads::random::{KTL_16, LIMIT_16, SIZES, rows_by_size};
-use std::process::Command;
+use ktl_testkit::child;
 
 /// Set in the copy of this binary that runs one test as the child.
 const CHILD_ENV: &str = "KTL_BENCH_RANDOM_LIMIT_CHILD";
-
-fn is_child(test: &str) -> bool {
-    std::env::var(CHILD_ENV).is_ok_and(|v| v == test)
-}
-
-/// Runs the test `test` in a copy of this binary with `CHILD_ENV` and `env`
-/// set, and requires it to pass.
-fn run_child(test: &str, env: &[(&str, &str)]) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, test);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("test result: ok. 1 passed"), "{text}");
-}
 
 #[test]
 fn the_limit_rows_follow_ktl_and_run_where_the_vdso_has_getrandom() {
@@ -75,7 +52,7 @@ fn the_limit_rows_follow_ktl_and_run_where_the_vdso_has_getrandom() {
 #[test]
 fn with_the_vdso_turned_off_the_limit_rows_are_na() {
     const TEST: &str = "with_the_vdso_turned_off_the_limit_rows_are_na";
-    if is_child(TEST) {
+    if child::is_child(CHILD_ENV, TEST) {
         assert!(ktl::vdso::getrandom_fn().is_none());
         for (size, rows) in rows_by_size() {
             let [(_, ktl), (_, limit), _, _] = rows;
@@ -93,5 +70,5 @@ fn with_the_vdso_turned_off_the_limit_rows_are_na() {
         }
         return;
     }
-    run_child(TEST, &[(ktl::vdso::DISABLE_ENV, "off")]);
+    child::run(TEST, &[(CHILD_ENV, TEST), (ktl::vdso::DISABLE_ENV, "off")]);
 }

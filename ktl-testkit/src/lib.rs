@@ -6,6 +6,8 @@
 //! - [`affinity`]: the CPUs a process may use, and pinning a thread to one;
 //! - [`signals`]: signal handlers, and signalling workers until they finish;
 //! - [`fork`]: a check run in a `fork` child;
+//! - [`child`]: one test run again in a copy of its binary, with the
+//!   environment it needs;
 //! - [`storm`]: paced signal storms aimed at one thread, and processes that
 //!   must finish in time;
 //! - [`without_rseq`]: a test binary's tests run again in a copy of it that
@@ -16,6 +18,7 @@
 //! does not work, unless they say otherwise.
 
 pub mod affinity;
+pub mod child;
 pub mod exclusive;
 pub mod fork;
 pub mod seccomp;

@@ -13,11 +13,10 @@
 //! error: rseq registration failed") before any of the thread's code runs.
 
 use ktl_testkit::affinity::{allowed_cpus, pin};
-use ktl_testkit::seccomp;
+use ktl_testkit::{child, seccomp};
 
 use ktl::abi::SyscallStatus;
 use ktl::cpu::Source;
-use std::process::Command;
 
 const CHILD_ENV: &str = "KTL_LATER_THREADS_CHILD";
 
@@ -189,21 +188,6 @@ fn child_fence_refused() {
     assert_eq!(stack.drain(), vec![0]);
 }
 
-fn run_child(test: &str, expect_owner: &str) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, expect_owner)
-        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "child failed:\n{text}");
-    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
-}
-
 /// Runs the scenario only when re-executed by one of the tests below.
 #[test]
 fn child_entry() {
@@ -235,13 +219,25 @@ fn ktl_can_own(test: &str) -> bool {
 #[test]
 fn ktl_owned_later_threads_fall_back() {
     if ktl_can_own("ktl_owned_later_threads_fall_back") {
-        run_child("child_entry", "ktl");
+        child::run(
+            "child_entry",
+            &[
+                (CHILD_ENV, "ktl"),
+                ("GLIBC_TUNABLES", "glibc.pthread.rseq=0"),
+            ],
+        );
     }
 }
 
 #[test]
 fn a_thread_whose_fence_is_refused_falls_back() {
     if ktl_can_own("a_thread_whose_fence_is_refused_falls_back") {
-        run_child("child_fence_refused_entry", "ktl");
+        child::run(
+            "child_fence_refused_entry",
+            &[
+                (CHILD_ENV, "ktl"),
+                ("GLIBC_TUNABLES", "glibc.pthread.rseq=0"),
+            ],
+        );
     }
 }

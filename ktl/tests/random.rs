@@ -6,7 +6,6 @@
 //! its own, so that no other test holds states while it counts them.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use ktl::abi::SyscallStatus;
 use ktl::random::{self, Fallback, Path};
 use ktl::vdso::VdsoError;
 
-use ktl_testkit::{seccomp, signals};
+use ktl_testkit::{child, seccomp, signals};
 
 /// Set in the re-executed copy of this binary: which inner test to run.
 const CHILD_ENV: &str = "KTL_RANDOM_TEST_CHILD";
@@ -37,29 +36,6 @@ fn can_reexec(test: &str) -> bool {
         return false;
     }
     true
-}
-
-/// Runs the inner test `test` in a copy of this binary with `CHILD_ENV` set
-/// (and `env`), and requires it to pass.
-fn run_child(test: &str, env: &[(&str, &str)]) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, test);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("test result: ok. 1 passed"), "{text}");
-}
-
-fn is_child(test: &str) -> bool {
-    std::env::var(CHILD_ENV).is_ok_and(|v| v == test)
 }
 
 #[test]
@@ -209,7 +185,7 @@ fn fork_child_frees_other_threads_states() {
 #[test]
 fn vdso_turned_off_uses_the_syscall() {
     const TEST: &str = "vdso_turned_off_uses_the_syscall";
-    if is_child(TEST) {
+    if child::is_child(CHILD_ENV, TEST) {
         assert_eq!(
             random::path(),
             Path::Syscall(Fallback::NoVdso(VdsoError::Disabled))
@@ -224,14 +200,14 @@ fn vdso_turned_off_uses_the_syscall() {
         return;
     }
     if can_reexec(TEST) {
-        run_child(TEST, &[(ktl::vdso::DISABLE_ENV, "off")]);
+        child::run(TEST, &[(CHILD_ENV, TEST), (ktl::vdso::DISABLE_ENV, "off")]);
     }
 }
 
 #[test]
 fn seccomp_refusing_the_states_uses_the_syscall() {
     const TEST: &str = "seccomp_refusing_the_states_uses_the_syscall";
-    if is_child(TEST) {
+    if child::is_child(CHILD_ENV, TEST) {
         if !matches!(random::path(), Path::Vdso) {
             eprintln!(
                 "no vDSO getrandom here ({}): nothing to refuse",
@@ -272,7 +248,7 @@ fn seccomp_refusing_the_states_uses_the_syscall() {
         return;
     }
     if can_reexec(TEST) {
-        run_child(TEST, &[]);
+        child::run(TEST, &[(CHILD_ENV, TEST)]);
     }
 }
 

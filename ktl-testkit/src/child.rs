@@ -1,0 +1,36 @@
+//! Test support: one test of a test binary run again in a copy of it, with
+//! the environment it needs: a marker variable that tells the copy it is the
+//! child, and what the test is about (for example `KTL_VDSO=off` or
+//! `GLIBC_TUNABLES`, which a process reads once).
+
+use std::process::Command;
+
+/// Whether the variable `marker` holds `test`: whether this process is the
+/// copy that [`run`] started for `test` with `(marker, test)` in its
+/// environment.
+pub fn is_child(marker: &str, test: &str) -> bool {
+    std::env::var(marker).is_ok_and(|v| v == test)
+}
+
+/// Runs the test `test` alone in a copy of this binary, with the variables
+/// `env` set (among them the marker the copy looks for), and fails the
+/// calling test unless the copy ran it and it passed.
+pub fn run(test: &str, env: &[(&str, &str)]) {
+    let exe = std::env::current_exe().expect("the path of this test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run a copy of this test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the copy failed:\n{text}");
+    assert!(
+        text.contains("test result: ok. 1 passed"),
+        "the copy ran no test:\n{text}"
+    );
+}
