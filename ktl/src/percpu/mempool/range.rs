@@ -195,13 +195,37 @@ pub(super) unsafe fn zero(item: NonNull<u8>, config: &Config) {
     }
 }
 
+/// Checks that every word of `item`'s instances still holds `poison`; the
+/// first one that does not is [`MemPoolError::Corrupted`].
+///
+/// # Safety
+///
+/// The contract of [`fill`] (reads only).
+pub(super) unsafe fn check_poison(
+    item: NonNull<u8>,
+    config: &Config,
+    poison: u64,
+) -> Result<(), MemPoolError> {
+    // SAFETY: the caller's contract.
+    match unsafe { find_mismatch(item, config, poison) } {
+        None => Ok(()),
+        Some((cpu, offset, found)) => Err(MemPoolError::Corrupted {
+            addr: item.as_ptr().addr(),
+            cpu,
+            offset,
+            found,
+            expected: poison,
+        }),
+    }
+}
+
 /// The first word of `item`'s instances that is not `word`: `(cpu, byte
 /// offset, found)`.
 ///
 /// # Safety
 ///
 /// The contract of [`fill`] (reads only).
-pub(super) unsafe fn find_mismatch(
+unsafe fn find_mismatch(
     item: NonNull<u8>,
     config: &Config,
     word: u64,

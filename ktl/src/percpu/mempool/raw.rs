@@ -6,7 +6,7 @@
 
 use super::MemPoolError;
 use super::config::Config;
-use super::range::{State, fill, find_mismatch, zero};
+use super::range::{State, check_poison, fill, zero};
 use core::fmt;
 use core::ptr::NonNull;
 use std::collections::{BTreeMap, BTreeSet};
@@ -163,15 +163,10 @@ impl RawMemPool {
             if let Some(poison) = config.poison {
                 // SAFETY: `item` is in a mapped range; its bit was clear, so
                 // nobody may access it, and it is ours now, under the lock.
-                if let Some((cpu, offset, found)) = unsafe { find_mismatch(item, config, poison) } {
+                let checked = unsafe { check_poison(item, config, poison) };
+                if checked.is_err() {
                     st.quarantined.insert(item.as_ptr().addr());
-                    return Err(MemPoolError::Corrupted {
-                        addr: item.as_ptr().addr(),
-                        cpu,
-                        offset,
-                        found,
-                        expected: poison,
-                    });
+                    return checked.map(|()| (item, fresh));
                 }
             }
         }
@@ -278,16 +273,7 @@ impl RawMemPool {
                     let item = range.item(slot, &config);
                     // SAFETY: a freed item of a mapped range: nobody may
                     // access it, and we own the whole pool now.
-                    let mismatch = unsafe { find_mismatch(item, &config, poison) };
-                    if let Some((cpu, offset, found)) = mismatch {
-                        return Err(MemPoolError::Corrupted {
-                            addr: item.as_ptr().addr(),
-                            cpu,
-                            offset,
-                            found,
-                            expected: poison,
-                        });
-                    }
+                    unsafe { check_poison(item, &config, poison) }?;
                 }
             }
         }
