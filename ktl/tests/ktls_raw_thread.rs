@@ -84,9 +84,9 @@ fn run(s: &Shared) -> i64 {
         let Some(slot) = s.slots.get(start.value() as usize) else {
             return NO_SLOT;
         };
-        // SAFETY: the slots are written only by this thread's operations,
-        // each started with the slot's CPU number.
         let result = if adds <= stores {
+            // SAFETY: the slots are written only by this thread's
+            // operations, each started with the slot's CPU number.
             unsafe { rseq::add(start, slot.as_ptr(), 1) }.map(|()| adds += 1)
         } else {
             let seen = slot.load(Ordering::Relaxed);

@@ -187,12 +187,8 @@ fn child(lib: &OsStr) {
     }
     // SAFETY: the handle comes from dlopen and is closed once; no thread
     // runs the plugin's code any more (the workers have returned from it).
-    assert_eq!(
-        unsafe { libc::dlclose(handle) },
-        0,
-        "dlclose: {}",
-        dlerror()
-    );
+    let closed = unsafe { libc::dlclose(handle) };
+    assert_eq!(closed, 0, "dlclose: {}", dlerror());
     let after_dlclose = mapped(lib, add as *const c_void);
     for (wake, _) in &workers {
         wake.send(()).unwrap();
@@ -206,12 +202,8 @@ fn child(lib: &OsStr) {
     // destructors) are gone: this one unloads the plugin unless it is
     // permanent.
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::dlclose(dlopen(&path)) },
-        0,
-        "dlclose: {}",
-        dlerror()
-    );
+    let closed = unsafe { libc::dlclose(dlopen(&path)) };
+    assert_eq!(closed, 0, "dlclose: {}", dlerror());
     let after_second = mapped(lib, add as *const c_void);
 
     let owner = match results[0].1 {

@@ -228,12 +228,14 @@ fn index_values_past_the_words_add_nothing() {
         s.spawn(|| {
             pin(cpu);
             let base = c.words[0].0.as_ptr().cast::<u8>();
-            // SAFETY (all three): the words below each `len` are valid, and
-            // only `add_current` indexed by CPU writes them.
+            // SAFETY: the words below each `len` are valid, and only
+            // `add_current` indexed by CPU writes them (here and below).
             let none = unsafe { rseq::add_current(Index::CpuId, base, size_of::<Word>(), 0, 1) };
             assert!(!none, "no word at all");
+            // SAFETY: as above.
             let short = unsafe { rseq::add_current(Index::CpuId, base, size_of::<Word>(), cpu, 1) };
             assert!(!short, "CPU {cpu} is past {cpu} words");
+            // SAFETY: as above.
             let fits =
                 unsafe { rseq::add_current(Index::CpuId, base, size_of::<Word>(), cpu + 1, 5) };
             assert_eq!(fits, live, "CPU {cpu} has a word among {} words", cpu + 1);

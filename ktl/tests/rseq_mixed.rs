@@ -213,7 +213,7 @@ fn released_start_commits_nothing() {
     let mut target = word.as_ptr().cast::<u8>();
     let mut dst = [0u8; 16];
     let src = [7u8; 16];
-    // SAFETY (each call): every location is a live local of this
+    // SAFETY: for each call, every location is a live local of this
     // thread, aligned, and written by nothing else.
     let results = unsafe {
         [

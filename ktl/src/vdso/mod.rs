@@ -724,10 +724,8 @@ mod tests {
             tv_nsec: 0,
         };
         // SAFETY: a valid clock id and a pointer to a live timespec.
-        assert_eq!(
-            unsafe { clock_gettime(sys::time::CLOCK_MONOTONIC, &mut ts) },
-            0
-        );
+        let ret = unsafe { clock_gettime(sys::time::CLOCK_MONOTONIC, &mut ts) };
+        assert_eq!(ret, 0);
         let during = (ts.tv_sec, ts.tv_nsec);
         let after = libc_now();
         assert!(
