@@ -32,6 +32,8 @@ use loom::thread;
 struct Cpu<T> {
     /// 0: open; 1: closed by a fallback or a thief.
     gate: AtomicU32,
+    /// The process's count of closed gates, shared by every CPU.
+    closed: Arc<AtomicU32>,
     /// Held while a section runs on this CPU (the CPU runs one at a time).
     running: Mutex<()>,
     /// Taken by the holders of the gate, one at a time.
@@ -40,19 +42,28 @@ struct Cpu<T> {
 }
 
 impl<T> Cpu<T> {
-    fn new(data: T) -> Self {
+    fn new(data: T, closed: &Arc<AtomicU32>) -> Self {
         Cpu {
             gate: AtomicU32::new(0),
+            closed: closed.clone(),
             running: Mutex::new(()),
             holders: Mutex::new(()),
             data: UnsafeCell::new(data),
         }
     }
 
-    /// A critical section on this CPU: the gate check inside the section,
-    /// then the work, then the commit. Returns `None` (an abort) while the
-    /// gate is closed; the caller retries.
+    /// A critical section on this CPU, as the operations run it: the fast
+    /// variant checks only the count of closed gates, inside the section,
+    /// and commits while it is 0; otherwise it leaves, and the gated
+    /// variant, a section of its own, checks this CPU's gate. Returns `None`
+    /// (an abort) while the gate is closed; the caller retries.
     fn section<R>(&self, work: impl FnOnce(&mut T) -> R) -> Option<R> {
+        {
+            let _on_cpu = self.running.lock().unwrap();
+            if self.closed.load(Ordering::Acquire) == 0 {
+                return Some(self.data.with_mut(|d| work(unsafe { &mut *d })));
+            }
+        }
         let _on_cpu = self.running.lock().unwrap();
         if self.gate.load(Ordering::Acquire) != 0 {
             return None;
@@ -61,7 +72,8 @@ impl<T> Cpu<T> {
     }
 
     /// The fallback of a thread without an area, or a thief on another CPU:
-    /// close the gate, fence the CPU, work, open the gate.
+    /// close the gate and count it, fence the CPU, work, open the gate and
+    /// take it from the count.
     ///
     /// The real gate is a spinlock (a compare-and-swap loop); here the
     /// holders queue on `holders` and then close the gate, which gives the
@@ -69,11 +81,13 @@ impl<T> Cpu<T> {
     fn exclusive<R>(&self, work: impl FnOnce(&mut T) -> R) -> R {
         let _holder = self.holders.lock().unwrap();
         self.gate.store(1, Ordering::Relaxed);
-        // The fence: no section that read the gate open can still commit,
-        // and every later section reads it closed.
+        self.closed.fetch_add(1, Ordering::Relaxed);
+        // The fence: no section that read the count 0 or the gate open can
+        // still commit, and every later section reads both closed.
         drop(self.running.lock().unwrap());
         let r = self.data.with_mut(|d| work(unsafe { &mut *d }));
         self.gate.store(0, Ordering::Release);
+        self.closed.fetch_sub(1, Ordering::Release);
         r
     }
 }
@@ -101,7 +115,7 @@ fn section_retry<T, R>(cpu: &Cpu<T>, mut work: impl FnMut(&mut T) -> R) -> R {
 #[test]
 fn a_fallback_add_and_section_adds_lose_nothing() {
     model(|| {
-        let cpu = Arc::new(Cpu::new(0u64));
+        let cpu = Arc::new(Cpu::new(0u64, &Arc::new(AtomicU32::new(0))));
         let on_cpu = {
             let cpu = cpu.clone();
             thread::spawn(move || {
@@ -122,7 +136,7 @@ fn a_fallback_add_and_section_adds_lose_nothing() {
 #[test]
 fn two_fallbacks_and_a_section_exclude_each_other() {
     model(|| {
-        let cpu = Arc::new(Cpu::new(0u64));
+        let cpu = Arc::new(Cpu::new(0u64, &Arc::new(AtomicU32::new(0))));
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 let cpu = cpu.clone();
@@ -143,7 +157,11 @@ fn stealing_half_a_list_loses_and_duplicates_nothing() {
         // CPU 0's list starts with objects 0..3; its thread pops one and
         // pushes it back while a thief on CPU 1 steals half and puts
         // it on CPU 1's list (a section there).
-        let cpus = Arc::new([Cpu::new(vec![0u32, 1, 2]), Cpu::new(Vec::new())]);
+        let closed = Arc::new(AtomicU32::new(0));
+        let cpus = Arc::new([
+            Cpu::new(vec![0u32, 1, 2], &closed),
+            Cpu::new(Vec::new(), &closed),
+        ]);
         let owner = {
             let cpus = cpus.clone();
             thread::spawn(move || {

@@ -6,7 +6,7 @@
 //! into a constant in an executable. A zero delta means "the own area", so the
 //! table is valid before any code has run.
 
-use super::{Exit, Failure, HOT_OFFSETS, HotOffset, ktl_symbol, rseq_cs_tables, rseq_exit_point};
+use super::{Exit, HOT_OFFSETS, HotOffset, Leave, ktl_symbol, rseq_cs_tables, rseq_exit_point};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicIsize, Ordering};
 
@@ -120,61 +120,72 @@ pub(crate) unsafe fn rdpid() -> u64 {
 }
 
 // Restartable sequences (see the x86_64 back end for the structure). AArch64
-// has no memory-to-memory moves, so the section needs scratch registers;
-// since an `asm!` with `label` operands may not have outputs, x10 and x11 are
-// saved on the stack before the section and restored on every exit: after
-// the commit, in the abort handler and on the compare-failure path. The
-// stack depth is the same at every instruction of the section, so the abort
-// handler always restores the right slot. The signature before the abort
-// handler is `brk #0x45e0` (0xd428bc00), which traps if reached by mistake.
-// The index field's offset and the gate's address are inputs in the fixed
-// registers x12 and x13: the compiler must not place them in x10 or x11,
-// which the template overwrites. The abort handler and the compare-failure
-// exit live in `__rseq_failure`,
-// which the linker may place more than the 1 MiB that a conditional branch
-// reaches (`b.cond`, `cbz`) from the section in a large binary; so the
-// section branches over an unconditional `b` (128 MiB) instead. In a text
-// larger than that, the linker reaches the target through a veneer, which
-// may clobber the intra-procedure-call registers x16 and x17: every block
-// declares them clobbered (discarded outputs, which `label` operands allow),
-// so the compiler keeps no input or live value in them.
-// `rseq_add_current` declares x10 and x11 as clobbers too, instead of saving
-// them, and its conditional branches go straight to the caller's labels in
-// the same function.
+// has no memory-to-memory moves, so the section needs scratch registers: x10
+// and x11, declared clobbered (discarded outputs, which `label` operands
+// allow). The signature before the abort handler is `brk #0x45e0`
+// (0xd428bc00), which traps if reached by mistake. The abort handler lives
+// in `__rseq_failure`, which the linker may place more than the 1 MiB that a
+// conditional branch reaches (`b.cond`, `cbz`) from the section in a large
+// binary; so the section branches over an unconditional `b` (128 MiB) to
+// reach it. The other exits are the caller's labels, in the same function,
+// reached directly. In a text larger than 128 MiB, the linker reaches a
+// target through a veneer, which may clobber the intra-procedure-call
+// registers x16 and x17: every block declares them clobbered too, so the
+// compiler keeps no input or live value in them.
 
-/// Saves the scratch registers x10 and x11 on the stack, stores the
-/// descriptor's address into the area's `rseq_cs` (the area's address is in
-/// x0), and enters the section at label 6, whose first instructions compare
-/// the index field with `value` (in w1), leaving for the abort handler if it
-/// changed; then leave the same way if `cpu_id` is negative (the area is no
-/// longer registered: see the x86_64 back end for why `mm_cid` needs this);
-/// then if the index value's gate (at x13) is closed: a thread without an
-/// area holds it (see `rseq::locked`). The gate is read with a load-acquire,
-/// so the section sees what the gate's last holder wrote before it opened
-/// the gate.
+/// Stores the descriptor's address into the area's `rseq_cs` (the area's
+/// address is in `{area}`) and enters the section at label 6, whose first
+/// instructions compare the index field (`{field}`) with `{value}`, leaving
+/// for the abort handler if they differ.
 macro_rules! rseq_cs_enter {
     () => {
         concat!(
-            "stp x10, x11, [sp, #-16]!\n",
             "adrp x10, 3b\n",
             "add x10, x10, :lo12:3b\n",
-            "str x10, [x0, #8]\n",
+            "str x10, [{area}, #8]\n",
             "6:\n",
-            "ldr w10, [x0, x12]\n",
-            "cmp w10, w1\n",
+            "ldr w10, [{area}, #{field}]\n",
+            "cmp w10, {value:w}\n",
             "b.eq 26f\n",
             "b 8f\n",
             "26:\n",
-            "ldr w10, [x0, #4]\n",
+        )
+    };
+}
+
+/// For `mm_cid`: leaves for the abort handler if `cpu_id` is negative, that
+/// is if the area is no longer registered (see the x86_64 back end).
+macro_rules! rseq_live_check {
+    () => {
+        concat!(
+            "ldr w10, [{area}, #4]\n",
             "tbz w10, #31, 24f\n",
             "b 8f\n",
             "24:\n",
-            "ldar w10, [x13]\n",
-            "cbz w10, 27f\n",
-            "b 8f\n",
-            "27:\n",
-            rseq_delay_inside!(),
         )
+    };
+}
+
+/// The fast variant's gate check: leaves through `{gated}` while any gate of
+/// the process is closed (the count at `{gate}`, [`super::gates_closed`],
+/// read with a load-acquire, so the section sees what the last gate's holder
+/// wrote before it opened the gate).
+macro_rules! rseq_closed_check {
+    () => {
+        concat!(
+            "ldar w10, [{gate}]\n",
+            "cbz w10, 27f\n",
+            "b {gated}\n",
+            "27:\n",
+        )
+    };
+}
+
+/// The gated variant's check: aborts while the index value's own gate (at
+/// `{gate}`) is closed, read with a load-acquire (see `rseq::locked`).
+macro_rules! rseq_gate_check {
+    () => {
+        concat!("ldar w10, [{gate}]\n", "cbz w10, 27f\n", "b 8f\n", "27:\n",)
     };
 }
 
@@ -219,74 +230,116 @@ macro_rules! rseq_abort_entry {
     };
 }
 
-/// Ends the section at label 7 and restores x10 and x11; then, in
-/// `__rseq_failure`, the signature (`brk #0x45e0`, which traps if reached by
-/// mistake), the abort handler (label 8) and, with `cmpfail`, the
-/// compare-failure exit (label 9), each restoring x10 and x11 first.
-macro_rules! rseq_cs_leave {
-    () => {
-        concat!(
-            "7:\n",
-            "ldp x10, x11, [sp], #16\n",
+/// One block: the tables, the entry, `$check` (the liveness test or
+/// nothing), `$gate` (one of the two gate checks), the delay, `$body` (the
+/// work, ending with the commit) and the abort handler. `$exits` are the
+/// exit-point directives; `$ops` the operands.
+macro_rules! rseq_block {
+    (
+        check: [$($check:tt)*], gate: [$($gate:tt)*], exits: [$($exits:tt)*],
+        body: [$($body:tt)*], ops: [$($ops:tt)*]
+    ) => {
+        asm!(
+            rseq_cs_tables!(),
+            $($exits)*
+            rseq_cs_enter!(),
+            $($check)*
+            $($gate)*
+            rseq_delay_inside!(),
+            $($body)*
+            "7:",
             rseq_abort_entry!(),
-            "ldp x10, x11, [sp], #16\n",
-            "b {abort}\n",
-            ".popsection\n",
-        )
-    };
-    (cmpfail) => {
-        concat!(
-            "7:\n",
-            "ldp x10, x11, [sp], #16\n",
-            rseq_abort_entry!(),
-            "ldp x10, x11, [sp], #16\n",
-            "b {abort}\n",
-            "9:\n",
-            "ldp x10, x11, [sp], #16\n",
-            "b {cmpfail}\n",
-            ".popsection\n",
+            "b {abort}",
+            ".popsection",
+            $($ops)*
         )
     };
 }
 
-/// Adds `count` to `*v` while the index field at byte `field` of the area at
-/// `area` still equals `value`.
+/// Expands an operation's section into its four blocks, of which the
+/// constants `$field` and `$gated` keep one (see the x86_64 back end). The
+/// operands every block has: `{area}` (the area's address), `{value}`,
+/// `{field}`, `{gate}` (the gate count's address in the fast variant, the
+/// value's gate in the gated one), x10, x11, x16 and x17 clobbered, and the
+/// `{abort}` label; the fast variant adds the `{gated}` label.
+macro_rules! rseq_op {
+    (
+        $field:ident, $gated:ident, $area:expr, $value:expr, $gate:expr;
+        exits: [$($exits:tt)*], body: [$($body:tt)*], ops: [$($ops:tt)*]
+    ) => {
+        if $gated {
+            if $field == crate::abi::OFFSET_CPU_ID {
+                rseq_block!(
+                    check: [], gate: [rseq_gate_check!(),], exits: [$($exits)*],
+                    body: [$($body)*],
+                    ops: [$($ops)* gate = in(reg) $gate, field = const $field,
+                        area = in(reg) $area, value = in(reg) $value,
+                        out("x10") _, out("x11") _, out("x16") _, out("x17") _,
+                        abort = label { return Err(Leave::Aborted) },]
+                )
+            } else {
+                rseq_block!(
+                    check: [rseq_live_check!(),], gate: [rseq_gate_check!(),],
+                    exits: [$($exits)*], body: [$($body)*],
+                    ops: [$($ops)* gate = in(reg) $gate, field = const $field,
+                        area = in(reg) $area, value = in(reg) $value,
+                        out("x10") _, out("x11") _, out("x16") _, out("x17") _,
+                        abort = label { return Err(Leave::Aborted) },]
+                )
+            }
+        } else if $field == crate::abi::OFFSET_CPU_ID {
+            rseq_block!(
+                check: [], gate: [rseq_closed_check!(),],
+                exits: [rseq_exit_point!("{gated}"), $($exits)*], body: [$($body)*],
+                ops: [$($ops)* gate = in(reg) super::gates_closed().as_ptr(),
+                    field = const $field, area = in(reg) $area, value = in(reg) $value,
+                    out("x10") _, out("x11") _, out("x16") _, out("x17") _,
+                    abort = label { return Err(Leave::Aborted) },
+                    gated = label { return Err(Leave::Gated) },]
+            )
+        } else {
+            rseq_block!(
+                check: [rseq_live_check!(),], gate: [rseq_closed_check!(),],
+                exits: [rseq_exit_point!("{gated}"), $($exits)*], body: [$($body)*],
+                ops: [$($ops)* gate = in(reg) super::gates_closed().as_ptr(),
+                    field = const $field, area = in(reg) $area, value = in(reg) $value,
+                    out("x10") _, out("x11") _, out("x16") _, out("x17") _,
+                    abort = label { return Err(Leave::Aborted) },
+                    gated = label { return Err(Leave::Gated) },]
+            )
+        }
+    };
+}
+
+const _: () = assert!(crate::abi::OFFSET_CPU_ID == 4 && crate::abi::OFFSET_RSEQ_CS == 8);
+
+/// Adds `count` to `*v` while the index field at byte `FIELD` of the area at
+/// `area` still equals `value` (see the x86_64 back end for `GATED` and
+/// `gate`).
 ///
 /// # Safety
-/// `area` must be the offset from the thread pointer of the calling thread's
-/// registered rseq area; `gate` must be valid for reads of a `u32` and
-/// 4-byte aligned; `v` must be valid for reads and writes of an `i64` and
-/// 8-byte aligned. The block uses 16 bytes of stack.
+/// As for the x86_64 version.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_add(
+pub(crate) unsafe fn rseq_add<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
     count: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     let area = (thread_pointer() as isize).wrapping_add(area);
-    // SAFETY: the caller guarantees a registered area and a valid `v`; the
-    // block follows the rseq ABI and restores x10, x11 and sp on every exit.
+    // SAFETY: the caller guarantees an area of this thread and a valid `v`;
+    // the block follows the rseq ABI and declares its scratch registers
+    // clobbered.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_cs_enter!(),
-            "ldr x10, [x2]",
-            "add x10, x10, x3",
-            "str x10, [x2]",
-            rseq_cs_leave!(),
-            in("x12") field,
-            in("x0") area,
-            in("x13") gate,
-            in("w1") value,
-            in("x2") v,
-            in("x3") count,
-            out("x16") _,
-            out("x17") _,
-            abort = label { return Err(Failure::Aborted) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [],
+            body: [
+                "ldr x10, [{v}]",
+                "add x10, x10, {count}",
+                "str x10, [{v}]",
+            ],
+            ops: [v = in(reg) v, count = in(reg) count,]
         );
     }
     Ok(())
@@ -380,48 +433,31 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
 /// # Safety
 /// As for [`rseq_add`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_storev(
+pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
     expect: i64,
     newv: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("9f"),
-            rseq_cs_enter!(),
-            "ldr x10, [x2]",
-            "cmp x10, x3",
-            "b.eq 28f",
-            "b 9f",
-            "28:",
-            "str x4, [x2]",
-            rseq_cs_leave!(cmpfail),
-            in("x12") field,
-            in("x0") area,
-            in("x13") gate,
-            in("w1") value,
-            in("x2") v,
-            in("x3") expect,
-            in("x4") newv,
-            out("x16") _,
-            out("x17") _,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "ldr x10, [{v}]",
+                "cmp x10, {expect}",
+                "b.ne {cmpfail}",
+                "str {newv}, [{v}]",
+            ],
+            ops: [v = in(reg) v, expect = in(reg) expect, newv = in(reg) newv,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())
 }
-
-// The rest of the operation set follows the same scheme: x10 and x11 are the
-// scratch registers, saved before the section and restored on every exit.
 
 /// Pops from a per-CPU list (see the x86_64 back end).
 ///
@@ -429,44 +465,31 @@ pub(crate) unsafe fn rseq_cmpeqv_storev(
 /// As for the x86_64 version.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
+pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut *mut u8,
     expectnot: *mut u8,
     voffp: isize,
     load: *mut *mut u8,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("9f"),
-            rseq_cs_enter!(),
-            "ldr x10, [x2]",
-            "cmp x10, x3",
-            "b.ne 28f",
-            "b 9f",
-            "28:",
-            "str x10, [x5]",
-            "ldr x11, [x10, x4]",
-            "str x11, [x2]",
-            rseq_cs_leave!(cmpfail),
-            in("x12") field,
-            in("x0") area,
-            in("x13") gate,
-            in("w1") value,
-            in("x2") v,
-            in("x3") expectnot,
-            in("x4") voffp,
-            in("x5") load,
-            out("x16") _,
-            out("x17") _,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "ldr x10, [{v}]",
+                "cmp x10, {expectnot}",
+                "b.eq {cmpfail}",
+                "str x10, [{load}]",
+                "ldr x11, [x10, {voffp}]",
+                "str x11, [{v}]",
+            ],
+            ops: [v = in(reg) v, expectnot = in(reg) expectnot, voffp = in(reg) voffp,
+                load = in(reg) load,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())
@@ -477,39 +500,27 @@ pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
 /// # Safety
 /// As for the x86_64 version.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_offset_deref_addv(
+pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     ptr: *mut *mut u8,
     off: isize,
     inc: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-
-            rseq_cs_enter!(),
-            "ldr x10, [x2]",
-            "add x10, x10, x3",
-            "ldr x11, [x10]",
-            "add x11, x11, x4",
-            "str x11, [x10]",
-            rseq_cs_leave!(),
-            in("x12") field,
-            in("x0") area,
-            in("x13") gate,
-            in("w1") value,
-            in("x2") ptr,
-            in("x3") off,
-            in("x4") inc,
-            out("x16") _,
-            out("x17") _,
-            abort = label { return Err(Failure::Aborted) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [],
+            body: [
+                "ldr x10, [{ptr}]",
+                "add x10, x10, {off}",
+                "ldr x11, [x10]",
+                "add x11, x11, {inc}",
+                "str x11, [x10]",
+            ],
+            ops: [ptr = in(reg) ptr, off = in(reg) off, inc = in(reg) inc,]
         );
     }
     Ok(())
@@ -521,9 +532,8 @@ pub(crate) unsafe fn rseq_offset_deref_addv(
 /// As for the x86_64 version.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
+pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -531,39 +541,24 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
     v2: *const i64,
     expect2: i64,
     newv: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("9f"),
-            rseq_cs_enter!(),
-            "ldr x10, [x2]",
-            "cmp x10, x3",
-            "b.eq 28f",
-            "b 9f",
-            "28:",
-            "ldr x10, [x4]",
-            "cmp x10, x5",
-            "b.eq 28f",
-            "b 9f",
-            "28:",
-            "str x6, [x2]",
-            rseq_cs_leave!(cmpfail),
-            in("x12") field,
-            in("x0") area,
-            in("x13") gate,
-            in("w1") value,
-            in("x2") v,
-            in("x3") expect,
-            in("x4") v2,
-            in("x5") expect2,
-            in("x6") newv,
-            out("x16") _,
-            out("x17") _,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "ldr x10, [{v}]",
+                "cmp x10, {expect}",
+                "b.ne {cmpfail}",
+                "ldr x10, [{v2}]",
+                "cmp x10, {expect2}",
+                "b.ne {cmpfail}",
+                "str {newv}, [{v}]",
+            ],
+            ops: [v = in(reg) v, expect = in(reg) expect, v2 = in(reg) v2,
+                expect2 = in(reg) expect2, newv = in(reg) newv,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())
@@ -576,9 +571,12 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
 /// As for the x86_64 version.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
+pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<
+    const FIELD: usize,
+    const GATED: bool,
+    const RELEASE: bool,
+>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -586,55 +584,45 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
     v2: *mut i64,
     newv2: i64,
     newv: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("9f"),
-            rseq_cs_enter!(),
-            "ldr x10, [x2]",
-            "cmp x10, x3",
-            "b.eq 28f",
-            "b 9f",
-            "28:",
-            "str x5, [x4]",
-            ".if {release}",
-            "stlr x6, [x2]",
-            ".else",
-            "str x6, [x2]",
-            ".endif",
-            rseq_cs_leave!(cmpfail),
-            in("x12") field,
-            release = const RELEASE as u8,
-            in("x0") area,
-            in("x13") gate,
-            in("w1") value,
-            in("x2") v,
-            in("x3") expect,
-            in("x4") v2,
-            in("x5") newv2,
-            in("x6") newv,
-            out("x16") _,
-            out("x17") _,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "ldr x10, [{v}]",
+                "cmp x10, {expect}",
+                "b.ne {cmpfail}",
+                "str {newv2}, [{v2}]",
+                ".if {release}",
+                "stlr {newv}, [{v}]",
+                ".else",
+                "str {newv}, [{v}]",
+                ".endif",
+            ],
+            ops: [v = in(reg) v, expect = in(reg) expect, v2 = in(reg) v2,
+                newv2 = in(reg) newv2, newv = in(reg) newv, release = const RELEASE as u8,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())
 }
 
 /// If `*v == expect`, copies `len` bytes from `src` to `dst`, then commits
-/// `*v = newv`, with `stlr` when `RELEASE`.
+/// `*v = newv`, with `stlr` when `RELEASE`. x10 and w11 hold the index and
+/// the byte of the copy.
 ///
 /// # Safety
 /// As for the x86_64 version.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
+pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<
+    const FIELD: usize,
+    const GATED: bool,
+    const RELEASE: bool,
+>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -643,49 +631,35 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
     src: *const u8,
     len: usize,
     newv: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     let area = (thread_pointer() as isize).wrapping_add(area);
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("9f"),
-            rseq_cs_enter!(),
-            "ldr x10, [x2]",
-            "cmp x10, x3",
-            "b.eq 28f",
-            "b 9f",
-            "28:",
-            "mov x10, #0",
-            "2:",
-            "cmp x10, x6",
-            "b.hs 4f",
-            "ldrb w11, [x5, x10]",
-            "strb w11, [x4, x10]",
-            "add x10, x10, #1",
-            "b 2b",
-            "4:",
-            ".if {release}",
-            "stlr x7, [x2]",
-            ".else",
-            "str x7, [x2]",
-            ".endif",
-            rseq_cs_leave!(cmpfail),
-            in("x12") field,
-            release = const RELEASE as u8,
-            in("x0") area,
-            in("x13") gate,
-            in("w1") value,
-            in("x2") v,
-            in("x3") expect,
-            in("x4") dst,
-            in("x5") src,
-            in("x6") len,
-            in("x7") newv,
-            out("x16") _,
-            out("x17") _,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "ldr x10, [{v}]",
+                "cmp x10, {expect}",
+                "b.ne {cmpfail}",
+                "mov x10, #0",
+                "2:",
+                "cmp x10, {len}",
+                "b.hs 4f",
+                "ldrb w11, [{src}, x10]",
+                "strb w11, [{dst}, x10]",
+                "add x10, x10, #1",
+                "b 2b",
+                "4:",
+                ".if {release}",
+                "stlr {newv}, [{v}]",
+                ".else",
+                "str {newv}, [{v}]",
+                ".endif",
+            ],
+            ops: [v = in(reg) v, expect = in(reg) expect, dst = in(reg) dst,
+                src = in(reg) src, len = in(reg) len, newv = in(reg) newv,
+                release = const RELEASE as u8,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())

@@ -110,6 +110,20 @@ pub enum Failure {
     FenceFailed,
 }
 
+/// How an operation's section left without committing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leave {
+    /// The kernel aborted it, or the index field did not hold the value
+    /// (which includes an area that is not registered).
+    Aborted,
+    /// The operation's compare did not match; nothing was stored.
+    CompareFailed,
+    /// The fast variant found a gate closed somewhere in the process
+    /// ([`gates_closed`] not 0): the caller runs the gated variant, which
+    /// checks the gate of its own index value.
+    Gated,
+}
+
 /// How a section of `rseq::add_current` left without committing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
@@ -214,6 +228,41 @@ pub(crate) fn set_delay_inside(iterations: u64) {
 #[cfg(feature = "delay-injection")]
 pub(crate) fn delay_inside() -> u64 {
     DELAY_INSIDE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+// The number of gates closed in the process (see `rseq::locked`): a word on
+// a cache line of its own, which the fast variant of every critical section
+// reads, by name, instead of its index value's gate. Defined in assembly,
+// hidden, so that the sections can address it relative to the program
+// counter in every kind of object.
+core::arch::global_asm!(
+    concat!(
+        ".section .data.",
+        ktl_symbol!("gates_closed"),
+        ",\"aw\",%progbits"
+    ),
+    ".p2align 6",
+    concat!(".globl ", ktl_symbol!("gates_closed")),
+    concat!(".hidden ", ktl_symbol!("gates_closed")),
+    concat!(ktl_symbol!("gates_closed"), ":"),
+    ".long 0",
+    ".zero 60",
+    ".text",
+);
+
+unsafe extern "C" {
+    /// The number of closed gates (defined above).
+    #[link_name = ktl_symbol!("gates_closed")]
+    safe static GATES_CLOSED: core::sync::atomic::AtomicU32;
+}
+
+/// The number of gates closed in the process. `rseq::locked` adds one when
+/// a gate closes, before its fence, and takes it away once the gate has
+/// opened; the fast variant of every critical section reads it inside the
+/// section (an acquire load) and leaves for the gated variant while it is
+/// not 0.
+pub(crate) fn gates_closed() -> &'static core::sync::atomic::AtomicU32 {
+    &GATES_CLOSED
 }
 
 // Weak references to the C library's rseq symbols, for statically linked

@@ -15,7 +15,7 @@
 //!   gains one `add` (a `lea` once the static linker has relaxed it in an
 //!   executable): about 1.5x the time of an accessor in a tight loop.
 
-use super::{Exit, Failure, HOT_OFFSETS, HotOffset, ktl_symbol, rseq_cs_tables, rseq_exit_point};
+use super::{Exit, HOT_OFFSETS, HotOffset, Leave, ktl_symbol, rseq_cs_tables, rseq_exit_point};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicIsize, Ordering};
 
@@ -275,68 +275,77 @@ pub(crate) unsafe fn rdpid() -> u64 {
 //    `__rseq_exit_point_array` (both retained against `--gc-sections`, for
 //    debuggers and checkpointing tools);
 // 2. stores the descriptor's address into the area's `rseq_cs`, immediately
-//    followed by the section (see `rseq_cs_enter`, which also explains how
-//    the blocks get scratch registers without outputs);
+//    followed by the section (see `rseq_cs_enter`);
 // 3. runs the critical section: compare the area's index field with the value
-//    the caller read, do the work, commit with one final store (the section
-//    of `rseq_add_current` reads the index field instead, and compares it
-//    with the length of the caller's array);
+//    the caller read, check the gates, do the work, commit with one final
+//    store (the section of `rseq_add_current` reads the index field instead,
+//    and compares it with the length of the caller's array);
 // 4. places the abort handler in `__rseq_failure`, preceded by the signature
 //    encoded as `ud1 0x53053053(%rip),%edi`, so a stray jump to it traps.
 //
-// Every input is an `in` operand in a fixed register that the section never
-// changes (the zero inputs used as scratch are restored on every exit), so a
-// restart after an abort sees the same inputs. Aborts and failed
-// compares leave through `label` operands. No `pure`, `nomem` or `readonly`:
-// the block writes memory and its effect depends on when it runs.
+// The index field's offset is a constant of the block (`FIELD`), and so is
+// the choice between the two gate checks (`GATED`): an operation is inlined
+// as the one block its index and variant need. Every input is an `in`
+// operand that the section never changes, so a restart after an abort sees
+// the same inputs; `%rax` (and the copy's `%r11`) are scratch registers,
+// declared clobbered (an `asm!` with `label` operands may not have outputs,
+// but may clobber registers). Aborts, failed compares and the fast variant's
+// way to the gated one leave through `label` operands. No `pure`, `nomem`
+// or `readonly`: the block writes memory and its effect depends on when it
+// runs.
 
 /// Stores the descriptor's address into the area's `rseq_cs` and enters the
-/// section at label 6, whose first instructions compare the index field
-/// with `value` (in `%edx`), leaving for the abort handler if it changed;
-/// then leave the same way if `cpu_id` is negative, that is if the area is
-/// no longer registered; then if the index value's gate (the `{gate}`
-/// operand) is closed: a thread without an area holds it (see
-/// `rseq::locked`). On x86_64 the gate's plain load is an acquire load. The
-/// area's offset is in `%rdi`.
-///
-/// The `cpu_id` test matters for `mm_cid`: unregistering an area makes the
-/// kernel write `cpu_id = -1` and `mm_cid = 0`, so a start taken with
-/// `mm_cid` 0 before the area was released would pass the index compare and
-/// commit unprotected. For `cpu_id` itself the compare already fails (no
-/// start has the value -1), and the test costs one load from the line the
-/// compare has just read.
-///
-/// An `asm!` with `label` operands may have no outputs, so it gets no scratch
-/// register from the compiler. Instead `%rax` is an input holding 0: the
-/// block loads the descriptor's address into it for the store, and zeroes it
-/// again as the section's first instruction. Every exit restores it too (the
-/// abort handler, which may be entered before that first instruction, zeroes
-/// it again), so it holds its input value whenever the block ends, as `asm!`
-/// requires. The section must start right after the store: with an
-/// instruction between them, a preemption there would find the IP outside
-/// the section, the kernel would clear `rseq_cs`, and the section would run
-/// unprotected.
+/// section at label 6, whose first instruction compares the index field
+/// (`{field}`) of the area at `{area}` with `{value}`, leaving for the abort
+/// handler if they differ. The section must start right after the store:
+/// with an instruction between them, a preemption there would find the IP
+/// outside the section, the kernel would clear `rseq_cs`, and the section
+/// would run unprotected.
 macro_rules! rseq_cs_enter {
     () => {
         concat!(
             "lea rax, [rip + 3b]\n",
-            "mov qword ptr fs:[rdi + 8], rax\n",
+            "mov qword ptr fs:[{area} + 8], rax\n",
             "6:\n",
-            "xor eax, eax\n",
-            "cmp dword ptr fs:[rdi + {field}], edx\n",
+            "cmp dword ptr fs:[{area} + {field}], {value:e}\n",
             "jne 8f\n",
-            "cmp dword ptr fs:[rdi + 4], 0\n",
-            "jl 8f\n",
-            "cmp dword ptr [{gate}], 0\n",
-            "jne 8f\n",
-            rseq_delay_inside!(),
         )
     };
 }
 
+/// For `mm_cid`: leaves for the abort handler if `cpu_id` is negative, that
+/// is if the area is no longer registered. Unregistering an area makes the
+/// kernel write `cpu_id = -1` and `mm_cid = 0`, so a start taken with
+/// `mm_cid` 0 before the area was released would pass the index compare and
+/// commit unprotected. For `cpu_id` itself the compare already fails (no
+/// start has the value -1), so its sections have no such test.
+macro_rules! rseq_live_check {
+    () => {
+        "cmp dword ptr fs:[{area} + 4], 0\njl 8f\n"
+    };
+}
+
+/// The fast variant's gate check: leaves through `{gated}` while any gate of
+/// the process is closed ([`super::gates_closed`], read relative to the
+/// program counter: on x86_64 a plain load is an acquire load).
+macro_rules! rseq_closed_check {
+    () => {
+        "cmp dword ptr [rip + {closed}], 0\njne {gated}\n"
+    };
+}
+
+/// The gated variant's check: aborts while the index value's own gate (at
+/// `{gate}`) is closed, that is while a thread without an area, or a holder
+/// of `rseq::exclusive`, works on the value's data (see `rseq::locked`).
+macro_rules! rseq_gate_check {
+    () => {
+        "cmp dword ptr [{gate}], 0\njne 8f\n"
+    };
+}
+
 /// With the `delay-injection` feature, a busy loop inside the section (see
-/// `rseq::delay`), counting `%rax` down to 0 from the configured number of
-/// iterations, so `%rax` is 0 again afterwards; without it, nothing.
+/// `rseq::delay`), counting `%rax` down from the configured number of
+/// iterations; without it, nothing.
 #[cfg(feature = "delay-injection")]
 macro_rules! rseq_delay_inside {
     () => {
@@ -362,8 +371,8 @@ macro_rules! rseq_delay_inside {
 
 /// Opens `__rseq_failure` with the signature, encoded as the instruction
 /// `ud1 0x53053053(%rip),%edi` so that a stray jump traps, followed by the
-/// abort handler's label 8, which zeroes `%rax` (see [`rseq_cs_enter`]). The
-/// caller adds the rest of the handler and closes the section.
+/// abort handler's label 8. The caller adds the rest of the handler and
+/// closes the section.
 macro_rules! rseq_abort_handler {
     () => {
         concat!(
@@ -371,49 +380,119 @@ macro_rules! rseq_abort_handler {
             ".byte 0x0f, 0xb9, 0x3d\n",
             ".long 0x53053053\n",
             "8:\n",
-            "xor eax, eax\n",
         )
     };
 }
 
-/// Adds `count` to `*v` in a critical section that commits only while the
-/// index field at byte `field` of the area at `area` still equals `value`.
-///
-/// # Safety
-/// `area` must be the offset from the thread pointer of the calling thread's
-/// registered rseq area; `gate` must be valid for reads of a `u32` and
-/// 4-byte aligned; `v` must be valid for reads and writes of an `i64` and
-/// 8-byte aligned.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_add(
-    area: isize,
-    field: usize,
-    value: u32,
-    gate: *const u32,
-    v: *mut i64,
-    count: i64,
-) -> Result<(), Failure> {
-    // SAFETY: the caller guarantees a registered area and a valid `v`; the
-    // block follows the rseq ABI described above and restores %rax (its zero
-    // scratch input) on every exit.
-    unsafe {
+/// One block: the tables, the entry, `$check` (the liveness test or
+/// nothing), `$gate` (one of the two gate checks), the delay, `$body` (the
+/// work, ending with the commit) and the abort handler. `$exits` are the
+/// exit-point directives; `$ops` the operands.
+macro_rules! rseq_block {
+    (
+        check: [$($check:tt)*], gate: [$($gate:tt)*], exits: [$($exits:tt)*],
+        body: [$($body:tt)*], ops: [$($ops:tt)*]
+    ) => {
         asm!(
             rseq_cs_tables!(),
+            $($exits)*
             rseq_cs_enter!(),
-            "add qword ptr [rsi], rcx",
+            $($check)*
+            $($gate)*
+            rseq_delay_inside!(),
+            $($body)*
             "7:",
             rseq_abort_handler!(),
             "jmp {abort}",
             ".popsection",
-            field = in(reg) field,
-            in("rdi") area,
-            gate = in(reg) gate,
-            in("rax") 0usize,
-            in("edx") value,
-            in("rsi") v,
-            in("rcx") count,
-            abort = label { return Err(Failure::Aborted) },
+            $($ops)*
+        )
+    };
+}
+
+/// Expands an operation's section into its four blocks (index field
+/// `$field` with or without the liveness test, the fast or the gated gate
+/// check), of which the constants `$field` and `$gated` keep one.
+///
+/// The operands every block has: `{area}` (the area's offset from the thread
+/// pointer), `{value}`, `{field}`, `%rax` clobbered, and the `{abort}` label,
+/// which returns [`Leave::Aborted`]; the fast variant adds `{closed}` and the
+/// `{gated}` label ([`Leave::Gated`]), the gated one `{gate}`.
+macro_rules! rseq_op {
+    (
+        $field:ident, $gated:ident, $area:expr, $value:expr, $gate:expr;
+        exits: [$($exits:tt)*], body: [$($body:tt)*], ops: [$($ops:tt)*]
+    ) => {
+        if $gated {
+            if $field == crate::abi::OFFSET_CPU_ID {
+                rseq_block!(
+                    check: [], gate: [rseq_gate_check!(),], exits: [$($exits)*],
+                    body: [$($body)*],
+                    ops: [$($ops)* gate = in(reg) $gate, field = const $field,
+                        area = in(reg) $area, value = in(reg) $value, out("rax") _,
+                        abort = label { return Err(Leave::Aborted) },]
+                )
+            } else {
+                rseq_block!(
+                    check: [rseq_live_check!(),], gate: [rseq_gate_check!(),],
+                    exits: [$($exits)*], body: [$($body)*],
+                    ops: [$($ops)* gate = in(reg) $gate, field = const $field,
+                        area = in(reg) $area, value = in(reg) $value, out("rax") _,
+                        abort = label { return Err(Leave::Aborted) },]
+                )
+            }
+        } else if $field == crate::abi::OFFSET_CPU_ID {
+            rseq_block!(
+                check: [], gate: [rseq_closed_check!(),],
+                exits: [rseq_exit_point!("{gated}"), $($exits)*], body: [$($body)*],
+                ops: [$($ops)* closed = sym super::GATES_CLOSED, field = const $field,
+                    area = in(reg) $area, value = in(reg) $value, out("rax") _,
+                    abort = label { return Err(Leave::Aborted) },
+                    gated = label { return Err(Leave::Gated) },]
+            )
+        } else {
+            rseq_block!(
+                check: [rseq_live_check!(),], gate: [rseq_closed_check!(),],
+                exits: [rseq_exit_point!("{gated}"), $($exits)*], body: [$($body)*],
+                ops: [$($ops)* closed = sym super::GATES_CLOSED, field = const $field,
+                    area = in(reg) $area, value = in(reg) $value, out("rax") _,
+                    abort = label { return Err(Leave::Aborted) },
+                    gated = label { return Err(Leave::Gated) },]
+            )
+        }
+    };
+}
+
+const _: () = assert!(crate::abi::OFFSET_CPU_ID == 4 && crate::abi::OFFSET_RSEQ_CS == 8);
+
+/// Adds `count` to `*v` in a critical section that commits only while the
+/// index field at byte `FIELD` of the area at `area` still equals `value`.
+///
+/// `GATED` chooses the gate check: the fast variant (false) leaves with
+/// [`Leave::Gated`] while any gate is closed, and ignores `gate`; the gated
+/// variant aborts while the gate at `gate` (the value's) is closed.
+///
+/// # Safety
+/// `area` must be the offset from the thread pointer of an rseq area of the
+/// calling thread's static TLS (registered, or the dead area, on which the
+/// section leaves before the work); for the gated variant `gate` must be
+/// valid for reads of a `u32` and 4-byte aligned; `v` must be valid for
+/// reads and writes of an `i64` and 8-byte aligned.
+#[inline(always)]
+pub(crate) unsafe fn rseq_add<const FIELD: usize, const GATED: bool>(
+    area: isize,
+    value: u32,
+    gate: *const u32,
+    v: *mut i64,
+    count: i64,
+) -> Result<(), Leave> {
+    // SAFETY: the caller guarantees an area of this thread and a valid `v`;
+    // the block follows the rseq ABI described above.
+    unsafe {
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [],
+            body: ["add qword ptr [{v}], {count}",],
+            ops: [v = in(reg) v, count = in(reg) count,]
         );
     }
     Ok(())
@@ -517,144 +596,96 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
 }
 
 /// Stores `newv` into `*v` if `*v == expect`, in a critical section that
-/// commits only while the index field at byte `field` still equals `value`.
+/// commits only while the index field at byte `FIELD` still equals `value`.
 ///
 /// # Safety
 /// As for [`rseq_add`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_storev(
+pub(crate) unsafe fn rseq_cmpeqv_storev<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
     expect: i64,
     newv: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("{cmpfail}"),
-            rseq_cs_enter!(),
-            "cmp qword ptr [rsi], rcx",
-            "jne {cmpfail}",
-            "mov qword ptr [rsi], r8",
-            "7:",
-            rseq_abort_handler!(),
-            "jmp {abort}",
-            ".popsection",
-            field = in(reg) field,
-            in("rdi") area,
-            gate = in(reg) gate,
-            in("rax") 0usize,
-            in("edx") value,
-            in("rsi") v,
-            in("rcx") expect,
-            in("r8") newv,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "cmp qword ptr [{v}], {expect}",
+                "jne {cmpfail}",
+                "mov qword ptr [{v}], {newv}",
+            ],
+            ops: [v = in(reg) v, expect = in(reg) expect, newv = in(reg) newv,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())
 }
 
 /// Pops from a per-CPU list: if the head `*v` is not `expectnot`, writes it
-/// to `*load` and commits `*v = *(head + voffp)`.
-///
-/// `%rax` (a zero input, see [`rseq_cs_enter`]) holds the head; every exit
-/// zeroes it again.
+/// to `*load` and commits `*v = *(head + voffp)`. `%rax` holds the head.
 ///
 /// # Safety
 /// As for [`rseq_add`]; `load` must be valid for a pointer-sized write, and
 /// every node reachable from `*v` valid for a read at `voffp`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpnev_storeoffp_load(
+pub(crate) unsafe fn rseq_cmpnev_storeoffp_load<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut *mut u8,
     expectnot: *mut u8,
     voffp: isize,
     load: *mut *mut u8,
-) -> Result<(), Failure> {
-    // SAFETY: as in `rseq_add`; %rax is zeroed again on every exit.
+) -> Result<(), Leave> {
+    // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("9f"),
-            rseq_cs_enter!(),
-            "mov rax, qword ptr [rsi]",
-            "cmp rax, rcx",
-            "je 9f",
-            "mov qword ptr [r9], rax",
-            "mov rax, qword ptr [rax + r8]",
-            "mov qword ptr [rsi], rax",
-            "7:",
-            "xor eax, eax",
-            rseq_abort_handler!(),
-            "jmp {abort}",
-            "9:",
-            "xor eax, eax",
-            "jmp {cmpfail}",
-            ".popsection",
-            field = in(reg) field,
-            in("rdi") area,
-            gate = in(reg) gate,
-            in("rax") 0usize,
-            in("edx") value,
-            in("rsi") v,
-            in("rcx") expectnot,
-            in("r8") voffp,
-            in("r9") load,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "mov rax, qword ptr [{v}]",
+                "cmp rax, {expectnot}",
+                "je {cmpfail}",
+                "mov qword ptr [{load}], rax",
+                "mov rax, qword ptr [rax + {voffp}]",
+                "mov qword ptr [{v}], rax",
+            ],
+            ops: [v = in(reg) v, expectnot = in(reg) expectnot, voffp = in(reg) voffp,
+                load = in(reg) load,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())
 }
 
 /// Loads the pointer `*ptr` and adds `inc` to the `i64` at byte offset `off`
-/// from it, committing with that add.
+/// from it, committing with that add. `%rax` holds the pointer.
 ///
 /// # Safety
 /// As for [`rseq_add`]; `*ptr + off` must be valid for an aligned `i64`
 /// read and write.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_offset_deref_addv(
+pub(crate) unsafe fn rseq_offset_deref_addv<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     ptr: *mut *mut u8,
     off: isize,
     inc: i64,
-) -> Result<(), Failure> {
-    // SAFETY: as in `rseq_cmpnev_storeoffp_load`.
+) -> Result<(), Leave> {
+    // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_cs_enter!(),
-            "mov rax, qword ptr [rsi]",
-            "add qword ptr [rax + r8], rcx",
-            "7:",
-            "xor eax, eax",
-            rseq_abort_handler!(),
-            "jmp {abort}",
-            ".popsection",
-            field = in(reg) field,
-            in("rdi") area,
-            gate = in(reg) gate,
-            in("rax") 0usize,
-            in("edx") value,
-            in("rsi") ptr,
-            in("r8") off,
-            in("rcx") inc,
-            abort = label { return Err(Failure::Aborted) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [],
+            body: [
+                "mov rax, qword ptr [{ptr}]",
+                "add qword ptr [rax + {off}], {inc}",
+            ],
+            ops: [ptr = in(reg) ptr, off = in(reg) off, inc = in(reg) inc,]
         );
     }
     Ok(())
@@ -666,9 +697,8 @@ pub(crate) unsafe fn rseq_offset_deref_addv(
 /// As for [`rseq_add`]; `v2` must be valid for an aligned `i64` read.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
+pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev<const FIELD: usize, const GATED: bool>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -676,34 +706,21 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
     v2: *const i64,
     expect2: i64,
     newv: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("{cmpfail}"),
-            rseq_cs_enter!(),
-            "cmp qword ptr [rsi], rcx",
-            "jne {cmpfail}",
-            "cmp qword ptr [r8], r9",
-            "jne {cmpfail}",
-            "mov qword ptr [rsi], r10",
-            "7:",
-            rseq_abort_handler!(),
-            "jmp {abort}",
-            ".popsection",
-            field = in(reg) field,
-            in("rdi") area,
-            gate = in(reg) gate,
-            in("rax") 0usize,
-            in("edx") value,
-            in("rsi") v,
-            in("rcx") expect,
-            in("r8") v2,
-            in("r9") expect2,
-            in("r10") newv,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "cmp qword ptr [{v}], {expect}",
+                "jne {cmpfail}",
+                "cmp qword ptr [{v2}], {expect2}",
+                "jne {cmpfail}",
+                "mov qword ptr [{v}], {newv}",
+            ],
+            ops: [v = in(reg) v, expect = in(reg) expect, v2 = in(reg) v2,
+                expect2 = in(reg) expect2, newv = in(reg) newv,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())
@@ -719,9 +736,12 @@ pub(crate) unsafe fn rseq_cmpeqv_cmpeqv_storev(
 /// As for [`rseq_add`]; `v2` must be valid for an aligned `i64` write.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
+pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<
+    const FIELD: usize,
+    const GATED: bool,
+    const RELEASE: bool,
+>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -729,33 +749,20 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
     v2: *mut i64,
     newv2: i64,
     newv: i64,
-) -> Result<(), Failure> {
+) -> Result<(), Leave> {
     // SAFETY: as in `rseq_add`.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("{cmpfail}"),
-            rseq_cs_enter!(),
-            "cmp qword ptr [rsi], rcx",
-            "jne {cmpfail}",
-            "mov qword ptr [r8], r9",
-            "mov qword ptr [rsi], r10",
-            "7:",
-            rseq_abort_handler!(),
-            "jmp {abort}",
-            ".popsection",
-            field = in(reg) field,
-            in("rdi") area,
-            gate = in(reg) gate,
-            in("rax") 0usize,
-            in("edx") value,
-            in("rsi") v,
-            in("rcx") expect,
-            in("r8") v2,
-            in("r9") newv2,
-            in("r10") newv,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "cmp qword ptr [{v}], {expect}",
+                "jne {cmpfail}",
+                "mov qword ptr [{v2}], {newv2}",
+                "mov qword ptr [{v}], {newv}",
+            ],
+            ops: [v = in(reg) v, expect = in(reg) expect, v2 = in(reg) v2,
+                newv2 = in(reg) newv2, newv = in(reg) newv,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())
@@ -764,9 +771,9 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
 /// If `*v == expect`, copies `len` bytes from `src` to `dst` (speculative
 /// stores) and commits `*v = newv`.
 ///
-/// `%rax` and `%r11` (zero inputs, see [`rseq_cs_enter`]) hold the byte and
-/// the index of the copy; every exit zeroes them again. The release variant
-/// is the same code on x86-64 (see [`rseq_cmpeqv_trystorev_storev`]).
+/// `%rax` and `%r11` (clobbered) hold the byte and the index of the copy.
+/// The release variant is the same code on x86-64 (see
+/// [`rseq_cmpeqv_trystorev_storev`]).
 ///
 /// # Safety
 /// As for [`rseq_add`]; `src` must be valid for `len` bytes of reads and
@@ -774,9 +781,12 @@ pub(crate) unsafe fn rseq_cmpeqv_trystorev_storev<const RELEASE: bool>(
 /// the critical section, which restarts from the beginning on every abort.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the operation's operands, as in the C ABI
-pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
+pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<
+    const FIELD: usize,
+    const GATED: bool,
+    const RELEASE: bool,
+>(
     area: isize,
-    field: usize,
     value: u32,
     gate: *const u32,
     v: *mut i64,
@@ -785,52 +795,29 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<const RELEASE: bool>(
     src: *const u8,
     len: usize,
     newv: i64,
-) -> Result<(), Failure> {
-    // SAFETY: as in `rseq_cmpnev_storeoffp_load`; %rax and %r11 are zeroed
-    // again on every exit.
+) -> Result<(), Leave> {
+    // SAFETY: as in `rseq_add`; %r11 is declared clobbered.
     unsafe {
-        asm!(
-            rseq_cs_tables!(),
-            rseq_exit_point!("9f"),
-            rseq_cs_enter!(),
-            "cmp qword ptr [rsi], rcx",
-            "jne 9f",
-            "xor r11d, r11d",
-            "2:",
-            "cmp r11, r10",
-            "jae 4f",
-            "mov al, byte ptr [r9 + r11]",
-            "mov byte ptr [r8 + r11], al",
-            "inc r11",
-            "jmp 2b",
-            "4:",
-            "mov qword ptr [rsi], r12",
-            "7:",
-            "xor r11d, r11d",
-            "xor eax, eax",
-            rseq_abort_handler!(),
-            "xor r11d, r11d",
-            "xor eax, eax",
-            "jmp {abort}",
-            "9:",
-            "xor r11d, r11d",
-            "xor eax, eax",
-            "jmp {cmpfail}",
-            ".popsection",
-            field = in(reg) field,
-            in("rdi") area,
-            gate = in(reg) gate,
-            in("rax") 0usize,
-            in("edx") value,
-            in("rsi") v,
-            in("rcx") expect,
-            in("r8") dst,
-            in("r9") src,
-            in("r10") len,
-            in("r12") newv,
-            in("r11") 0usize,
-            abort = label { return Err(Failure::Aborted) },
-            cmpfail = label { return Err(Failure::CompareFailed) },
+        rseq_op!(FIELD, GATED, area, value, gate;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "cmp qword ptr [{v}], {expect}",
+                "jne {cmpfail}",
+                "xor r11d, r11d",
+                "2:",
+                "cmp r11, {len}",
+                "jae 4f",
+                "mov al, byte ptr [{src} + r11]",
+                "mov byte ptr [{dst} + r11], al",
+                "inc r11",
+                "jmp 2b",
+                "4:",
+                "mov qword ptr [{v}], {newv}",
+            ],
+            ops: [v = in(reg) v, expect = in(reg) expect, dst = in(reg) dst,
+                src = in(reg) src, len = in(reg) len, newv = in(reg) newv,
+                out("r11") _,
+                cmpfail = label { return Err(Leave::CompareFailed) },]
         );
     }
     Ok(())

@@ -15,8 +15,9 @@
 //!   sections (this thread's registration failed, for example under a
 //!   filter that allows rseq for the first thread only, or it was released
 //!   with [`area::release_current_thread`](crate::area::release_current_thread)).
-//!   Every critical section checks its index value's gate right after its
-//!   index check, inside the section, and aborts while the gate is closed.
+//!   Every critical section checks its index value's gate (in two steps,
+//!   below) right after its index check, inside the section, and aborts
+//!   while the gate is closed.
 //!   After closing the gate, this thread runs the membarrier rseq fence on
 //!   the CPU of the index value (on every CPU for `mm_cid`, whose values
 //!   are not tied to a CPU). When the fence returns, every section that
@@ -26,6 +27,16 @@
 //!   next section sees this operation's writes. This needs
 //!   [`FenceKind::Rseq`](super::fence::FenceKind::Rseq); without it a
 //!   thread without an area gets `None` from [`start`](super::start).
+//!
+//! The sections check the gates in two steps. The process counts its closed
+//! gates in one word ([`arch::gates_closed`]), which a gate adds to when it
+//! closes (before the fence) and takes from once it has opened (a release).
+//! The fast variant of every section reads only that count, next to its
+//! index check; while it is not 0 the section leaves, out of line, for the
+//! gated variant, which checks its own value's gate as described above. So
+//! a section pays for one load of a word that every thread shares read-only,
+//! and sections of values whose gates are open go on committing, one call
+//! out of line slower, while some gate is closed.
 //!
 //! The fenced case costs a system call per operation: it exists so that
 //! every thread of a process can run the operations, not for speed.
@@ -46,6 +57,7 @@
 
 use super::fence::{self, FenceError};
 use super::{Commit, Failure, Index};
+use crate::arch;
 use crate::sys::fork;
 use crate::sys::signals::{self, SignalMask};
 use core::cell::Cell;
@@ -97,13 +109,17 @@ pub(super) fn gate(value: u32) -> *const u32 {
 extern "C" fn open_all_in_child() {
     let me = thread_number();
     let highest = HIGHEST.load(Ordering::Relaxed);
+    let mut mine = 0;
     for g in &GATE[..=highest.min(GATES - 1)] {
         let word = g.word.load(Ordering::Relaxed);
-        if word != 0 && word != me {
+        if word == me {
+            mine += 1;
+        } else if word != 0 {
             g.again.store(0, Ordering::Relaxed);
             g.word.store(0, Ordering::Relaxed);
         }
     }
+    arch::gates_closed().store(mine, Ordering::Relaxed);
 }
 
 /// The next thread number to hand out.
@@ -222,6 +238,10 @@ impl Guard {
                     core::hint::spin_loop();
                 }
             }
+            // Counted after the gate closed and before the fence: a section
+            // that starts after the fence reads the count, leaves for the
+            // gated variant and finds this gate closed.
+            arch::gates_closed().fetch_add(1, Ordering::Relaxed);
         }
         let guard = Guard { gate };
         // A gate taken again is fenced again: the first holder fenced the
@@ -244,6 +264,10 @@ impl Drop for Guard {
             self.gate.again.fetch_sub(1, Ordering::Relaxed);
         } else {
             self.gate.word.store(0, Ordering::Release);
+            // Released after the gate opened: a fast section that reads the
+            // count 0 sees what the holder wrote, as a gated one that reads
+            // the gate open does.
+            arch::gates_closed().fetch_sub(1, Ordering::Release);
         }
         unblock_signals();
     }

@@ -67,7 +67,7 @@
 //! | [`cmpeqv_trymemcpy_storev`] | compare, copy a small buffer, commit (relaxed or release) |
 
 use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_CPU_ID_START, OFFSET_MM_CID};
-use crate::arch::{self, Exit, HotOffset};
+use crate::arch::{self, Exit, HotOffset, Leave};
 use crate::area;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -127,21 +127,30 @@ impl Start {
     }
 
     /// The fallbacks' view of this start.
-    #[inline(always)]
     fn key(self) -> locked::Key {
         locked::Key {
             index: self.index,
             value: self.value,
-            fenced: self.area == FENCED,
+            fenced: path() != Path::Locked,
         }
+    }
+
+    /// Whether this is a fallback start: its area is the dead area, which is
+    /// never registered, so every section run with it leaves before its work
+    /// (see [`fallback_start`]).
+    #[inline(always)]
+    fn is_fallback(self) -> bool {
+        self.area == arch::dead_area_offset()
     }
 
     /// How operations with this start run.
     pub fn path(self) -> Path {
-        match self.area {
-            LOCKED => Path::Locked,
-            FENCED => Path::Fenced,
-            _ => Path::CriticalSections,
+        if !self.is_fallback() {
+            Path::CriticalSections
+        } else if path() == Path::Locked {
+            Path::Locked
+        } else {
+            Path::Fenced
         }
     }
 }
@@ -206,16 +215,9 @@ fn start_slow(index: Index) -> (isize, u32) {
     (area, value)
 }
 
-/// [`start_slow`]'s `area` when there is no start.
-const NO_START: isize = isize::MIN + 2;
-
-/// The `area` of a [`Path::Locked`] [`Start`]: never a thread-pointer
-/// offset of a real area.
-const LOCKED: isize = isize::MIN;
-
-/// The `area` of a [`Path::Fenced`] [`Start`]. The operations test for both
-/// fallbacks with one comparison, `area <= FENCED`.
-const FENCED: isize = isize::MIN + 1;
+/// [`start_slow`]'s `area` when there is no start: never a thread-pointer
+/// offset of an area.
+const NO_START: isize = isize::MIN;
 
 /// How operations run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -266,17 +268,23 @@ pub fn without_area() -> Option<Path> {
 /// The start of an operation in a thread without a live area, on the path
 /// that [`without_area`] names. The index value comes from the accessors'
 /// fallbacks; for `mm_cid` that is the CPU number, below the possible CPUs.
+///
+/// Its area is the dead area, whose `cpu_id` is always -1: the fast path
+/// has no test for a fallback start. The operation runs its section, which
+/// leaves at its first tests (the index compare, or for `mm_cid` the
+/// liveness test) having written only the dead area's `rseq_cs`, and its
+/// out-of-line exit finds the fallback start there and takes the lock.
 fn fallback_start(index: Index) -> (isize, u32) {
-    let area = match without_area() {
+    match without_area() {
         None => return (NO_START, 0),
-        Some(Path::Locked) => LOCKED,
+        Some(Path::Locked) => {}
         Some(_) => {
             if index == Index::MmCid && !area::layout().features.contains(Features::MM_CID) {
                 return (NO_START, 0);
             }
-            FENCED
         }
-    };
+    }
+    let area = arch::dead_area_offset();
     let value = match index {
         Index::CpuId => crate::cpu_id(),
         Index::MmCid => crate::mm_cid(),
@@ -284,22 +292,88 @@ fn fallback_start(index: Index) -> (isize, u32) {
     (area, value)
 }
 
-/// Runs the architecture's operation `$op` for `$start`'s index: the field
-/// compared in the section is `cpu_id` or `mm_cid`, passed in a register, so
-/// that each operation is one section whatever the index (two would double
-/// the code inlined into the caller's loop).
-macro_rules! dispatch {
-    ($start:expr, $op:ident $(, $flag:expr)? ; $($arg:expr),* $(,)?) => {
-        arch::$op $(::<$flag>)? (
-            $start.area,
-            match $start.index {
-                Index::CpuId => OFFSET_CPU_ID,
-                Index::MmCid => OFFSET_MM_CID,
+/// Runs the architecture's operation `$op` for `$start`'s index, in its
+/// fast variant (`gated` false) or its gated one (true). The index field and
+/// the variant are constants of the block, so an operation inlined with a
+/// known index (as [`retry`] gives it) is one section; the fast variant needs
+/// no gate address, the gated one (out of line) computes the value's.
+macro_rules! section {
+    ($start:expr, $gated:literal, $op:ident $(, $flag:expr)? ; $($arg:expr),* $(,)?) => {{
+        let s: Start = $start;
+        let gate = if $gated { locked::gate(s.value) } else { core::ptr::null() };
+        match s.index {
+            Index::CpuId => arch::$op::<OFFSET_CPU_ID, $gated $(, $flag)?>(
+                s.area, s.value, gate, $($arg),*
+            ),
+            Index::MmCid => arch::$op::<OFFSET_MM_CID, $gated $(, $flag)?>(
+                s.area, s.value, gate, $($arg),*
+            ),
+        }
+    }};
+}
+
+/// Runs an operation: its fast section inline; a failed compare returned
+/// as it is; any other way out to `off_path`, a function of the operation
+/// made here, out of line: for a fallback start it runs `$fallback` (the
+/// operation under its gate's lock, given the start's key as `$key`), when
+/// a gate was closed `$gated` (the operation's gated section), and after an
+/// abort it returns [`Failure::Aborted`].
+///
+/// `off_path` takes the start's fields and the operands `$arg` one by one,
+/// in registers: a `Start` or a closure passed whole goes through memory,
+/// and the inlined fast path would store it on the stack before every
+/// section.
+macro_rules! operation {
+    (
+        $start:ident, ($($arg:ident: $ty:ty),*) -> $t:ty;
+        fast: $fast:expr;
+        fallback($key:ident): $fallback:expr;
+        gated: $gated:expr $(;)?
+    ) => {{
+        #[cold]
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)] // the start's fields and the operands, in registers
+        unsafe fn off_path(
+            index: Index,
+            value: u32,
+            area: isize,
+            leave: Leave,
+            $($arg: $ty),*
+        ) -> Result<$t, Failure> {
+            let $start = Start { index, value, area };
+            if $start.is_fallback() {
+                let $key = $start.key();
+                return $fallback;
+            }
+            match leave {
+                Leave::Gated => ($gated).map_err(|leave| match leave {
+                    Leave::CompareFailed => Failure::CompareFailed,
+                    _ => Failure::Aborted,
+                }),
+                Leave::CompareFailed => Err(Failure::CompareFailed),
+                Leave::Aborted => Err(Failure::Aborted),
+            }
+        }
+        delay_before();
+        match $fast {
+            Ok(v) => Ok(v),
+            Err(Leave::CompareFailed) => Err(Failure::CompareFailed),
+            // SAFETY: the operation's own contract, which its caller keeps.
+            Err(leave) => unsafe {
+                off_path($start.index, $start.value, $start.area, leave, $($arg),*)
             },
-            $start.value,
-            locked::gate($start.value),
-            $($arg),*
-        )
+        }
+    }};
+}
+
+/// The section of an operation with a [`Commit`] operand, in the variant
+/// `$gated`: its `RELEASE` constant chosen from `$commit`.
+macro_rules! committing_section {
+    ($start:expr, $gated:literal, $op:ident, $commit:expr; $($arg:expr),* $(,)?) => {
+        match $commit {
+            Commit::Relaxed => section!($start, $gated, $op, false; $($arg),*),
+            Commit::Release => section!($start, $gated, $op, true; $($arg),*),
+        }
     };
 }
 
@@ -327,14 +401,16 @@ pub enum Commit {
 ///   that holds [`exclusive`] for that index value.
 #[inline]
 pub unsafe fn add(start: Start, v: *mut i64, count: i64) -> Result<(), Failure> {
-    if start.area <= FENCED {
+    operation!(start, (v: *mut i64, count: i64) -> ();
+        // SAFETY: forwarded to the caller's contract; `start.area` is an area
+        // of this thread (its registered area, or the dead area of a
+        // fallback start, on which the section leaves before its work).
+        fast: unsafe { section!(start, false, rseq_add; v, count) };
         // SAFETY: the caller's contract.
-        return unsafe { locked::add(start.key(), v, count) };
-    }
-    delay_before();
-    // SAFETY: forwarded to the caller's contract; `start.area` is this
-    // thread's registered area.
-    unsafe { dispatch!(start, rseq_add; v, count) }
+        fallback(key): unsafe { locked::add(key, v, count) };
+        // SAFETY: as for the fast section.
+        gated: unsafe { section!(start, true, rseq_add; v, count) };
+    )
 }
 
 /// Adds `count` to the current CPU's (or concurrency id's) word in an array
@@ -499,13 +575,14 @@ pub unsafe fn cmpeqv_storev(
     expect: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    if start.area <= FENCED {
+    operation!(start, (v: *mut i64, expect: i64, newv: i64) -> ();
+        // SAFETY: as in `add`.
+        fast: unsafe { section!(start, false, rseq_cmpeqv_storev; v, expect, newv) };
         // SAFETY: the caller's contract.
-        return unsafe { locked::cmpeqv_storev(start.key(), v, expect, newv) };
-    }
-    delay_before();
-    // SAFETY: as in `add`.
-    unsafe { dispatch!(start, rseq_cmpeqv_storev; v, expect, newv) }
+        fallback(key): unsafe { locked::cmpeqv_storev(key, v, expect, newv) };
+        // SAFETY: as for the fast section.
+        gated: unsafe { section!(start, true, rseq_cmpeqv_storev; v, expect, newv) };
+    )
 }
 
 /// Pops from a per-CPU list whose head is `*head`: if the head is not
@@ -526,17 +603,24 @@ pub unsafe fn cmpnev_storeoffp_load(
     expectnot: *mut u8,
     next_offset: isize,
 ) -> Result<*mut u8, Failure> {
-    if start.area <= FENCED {
-        // SAFETY: the caller's contract.
-        return unsafe { locked::cmpnev_storeoffp_load(start.key(), head, expectnot, next_offset) };
-    }
-    delay_before();
     let mut popped: *mut u8 = core::ptr::null_mut();
-    // SAFETY: as in `add`; `popped` is a local the section may write.
-    unsafe {
-        dispatch!(start, rseq_cmpnev_storeoffp_load; head, expectnot, next_offset, &mut popped)?;
-    }
-    Ok(popped)
+    let load = &raw mut popped;
+    let done = operation!(
+        start, (head: *mut *mut u8, expectnot: *mut u8, next_offset: isize, load: *mut *mut u8) -> ();
+        // SAFETY: as in `add`; `load` points to a local the section may write.
+        fast: unsafe {
+            section!(start, false, rseq_cmpnev_storeoffp_load; head, expectnot, next_offset, load)
+        };
+        // SAFETY: the caller's contract; `load` is the caller's local.
+        fallback(key): unsafe {
+            locked::cmpnev_storeoffp_load(key, head, expectnot, next_offset).map(|p| *load = p)
+        };
+        // SAFETY: as for the fast section.
+        gated: unsafe {
+            section!(start, true, rseq_cmpnev_storeoffp_load; head, expectnot, next_offset, load)
+        };
+    );
+    done.map(|()| popped)
 }
 
 /// Loads the pointer `*ptr` and adds `inc` to the `i64` at byte offset
@@ -552,13 +636,14 @@ pub unsafe fn offset_deref_addv(
     offset: isize,
     inc: i64,
 ) -> Result<(), Failure> {
-    if start.area <= FENCED {
+    operation!(start, (ptr: *mut *mut u8, offset: isize, inc: i64) -> ();
+        // SAFETY: as in `add`.
+        fast: unsafe { section!(start, false, rseq_offset_deref_addv; ptr, offset, inc) };
         // SAFETY: the caller's contract.
-        return unsafe { locked::offset_deref_addv(start.key(), ptr, offset, inc) };
-    }
-    delay_before();
-    // SAFETY: as in `add`.
-    unsafe { dispatch!(start, rseq_offset_deref_addv; ptr, offset, inc) }
+        fallback(key): unsafe { locked::offset_deref_addv(key, ptr, offset, inc) };
+        // SAFETY: as for the fast section.
+        gated: unsafe { section!(start, true, rseq_offset_deref_addv; ptr, offset, inc) };
+    )
 }
 
 /// Stores `newv` into `*v` if `*v == expect` and `*v2 == expect2`.
@@ -576,13 +661,19 @@ pub unsafe fn cmpeqv_cmpeqv_storev(
     expect2: i64,
     newv: i64,
 ) -> Result<(), Failure> {
-    if start.area <= FENCED {
+    operation!(
+        start, (v: *mut i64, expect: i64, v2: *const i64, expect2: i64, newv: i64) -> ();
+        // SAFETY: as in `add`.
+        fast: unsafe {
+            section!(start, false, rseq_cmpeqv_cmpeqv_storev; v, expect, v2, expect2, newv)
+        };
         // SAFETY: the caller's contract.
-        return unsafe { locked::cmpeqv_cmpeqv_storev(start.key(), v, expect, v2, expect2, newv) };
-    }
-    delay_before();
-    // SAFETY: as in `add`.
-    unsafe { dispatch!(start, rseq_cmpeqv_cmpeqv_storev; v, expect, v2, expect2, newv) }
+        fallback(key): unsafe { locked::cmpeqv_cmpeqv_storev(key, v, expect, v2, expect2, newv) };
+        // SAFETY: as for the fast section.
+        gated: unsafe {
+            section!(start, true, rseq_cmpeqv_cmpeqv_storev; v, expect, v2, expect2, newv)
+        };
+    )
 }
 
 /// If `*v == expect`, stores `newv2` into `*v2`, then commits `*v = newv`
@@ -606,24 +697,24 @@ pub unsafe fn cmpeqv_trystorev_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    if start.area <= FENCED {
-        // SAFETY: the caller's contract.
-        return unsafe {
-            locked::cmpeqv_trystorev_storev(start.key(), v, expect, v2, newv2, newv, commit)
+    operation!(
+        start,
+        (v: *mut i64, expect: i64, v2: *mut i64, newv2: i64, newv: i64, commit: Commit) -> ();
+        // SAFETY: as in `add`.
+        fast: unsafe {
+            committing_section!(start, false, rseq_cmpeqv_trystorev_storev, commit;
+                v, expect, v2, newv2, newv)
         };
-    }
-    delay_before();
-    // SAFETY: as in `add`.
-    unsafe {
-        match commit {
-            Commit::Relaxed => {
-                dispatch!(start, rseq_cmpeqv_trystorev_storev, false; v, expect, v2, newv2, newv)
-            }
-            Commit::Release => {
-                dispatch!(start, rseq_cmpeqv_trystorev_storev, true; v, expect, v2, newv2, newv)
-            }
-        }
-    }
+        // SAFETY: the caller's contract.
+        fallback(key): unsafe {
+            locked::cmpeqv_trystorev_storev(key, v, expect, v2, newv2, newv, commit)
+        };
+        // SAFETY: as for the fast section.
+        gated: unsafe {
+            committing_section!(start, true, rseq_cmpeqv_trystorev_storev, commit;
+                v, expect, v2, newv2, newv)
+        };
+    )
 }
 
 /// If `*v == expect`, copies `src` to `dst` (speculative stores, as in
@@ -646,25 +737,28 @@ pub unsafe fn cmpeqv_trymemcpy_storev(
     newv: i64,
     commit: Commit,
 ) -> Result<(), Failure> {
-    if start.area <= FENCED {
-        // SAFETY: the caller's contract.
-        return unsafe {
-            locked::cmpeqv_trymemcpy_storev(start.key(), v, expect, dst, src, newv, commit)
+    let (src, len) = (src.as_ptr(), src.len());
+    operation!(
+        start,
+        (v: *mut i64, expect: i64, dst: *mut u8, src: *const u8, len: usize, newv: i64,
+            commit: Commit) -> ();
+        // SAFETY: as in `add`; `src` is a live slice of `len` bytes.
+        fast: unsafe {
+            committing_section!(start, false, rseq_cmpeqv_trymemcpy_storev, commit;
+                v, expect, dst, src, len, newv)
         };
-    }
-    delay_before();
-    let (s, n) = (src.as_ptr(), src.len());
-    // SAFETY: as in `add`; `src` is a live slice of `n` bytes.
-    unsafe {
-        match commit {
-            Commit::Relaxed => {
-                dispatch!(start, rseq_cmpeqv_trymemcpy_storev, false; v, expect, dst, s, n, newv)
-            }
-            Commit::Release => {
-                dispatch!(start, rseq_cmpeqv_trymemcpy_storev, true; v, expect, dst, s, n, newv)
-            }
-        }
-    }
+        // SAFETY: the caller's contract; `src` and `len` are the caller's
+        // live slice.
+        fallback(key): unsafe {
+            let src = core::slice::from_raw_parts(src, len);
+            locked::cmpeqv_trymemcpy_storev(key, v, expect, dst, src, newv, commit)
+        };
+        // SAFETY: as for the fast section.
+        gated: unsafe {
+            committing_section!(start, true, rseq_cmpeqv_trymemcpy_storev, commit;
+                v, expect, dst, src, len, newv)
+        };
+    )
 }
 
 /// Takes exclusive access to the data of index value `value`, from any
@@ -716,19 +810,14 @@ pub unsafe fn cmpeqv_trymemcpy_storev(
 /// assert_eq!(drained, 5);
 /// ```
 pub fn exclusive(index: Index, value: u32) -> Result<locked::Exclusive, fence::FenceError> {
-    let area = match path() {
-        Path::Locked => LOCKED,
-        _ => {
-            if fence::kind() != fence::FenceKind::Rseq {
-                return Err(fence::FenceError::Unsupported);
-            }
-            FENCED
-        }
-    };
+    let fenced = path() != Path::Locked;
+    if fenced && fence::kind() != fence::FenceKind::Rseq {
+        return Err(fence::FenceError::Unsupported);
+    }
     locked::Exclusive::take(locked::Key {
         index,
         value,
-        fenced: area == FENCED,
+        fenced,
     })
 }
 

@@ -192,7 +192,7 @@ pub use config::{DEFAULT_POISON, DEFAULT_STRIDE, MIN_ALIGN, MIN_CLASS, MemPoolBu
 pub use error::MemPoolError;
 pub use raw::RawMemPool;
 pub use set::{MemPoolSet, PerCpuBlock};
-pub use typed::{MemPool, PerCpuItem};
+pub use typed::{MemPool, PerCpuItem, Slots};
 
 #[cfg(test)]
 mod tests {

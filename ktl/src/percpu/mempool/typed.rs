@@ -139,8 +139,12 @@ impl<T> fmt::Debug for MemPool<T> {
 /// of an operation's index value, and [`as_ptr`](Self::as_ptr) with
 /// [`stride`](Self::stride) give the raw address arithmetic.
 pub struct PerCpuItem<'a, T> {
-    pool: &'a RawMemPool,
     base: NonNull<T>,
+    /// The pool's stride and CPU count, kept here so that finding an
+    /// instance reads this handle only (see [`slot`](Self::slot)).
+    stride: usize,
+    cpus: usize,
+    pool: &'a RawMemPool,
     _owns: PhantomData<T>,
 }
 
@@ -154,12 +158,12 @@ unsafe impl<T: Sync> Sync for PerCpuItem<'_, T> {}
 impl<T> PerCpuItem<'_, T> {
     /// The number of instances (the pool's CPUs).
     pub fn cpus(&self) -> usize {
-        self.pool.config.cpus
+        self.cpus
     }
 
     /// The distance between two CPUs' instances, in bytes.
     pub fn stride(&self) -> usize {
-        self.pool.config.stride
+        self.stride
     }
 
     /// The CPU 0 instance: the item's base. The instance of CPU `c` is
@@ -176,10 +180,13 @@ impl<T> PerCpuItem<'_, T> {
     /// The instance of CPU `cpu`, as a pointer, if `cpu` is below
     /// [`cpus`](Self::cpus).
     pub fn ptr(&self, cpu: usize) -> Option<NonNull<T>> {
-        if cpu >= self.cpus() {
+        if cpu >= self.cpus {
             return None;
         }
-        NonNull::new(self.base.as_ptr().wrapping_byte_add(cpu * self.stride()))
+        // SAFETY: `cpu * stride` is inside the item's instances (cpu < cpus),
+        // all in one mapping of the pool, so the offset neither overflows
+        // nor leaves the allocation, and the result is not null.
+        Some(unsafe { self.base.byte_add(cpu * self.stride) })
     }
 
     /// The instance of CPU `cpu`, if `cpu` is below [`cpus`](Self::cpus).
@@ -211,6 +218,41 @@ impl<T> PerCpuItem<'_, T> {
         self.ptr(start.value() as usize)
     }
 
+    /// The item's address arithmetic (its base, stride and CPU count) as a
+    /// small `Copy` value, for a loop of restartable sequences: kept in a
+    /// local, its three words stay in registers, where the handle's are
+    /// read again after every section (a section may write memory, so the
+    /// compiler cannot keep what it reads through a reference).
+    ///
+    /// ```
+    /// use ktl::percpu::mempool::MemPool;
+    /// use ktl::rseq::{self, Index};
+    /// use std::sync::atomic::{AtomicI64, Ordering};
+    ///
+    /// let pool: MemPool<AtomicI64> = MemPool::new().unwrap();
+    /// let hits = pool.alloc().unwrap();
+    /// let slots = hits.slots();
+    /// for _ in 0..100 {
+    ///     rseq::retry(Index::CpuId, |s| {
+    ///         let slot = slots.slot(s).expect("an instance per possible CPU");
+    ///         // SAFETY: the instances of `hits` are only written by rseq
+    ///         // operations indexed by their CPU.
+    ///         unsafe { rseq::add(s, slot.as_ptr(), 1) }
+    ///     });
+    /// }
+    /// let total: i64 = hits.iter().map(|h| h.load(Ordering::Relaxed)).sum();
+    /// assert_eq!(total, if rseq::start(Index::CpuId).is_some() { 100 } else { 0 });
+    /// ```
+    #[inline]
+    pub fn slots(&self) -> Slots<'_, T> {
+        Slots {
+            base: self.base,
+            stride: self.stride,
+            cpus: self.cpus,
+            _item: PhantomData,
+        }
+    }
+
     /// The instance of the calling thread's current CPU: only a hint, the
     /// thread may move right after (see [`PerCpu::current`](crate::percpu::PerCpu::current)).
     pub fn current(&self) -> Option<&T> {
@@ -236,6 +278,85 @@ impl<T> PerCpuItem<'_, T> {
             // other access through the handle.
             unsafe { &mut *base.as_ptr().byte_add(c * stride) }
         })
+    }
+}
+
+/// The instances of a [`PerCpuItem`], as its base, stride and CPU count:
+/// see [`PerCpuItem::slots`]. It borrows the item, like `&T` for each CPU.
+pub struct Slots<'a, T> {
+    base: NonNull<T>,
+    stride: usize,
+    cpus: usize,
+    _item: PhantomData<&'a T>,
+}
+
+impl<T> Clone for Slots<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Slots<'_, T> {}
+
+// SAFETY: a `Slots` gives only `&T` (and raw pointers), like `&T`, so it may
+// be sent and shared when `T: Sync`.
+unsafe impl<T: Sync> Send for Slots<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for Slots<'_, T> {}
+
+impl<'a, T> Slots<'a, T> {
+    /// The number of instances.
+    #[inline]
+    pub fn cpus(self) -> usize {
+        self.cpus
+    }
+
+    /// The distance between two CPUs' instances, in bytes.
+    #[inline]
+    pub fn stride(self) -> usize {
+        self.stride
+    }
+
+    /// The CPU 0 instance: see [`PerCpuItem::as_ptr`].
+    #[inline]
+    pub fn as_ptr(self) -> *mut T {
+        self.base.as_ptr()
+    }
+
+    /// The instance of CPU `cpu`, as a pointer, if `cpu` is below
+    /// [`cpus`](Self::cpus).
+    #[inline]
+    pub fn ptr(self, cpu: usize) -> Option<NonNull<T>> {
+        if cpu >= self.cpus {
+            return None;
+        }
+        // SAFETY: as in `PerCpuItem::ptr`: an instance of the borrowed item.
+        Some(unsafe { self.base.byte_add(cpu * self.stride) })
+    }
+
+    /// The instance of CPU `cpu`, if `cpu` is below [`cpus`](Self::cpus).
+    #[inline]
+    pub fn cpu(self, cpu: usize) -> Option<&'a T> {
+        // SAFETY: an initialized instance of the item, which outlives `'a`;
+        // mutation goes through T's interior mutability only while the item
+        // is shared.
+        self.ptr(cpu).map(|p| unsafe { p.as_ref() })
+    }
+
+    /// The instance of `start`'s index value: see [`PerCpuItem::slot`].
+    #[inline]
+    pub fn slot(self, start: Start) -> Option<&'a T> {
+        self.cpu(start.value() as usize)
+    }
+}
+
+impl<T> fmt::Debug for Slots<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slots")
+            .field("base", &self.base)
+            .field("stride", &self.stride)
+            .field("cpus", &self.cpus)
+            .finish()
     }
 }
 
@@ -305,8 +426,10 @@ impl RawMemPool {
         }
         core::mem::forget(partial);
         Ok(PerCpuItem {
-            pool: self,
             base: item.cast(),
+            stride: self.config.stride,
+            cpus: self.config.cpus,
+            pool: self,
             _owns: PhantomData,
         })
     }
