@@ -79,7 +79,7 @@
 //! whole processes, which criterion's per-iteration model does not fit.
 
 use crate::harness::{Calibrate, OpCount, Outcome, Row, TimedLoop, counted, verified};
-use ktl::percpu::mempool::{MemPool, PerCpuItem};
+use ktl::percpu::mempool::{MemPool, PerCpuItem, Slots};
 use ktl::rseq::{self, Commit, Failure, Index, Start};
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
@@ -229,9 +229,12 @@ impl Scenario {
 
 /// The names of the group's rows, in order (whether or not they can run).
 pub fn row_names() -> impl Iterator<Item = &'static str> {
-    Scenario::ALL
-        .into_iter()
-        .flat_map(|s| [s.ktl_row(), s.librseq_row()])
+    Scenario::ALL.into_iter().flat_map(|s| {
+        let add = (s == Scenario::Increment).then_some(INCREMENT_ADD_ROW);
+        [Some(s.ktl_row()), add, Some(s.librseq_row())]
+            .into_iter()
+            .flatten()
+    })
 }
 
 /// Where a librseq tree was named.
@@ -464,21 +467,43 @@ pub fn rows(librseq: Option<&Librseq>) -> Vec<Row> {
     };
     let mut rows = Vec::new();
     for scenario in Scenario::ALL {
-        let pair = match &ready {
+        let increment = scenario == Scenario::Increment;
+        let rows_of = match &ready {
             Ok(lib) => {
-                // One calibration for both rows, made by the first to ask.
+                // One calibration for the scenario's rows, made by the first
+                // to ask.
                 let reps: Rc<OnceCell<Result<u64, String>>> = Rc::default();
-                [
-                    ktl_row(scenario, calibration(lib, &reps, scenario)),
-                    librseq_row(scenario, lib, calibration(lib, &reps, scenario)),
-                ]
+                let mut these = vec![ktl_row(scenario, calibration(lib, &reps, scenario))];
+                if increment {
+                    these.push(ktl_row_of(
+                        INCREMENT_ADD_ROW,
+                        scenario,
+                        calibration(lib, &reps, scenario),
+                        run_ktl_increment_add,
+                    ));
+                }
+                these.push(librseq_row(
+                    scenario,
+                    lib,
+                    calibration(lib, &reps, scenario),
+                ));
+                these
             }
-            Err(reason) => [
-                Row::unavailable(scenario.ktl_row(), GROUP, reason.clone()).ours(),
-                Row::unavailable(scenario.librseq_row(), GROUP, reason.clone()),
-            ],
+            Err(reason) => {
+                let mut these =
+                    vec![Row::unavailable(scenario.ktl_row(), GROUP, reason.clone()).ours()];
+                if increment {
+                    these.push(Row::unavailable(INCREMENT_ADD_ROW, GROUP, reason.clone()).ours());
+                }
+                these.push(Row::unavailable(
+                    scenario.librseq_row(),
+                    GROUP,
+                    reason.clone(),
+                ));
+                these
+            }
         };
-        for mut row in pair {
+        for mut row in rows_of {
             row.threads = THREADS;
             rows.push(
                 row.in_quick_run(false)
@@ -539,12 +564,28 @@ impl Runs {
 /// ktl's row of `scenario`: each sample is one [`run_ktl`] of the
 /// sample's repetitions (iterations x calls per iteration of the shape).
 fn ktl_row(scenario: Scenario, calibrate: Calibrate) -> Row {
-    let name = scenario.ktl_row();
+    ktl_row_of(scenario.ktl_row(), scenario, calibrate, move |reps| {
+        run_ktl(scenario, reps)
+    })
+}
+
+/// The name of the second ktl row of increment: the same work with
+/// [`rseq::add`] in [`rseq::retry`], the operation the other scenarios'
+/// rows use (a start, then a section that compares the index).
+pub const INCREMENT_ADD_ROW: &str = "increment (rseq::add in retry): ktl::rseq (2 threads)";
+
+/// A ktl row named `name` of `scenario`, whose runs are `run`.
+fn ktl_row_of(
+    name: &'static str,
+    scenario: Scenario,
+    calibrate: Calibrate,
+    run: impl Fn(u64) -> Result<Duration, String> + 'static,
+) -> Row {
     let runs = Rc::new(Runs::default());
     let mine = Rc::clone(&runs);
     let run: TimedLoop = Box::new(move |iters, shape| {
         let reps = iters.saturating_mul(shape.calls_per_iter());
-        mine.record(run_ktl(scenario, reps))
+        mine.record(run(reps))
     });
     let count = OpCount::default();
     let check = move |ops: u64| {
@@ -765,18 +806,56 @@ fn at<T>(array: &[T], i: i64) -> Option<&T> {
     usize::try_from(i).ok().and_then(|i| array.get(i))
 }
 
-/// Why an operation did not do its work: `got` is what it gave instead of
-/// its result.
-#[cold]
-fn failed<T>(what: &str, got: Option<Result<T, Failure>>) -> String {
-    match got {
-        None => format!("{what}: no rseq start in this thread"),
-        Some(Err(e)) => format!("{what}: {e}"),
-        Some(Ok(_)) => format!(
-            "{what}: the CPU's data is not what the scenario left there (an index value \
-             past the pool, or a count past its array)"
-        ),
+/// Why a repetition could not do its work: the operation, and what it got
+/// instead of its result. Small and `Copy`, so that the repetitions' loops
+/// carry a word, not a `String`, for the error they never meet.
+#[derive(Debug, Clone, Copy)]
+struct Broken {
+    what: &'static str,
+    got: Got,
+}
+
+/// What an operation got instead of its result.
+#[derive(Debug, Clone, Copy)]
+enum Got {
+    /// No rseq start in this thread.
+    NoStart,
+    /// The operation failed.
+    Failure(Failure),
+    /// The CPU's data is not what the scenario left there.
+    BadData,
+    /// A buffer was full, which its room for every item rules out.
+    Full,
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = self.what;
+        match self.got {
+            Got::NoStart => write!(f, "{what}: no rseq start in this thread"),
+            Got::Failure(e) => write!(f, "{what}: {e}"),
+            Got::BadData => write!(
+                f,
+                "{what}: the CPU's data is not what the scenario left there (an index value \
+                 past the pool, or a count past its array)"
+            ),
+            Got::Full => write!(
+                f,
+                "{what}: a buffer was full, which its room for every item rules out"
+            ),
+        }
     }
+}
+
+/// The [`Broken`] of `what`, which got `got` instead of its result.
+#[cold]
+fn failed<T>(what: &'static str, got: Option<Result<T, Failure>>) -> Broken {
+    let got = match got {
+        None => Got::NoStart,
+        Some(Err(e)) => Got::Failure(e),
+        Some(Ok(_)) => Got::BadData,
+    };
+    Broken { what, got }
 }
 
 /// Runs `op` as param_test's loops do: restarts it after an abort (through
@@ -785,11 +864,15 @@ fn failed<T>(what: &str, got: Option<Result<T, Failure>>) -> String {
 /// CPU's data is broken, an error.
 #[inline(always)]
 fn until_done<T>(
-    what: &str,
+    what: &'static str,
     mut op: impl FnMut(Start) -> Result<Option<T>, Failure>,
-) -> Result<T, String> {
+) -> Result<T, Broken> {
     loop {
-        match rseq::retry(Index::CpuId, &mut op) {
+        // A closure that calls `op`, not `&mut op`: the compiler inlines
+        // `op` into it, where it kept `&mut op`'s call out of line (and with
+        // it every operation's section for both indexes).
+        #[allow(clippy::redundant_closure)]
+        match rseq::retry(Index::CpuId, |s| op(s)) {
             Some(Ok(Some(v))) => return Ok(v),
             Some(Err(Failure::CompareFailed)) => {}
             other => return Err(failed(what, other)),
@@ -797,9 +880,38 @@ fn until_done<T>(
     }
 }
 
-/// One repetition of increment: adds 1 to the current CPU's counter.
+/// One repetition of increment: adds 1 to the current CPU's counter with
+/// [`rseq::add_current`], which reads the CPU number inside its section and
+/// so needs no start and no compare.
 #[inline(always)]
-fn increment_rep(counts: &PerCpuItem<'_, AtomicI64>) -> Result<(), String> {
+fn increment_rep(counts: Slots<'_, AtomicI64>) -> Result<(), Broken> {
+    // SAFETY: the counters are written only by `add_current` indexed by CPU
+    // (this row's threads; the other increment row uses its own pool), at
+    // `base + cpu * stride` for every cpu below `cpus`: live, aligned i64s of
+    // the pool, which outlives the threads.
+    let done = unsafe {
+        rseq::add_current(
+            Index::CpuId,
+            counts.as_ptr().cast(),
+            counts.stride(),
+            counts.cpus(),
+            1,
+        )
+    };
+    if done {
+        Ok(())
+    } else {
+        Err(Broken {
+            what: "increment: add_current",
+            got: Got::NoStart,
+        })
+    }
+}
+
+/// One repetition of increment with [`rseq::add`] in [`rseq::retry`]: adds 1
+/// to the current CPU's counter.
+#[inline(always)]
+fn increment_add_rep(counts: Slots<'_, AtomicI64>) -> Result<(), Broken> {
     let done = rseq::retry(Index::CpuId, |s| match counts.slot(s) {
         // SAFETY: the counters are written only by this rseq operation,
         // started with the index value of the counter it writes (`slot`
@@ -817,7 +929,7 @@ fn increment_rep(counts: &PerCpuItem<'_, AtomicI64>) -> Result<(), String> {
 /// One repetition of spinlock: takes the current CPU's lock, increments
 /// the count beside it, releases the lock.
 #[inline(always)]
-fn spinlock_rep(data: &PerCpuItem<'_, Locked>) -> Result<(), String> {
+fn spinlock_rep(data: Slots<'_, Locked>) -> Result<(), Broken> {
     let mine = until_done("spinlock: cmpeqv_storev", |s| match data.slot(s) {
         // SAFETY: a lock goes from 0 to 1 only through this rseq operation,
         // started with the index value of the lock it writes; the only other
@@ -841,7 +953,7 @@ fn spinlock_rep(data: &PerCpuItem<'_, Locked>) -> Result<(), String> {
 /// One repetition of list: pops a node off the current CPU's list, then
 /// pushes it onto the list of the CPU the thread is then on.
 #[inline(always)]
-fn list_rep(heads: &PerCpuItem<'_, ListHead>) -> Result<(), String> {
+fn list_rep(heads: Slots<'_, ListHead>) -> Result<(), Broken> {
     let popped = rseq::retry(Index::CpuId, |s| match heads.slot(s) {
         // SAFETY: the heads are written only by the rseq operations of this
         // function, each started with the index value of the head it writes;
@@ -883,7 +995,7 @@ fn list_rep(heads: &PerCpuItem<'_, ListHead>) -> Result<(), String> {
 /// One repetition of buffer: pops the top pointer of the current CPU's
 /// buffer, then pushes it onto the buffer of the CPU the thread is then on.
 #[inline(always)]
-fn buffer_rep(bufs: &PerCpuItem<'_, Buffer>) -> Result<(), String> {
+fn buffer_rep(bufs: Slots<'_, Buffer>) -> Result<(), Broken> {
     let popped = until_done("buffer: cmpeqv_cmpeqv_storev", |s| {
         let Some(b) = bufs.slot(s) else {
             return Ok(None);
@@ -942,14 +1054,17 @@ fn buffer_rep(bufs: &PerCpuItem<'_, Buffer>) -> Result<(), String> {
     if pushed {
         Ok(())
     } else {
-        Err("buffer: a buffer was full, which its room for every item rules out".to_owned())
+        Err(Broken {
+            what: "buffer: cmpeqv_trystorev_storev",
+            got: Got::Full,
+        })
     }
 }
 
 /// One repetition of memcpy: copies the top item out of the current CPU's
 /// buffer, then copies it into the buffer of the CPU the thread is then on.
 #[inline(always)]
-fn memcpy_rep(bufs: &PerCpuItem<'_, CopyBuffer>) -> Result<(), String> {
+fn memcpy_rep(bufs: Slots<'_, CopyBuffer>) -> Result<(), Broken> {
     let mut item: Copied = [0; size_of::<Stored>()];
     let dst = item.as_mut_ptr();
     let popped = until_done("memcpy: cmpeqv_trymemcpy_storev (out)", |s| {
@@ -1021,17 +1136,21 @@ fn memcpy_rep(bufs: &PerCpuItem<'_, CopyBuffer>) -> Result<(), String> {
     if pushed {
         Ok(())
     } else {
-        Err("memcpy: a buffer was full, which its room for every item rules out".to_owned())
+        Err(Broken {
+            what: "memcpy: cmpeqv_trymemcpy_storev (in)",
+            got: Got::Full,
+        })
     }
 }
 
-/// Runs `rep` `reps` times in each of [`THREADS`] threads on `shared`, and
+/// Runs `rep` `reps` times in each of [`THREADS`] threads on `slots`, and
 /// returns the time from the first spawn to the last join, or the first
-/// thread's error.
-fn timed<S: Sync>(
-    shared: &S,
+/// thread's error. Each thread works on its own copy of `slots`, which it
+/// keeps in registers.
+fn timed<'a, T: Sync>(
+    slots: Slots<'a, T>,
     reps: u64,
-    rep: impl Fn(&S) -> Result<(), String> + Sync,
+    rep: impl Fn(Slots<'a, T>) -> Result<(), Broken> + Sync,
 ) -> Result<Duration, String> {
     let rep = &rep;
     let start = Instant::now();
@@ -1040,7 +1159,7 @@ fn timed<S: Sync>(
             .map(|_| {
                 std::thread::Builder::new().spawn_scoped(scope, move || {
                     for _ in 0..reps {
-                        rep(shared)?;
+                        rep(slots).map_err(|e| e.to_string())?;
                     }
                     Ok(())
                 })
@@ -1271,14 +1390,14 @@ pub fn run_ktl(scenario: Scenario, reps: u64) -> Result<Duration, String> {
         Scenario::Increment => {
             let pool = pool::<AtomicI64>()?;
             let counts = pool.alloc().map_err(alloc_error)?;
-            let elapsed = timed(&counts, reps, increment_rep)?;
+            let elapsed = timed(counts.slots(), reps, increment_rep)?;
             increment_check(&counts, expected)?;
             Ok(elapsed)
         }
         Scenario::Spinlock => {
             let pool = pool::<Locked>()?;
             let data = pool.alloc().map_err(alloc_error)?;
-            let elapsed = timed(&data, reps, spinlock_rep)?;
+            let elapsed = timed(data.slots(), reps, spinlock_rep)?;
             spinlock_check(&data, expected)?;
             Ok(elapsed)
         }
@@ -1286,7 +1405,7 @@ pub fn run_ktl(scenario: Scenario, reps: u64) -> Result<Duration, String> {
             let mut nodes = Boxed::default();
             let pool = pool::<ListHead>()?;
             let heads = list_setup(&pool, &mut nodes)?;
-            let elapsed = timed(&heads, reps, list_rep)?;
+            let elapsed = timed(heads.slots(), reps, list_rep)?;
             list_check(&heads, &nodes)?;
             Ok(elapsed)
         }
@@ -1294,18 +1413,29 @@ pub fn run_ktl(scenario: Scenario, reps: u64) -> Result<Duration, String> {
             let mut items = Boxed::default();
             let pool = pool::<Buffer>()?;
             let bufs = buffer_setup(&pool, &mut items)?;
-            let elapsed = timed(&bufs, reps, buffer_rep)?;
+            let elapsed = timed(bufs.slots(), reps, buffer_rep)?;
             buffer_check(&bufs, &items)?;
             Ok(elapsed)
         }
         Scenario::Memcpy => {
             let pool = pool::<CopyBuffer>()?;
             let bufs = memcpy_setup(&pool)?;
-            let elapsed = timed(&bufs, reps, memcpy_rep)?;
+            let elapsed = timed(bufs.slots(), reps, memcpy_rep)?;
             memcpy_check(&bufs)?;
             Ok(elapsed)
         }
     }
+}
+
+/// Runs the increment scenario as [`run_ktl`] does, with [`rseq::add`] in
+/// [`rseq::retry`] in place of [`rseq::add_current`].
+pub fn run_ktl_increment_add(reps: u64) -> Result<Duration, String> {
+    let expected = u64::from(THREADS).saturating_mul(reps);
+    let pool = pool::<AtomicI64>()?;
+    let counts = pool.alloc().map_err(alloc_error)?;
+    let elapsed = timed(counts.slots(), reps, increment_add_rep)?;
+    increment_check(&counts, expected)?;
+    Ok(elapsed)
 }
 
 #[cfg(test)]
@@ -1427,10 +1557,18 @@ mod tests {
         let rows = rows(None);
         let names: Vec<&str> = rows.iter().map(|r| r.name()).collect();
         assert_eq!(names, row_names().collect::<Vec<_>>());
-        assert_eq!(names.len(), 10);
-        assert_eq!(names[4], "list: ktl::rseq (2 threads)");
-        assert_eq!(names[5], "list: librseq param_test_benchmark (2 threads)");
-        for (i, row) in rows.iter().enumerate() {
+        assert_eq!(names.len(), 11);
+        assert_eq!(names[1], INCREMENT_ADD_ROW);
+        assert_eq!(names[5], "list: ktl::rseq (2 threads)");
+        assert_eq!(names[6], "list: librseq param_test_benchmark (2 threads)");
+        // The increment's second ktl row, then the pairs of every scenario.
+        assert!(rows[1].ours);
+        assert_eq!(
+            rows[1].baseline.as_deref(),
+            Some(Scenario::Increment.librseq_row())
+        );
+        let pairs = rows[..1].iter().chain(&rows[2..]);
+        for (i, row) in pairs.enumerate() {
             let reason = row.unavailable_reason().unwrap();
             assert_eq!(reason, NOT_GIVEN);
             assert!(
@@ -1475,7 +1613,7 @@ mod tests {
                 true,
                 "test",
             );
-            assert_eq!(outcomes.len(), 10);
+            assert_eq!(outcomes.len(), 11);
             for o in &outcomes {
                 let reason = o.result.as_ref().unwrap_err();
                 assert!(
@@ -1505,8 +1643,9 @@ mod tests {
         }
         let p = pool::<AtomicI64>().unwrap();
         let counts = p.alloc().unwrap();
-        for _ in 0..10 {
-            increment_rep(&counts).unwrap();
+        for _ in 0..5 {
+            increment_rep(counts.slots()).unwrap();
+            increment_add_rep(counts.slots()).unwrap();
         }
         increment_check(&counts, 10).unwrap();
         counts.cpu(0).unwrap().fetch_add(1, Ordering::Relaxed);
@@ -1516,7 +1655,7 @@ mod tests {
         let p = pool::<Locked>().unwrap();
         let data = p.alloc().unwrap();
         for _ in 0..10 {
-            spinlock_rep(&data).unwrap();
+            spinlock_rep(data.slots()).unwrap();
         }
         spinlock_check(&data, 10).unwrap();
         assert!(
@@ -1533,7 +1672,7 @@ mod tests {
         let heads = list_setup(&p, &mut nodes).unwrap();
         assert_eq!(nodes.0.len(), p.cpus() * ITEMS_PER_CPU);
         for _ in 0..1000 {
-            list_rep(&heads).unwrap();
+            list_rep(heads.slots()).unwrap();
         }
         list_check(&heads, &nodes).unwrap();
         // Unlink the first node of a list: lost.
@@ -1565,7 +1704,7 @@ mod tests {
         let p = pool::<Buffer>().unwrap();
         let bufs = buffer_setup(&p, &mut items).unwrap();
         for _ in 0..1000 {
-            buffer_rep(&bufs).unwrap();
+            buffer_rep(bufs.slots()).unwrap();
         }
         buffer_check(&bufs, &items).unwrap();
         // The fullest buffer (every CPU's starts with 100 items).
@@ -1607,7 +1746,7 @@ mod tests {
         let p = pool::<CopyBuffer>().unwrap();
         let bufs = memcpy_setup(&p).unwrap();
         for _ in 0..1000 {
-            memcpy_rep(&bufs).unwrap();
+            memcpy_rep(bufs.slots()).unwrap();
         }
         memcpy_check(&bufs).unwrap();
         let cpu = (0..bufs.cpus())
