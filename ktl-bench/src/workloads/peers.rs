@@ -183,6 +183,23 @@ impl Scenario {
         }
     }
 
+    /// The name of ktl's second row, where the scenario has one: the same
+    /// work through the operations that take a [`Start`] ([`rseq::start`],
+    /// then a section that compares the index), where its first row uses
+    /// the operations that read the index inside their section.
+    pub fn ktl_start_row(self) -> Option<&'static str> {
+        match self {
+            Scenario::Increment => Some("increment (rseq::add in retry): ktl::rseq (2 threads)"),
+            Scenario::Spinlock => {
+                Some("spinlock (rseq::cmpeqv_storev in retry): ktl::rseq (2 threads)")
+            }
+            Scenario::List => Some(
+                "list (rseq::cmpnev_storeoffp_load, cmpeqv_storev in retry): ktl::rseq (2 threads)",
+            ),
+            Scenario::Buffer | Scenario::Memcpy => None,
+        }
+    }
+
     /// The name of librseq's row.
     pub fn librseq_row(self) -> &'static str {
         match self {
@@ -230,8 +247,7 @@ impl Scenario {
 /// The names of the group's rows, in order (whether or not they can run).
 pub fn row_names() -> impl Iterator<Item = &'static str> {
     Scenario::ALL.into_iter().flat_map(|s| {
-        let add = (s == Scenario::Increment).then_some(INCREMENT_ADD_ROW);
-        [Some(s.ktl_row()), add, Some(s.librseq_row())]
+        [Some(s.ktl_row()), s.ktl_start_row(), Some(s.librseq_row())]
             .into_iter()
             .flatten()
     })
@@ -467,19 +483,18 @@ pub fn rows(librseq: Option<&Librseq>) -> Vec<Row> {
     };
     let mut rows = Vec::new();
     for scenario in Scenario::ALL {
-        let increment = scenario == Scenario::Increment;
         let rows_of = match &ready {
             Ok(lib) => {
                 // One calibration for the scenario's rows, made by the first
                 // to ask.
                 let reps: Rc<OnceCell<Result<u64, String>>> = Rc::default();
                 let mut these = vec![ktl_row(scenario, calibration(lib, &reps, scenario))];
-                if increment {
+                if let Some(name) = scenario.ktl_start_row() {
                     these.push(ktl_row_of(
-                        INCREMENT_ADD_ROW,
+                        name,
                         scenario,
                         calibration(lib, &reps, scenario),
-                        run_ktl_increment_add,
+                        move |reps| run_ktl_start(scenario, reps),
                     ));
                 }
                 these.push(librseq_row(
@@ -492,8 +507,8 @@ pub fn rows(librseq: Option<&Librseq>) -> Vec<Row> {
             Err(reason) => {
                 let mut these =
                     vec![Row::unavailable(scenario.ktl_row(), GROUP, reason.clone()).ours()];
-                if increment {
-                    these.push(Row::unavailable(INCREMENT_ADD_ROW, GROUP, reason.clone()).ours());
+                if let Some(name) = scenario.ktl_start_row() {
+                    these.push(Row::unavailable(name, GROUP, reason.clone()).ours());
                 }
                 these.push(Row::unavailable(
                     scenario.librseq_row(),
@@ -568,11 +583,6 @@ fn ktl_row(scenario: Scenario, calibrate: Calibrate) -> Row {
         run_ktl(scenario, reps)
     })
 }
-
-/// The name of the second ktl row of increment: the same work with
-/// [`rseq::add`] in [`rseq::retry`], the operation the other scenarios'
-/// rows use (a start, then a section that compares the index).
-pub const INCREMENT_ADD_ROW: &str = "increment (rseq::add in retry): ktl::rseq (2 threads)";
 
 /// A ktl row named `name` of `scenario`, whose runs are `run`.
 fn ktl_row_of(
@@ -911,7 +921,7 @@ fn increment_rep(counts: Slots<'_, AtomicI64>) -> Result<(), Broken> {
 /// One repetition of increment with [`rseq::add`] in [`rseq::retry`]: adds 1
 /// to the current CPU's counter.
 #[inline(always)]
-fn increment_add_rep(counts: Slots<'_, AtomicI64>) -> Result<(), Broken> {
+fn increment_start_rep(counts: Slots<'_, AtomicI64>) -> Result<(), Broken> {
     let done = rseq::retry(Index::CpuId, |s| match counts.slot(s) {
         // SAFETY: the counters are written only by this rseq operation,
         // started with the index value of the counter it writes (`slot`
@@ -926,10 +936,42 @@ fn increment_add_rep(counts: Slots<'_, AtomicI64>) -> Result<(), Broken> {
     }
 }
 
-/// One repetition of spinlock: takes the current CPU's lock, increments
+/// One repetition of spinlock: takes the current CPU's lock with
+/// [`rseq::cmpeqv_storev_current`] (retried while it is held), increments
 /// the count beside it, releases the lock.
 #[inline(always)]
 fn spinlock_rep(data: Slots<'_, Locked>) -> Result<(), Broken> {
+    let base = data.as_ptr().cast::<u8>();
+    let mine = loop {
+        // SAFETY: a lock goes from 0 to 1 only through this operation,
+        // indexed by CPU (this row's threads; the other spinlock row uses
+        // its own pool), on the lock of the CPU it runs on; the only other
+        // write is the holder's release store of 0 below, made while the
+        // lock is 1, when the operation's compare fails. The locks are live,
+        // aligned i64s of the pool at `base + cpu * stride`, `cpus` of them.
+        match unsafe {
+            rseq::cmpeqv_storev_current(Index::CpuId, base, data.stride(), data.cpus(), 0, 1)
+        } {
+            Some(Ok(cpu)) => match data.cpu(cpu as usize) {
+                Some(d) => break d,
+                None => return Err(failed("spinlock: cmpeqv_storev_current", Some(Ok(())))),
+            },
+            Some(Err(Failure::CompareFailed)) => core::hint::spin_loop(),
+            other => return Err(failed("spinlock: cmpeqv_storev_current", other)),
+        }
+    };
+    // As in `spinlock_start_rep`.
+    fence(Ordering::Acquire);
+    mine.count
+        .store(mine.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    mine.lock.store(0, Ordering::Release);
+    Ok(())
+}
+
+/// One repetition of spinlock through [`rseq::cmpeqv_storev`]: takes the
+/// current CPU's lock, increments the count beside it, releases the lock.
+#[inline(always)]
+fn spinlock_start_rep(data: Slots<'_, Locked>) -> Result<(), Broken> {
     let mine = until_done("spinlock: cmpeqv_storev", |s| match data.slot(s) {
         // SAFETY: a lock goes from 0 to 1 only through this rseq operation,
         // started with the index value of the lock it writes; the only other
@@ -950,10 +992,37 @@ fn spinlock_rep(data: Slots<'_, Locked>) -> Result<(), Broken> {
     Ok(())
 }
 
-/// One repetition of list: pops a node off the current CPU's list, then
-/// pushes it onto the list of the CPU the thread is then on.
+/// One repetition of list: pops a node off the current CPU's list with
+/// [`rseq::pop_current`], then pushes it onto the list of the CPU the thread
+/// is then on with [`rseq::push_current`] (which reads the head inside its
+/// section, so it has no compare to fail).
 #[inline(always)]
 fn list_rep(heads: Slots<'_, ListHead>) -> Result<(), Broken> {
+    let (base, stride, cpus) = (heads.as_ptr().cast::<u8>(), heads.stride(), heads.cpus());
+    // SAFETY: the heads are written only by these two operations, indexed
+    // by CPU (this row's threads; the other list row uses its own pool), at
+    // `base + cpu * stride` for every cpu below `cpus`: live, aligned
+    // pointers of the pool; every node on a list is a live `Node` (owned by
+    // the run until the threads are joined), whose `next` is at `NEXT`.
+    let node = match unsafe { rseq::pop_current(Index::CpuId, base, stride, cpus, NEXT) } {
+        Some(Ok(p)) => p,
+        // The list is empty: nothing to push back.
+        Some(Err(Failure::CompareFailed)) => return Ok(()),
+        other => return Err(failed("list: pop_current", other)),
+    };
+    // SAFETY: as for the pop; the pop took the node off every list.
+    if unsafe { rseq::push_current(Index::CpuId, base, stride, cpus, node, NEXT) } {
+        Ok(())
+    } else {
+        Err(failed("list: push_current", None::<Result<(), Failure>>))
+    }
+}
+
+/// One repetition of list through [`rseq::cmpnev_storeoffp_load`] and
+/// [`rseq::cmpeqv_storev`]: pops a node off the current CPU's list, then
+/// pushes it onto the list of the CPU the thread is then on.
+#[inline(always)]
+fn list_start_rep(heads: Slots<'_, ListHead>) -> Result<(), Broken> {
     let popped = rseq::retry(Index::CpuId, |s| match heads.slot(s) {
         // SAFETY: the heads are written only by the rseq operations of this
         // function, each started with the index value of the head it writes;
@@ -1427,15 +1496,37 @@ pub fn run_ktl(scenario: Scenario, reps: u64) -> Result<Duration, String> {
     }
 }
 
-/// Runs the increment scenario as [`run_ktl`] does, with [`rseq::add`] in
-/// [`rseq::retry`] in place of [`rseq::add_current`].
-pub fn run_ktl_increment_add(reps: u64) -> Result<Duration, String> {
+/// Runs `scenario` as [`run_ktl`] does, through the operations that take a
+/// [`Start`] where [`run_ktl`] uses those that read the index inside their
+/// section (the scenarios with a [`Scenario::ktl_start_row`]; the others
+/// run as in [`run_ktl`]).
+pub fn run_ktl_start(scenario: Scenario, reps: u64) -> Result<Duration, String> {
     let expected = u64::from(THREADS).saturating_mul(reps);
-    let pool = pool::<AtomicI64>()?;
-    let counts = pool.alloc().map_err(alloc_error)?;
-    let elapsed = timed(counts.slots(), reps, increment_add_rep)?;
-    increment_check(&counts, expected)?;
-    Ok(elapsed)
+    match scenario {
+        Scenario::Increment => {
+            let pool = pool::<AtomicI64>()?;
+            let counts = pool.alloc().map_err(alloc_error)?;
+            let elapsed = timed(counts.slots(), reps, increment_start_rep)?;
+            increment_check(&counts, expected)?;
+            Ok(elapsed)
+        }
+        Scenario::Spinlock => {
+            let pool = pool::<Locked>()?;
+            let data = pool.alloc().map_err(alloc_error)?;
+            let elapsed = timed(data.slots(), reps, spinlock_start_rep)?;
+            spinlock_check(&data, expected)?;
+            Ok(elapsed)
+        }
+        Scenario::List => {
+            let mut nodes = Boxed::default();
+            let pool = pool::<ListHead>()?;
+            let heads = list_setup(&pool, &mut nodes)?;
+            let elapsed = timed(heads.slots(), reps, list_start_rep)?;
+            list_check(&heads, &nodes)?;
+            Ok(elapsed)
+        }
+        Scenario::Buffer | Scenario::Memcpy => run_ktl(scenario, reps),
+    }
 }
 
 #[cfg(test)]
@@ -1557,30 +1648,37 @@ mod tests {
         let rows = rows(None);
         let names: Vec<&str> = rows.iter().map(|r| r.name()).collect();
         assert_eq!(names, row_names().collect::<Vec<_>>());
-        assert_eq!(names.len(), 11);
-        assert_eq!(names[1], INCREMENT_ADD_ROW);
-        assert_eq!(names[5], "list: ktl::rseq (2 threads)");
-        assert_eq!(names[6], "list: librseq param_test_benchmark (2 threads)");
-        // The increment's second ktl row, then the pairs of every scenario.
-        assert!(rows[1].ours);
-        assert_eq!(
-            rows[1].baseline.as_deref(),
-            Some(Scenario::Increment.librseq_row())
-        );
-        let pairs = rows[..1].iter().chain(&rows[2..]);
-        for (i, row) in pairs.enumerate() {
-            let reason = row.unavailable_reason().unwrap();
-            assert_eq!(reason, NOT_GIVEN);
-            assert!(
-                reason.contains("./configure --disable-numa") && reason.contains("--librseq DIR")
-            );
-            assert_eq!((row.group(), row.threads()), (GROUP, THREADS));
-            assert!(!row.quick, "{}: not in the quick run", row.name);
-            assert_eq!(row.ours, i % 2 == 0, "{}", row.name);
-            let scenario = Scenario::ALL[i / 2];
-            assert_eq!(row.baseline.as_deref(), Some(scenario.librseq_row()));
-            assert!(row.name.starts_with(scenario.name()));
+        assert_eq!(names.len(), 13);
+        // Per scenario: ktl's row, its second row through the operations
+        // that take a start (increment, spinlock, list), librseq's row.
+        let mut i = 0;
+        for scenario in Scenario::ALL {
+            let second = scenario.ktl_start_row();
+            let expected: Vec<(&str, bool)> = [
+                Some((scenario.ktl_row(), true)),
+                second.map(|n| (n, true)),
+                Some((scenario.librseq_row(), false)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            for (name, ours) in expected {
+                let row = &rows[i];
+                i += 1;
+                assert_eq!((row.name(), row.ours), (name, ours));
+                assert!(row.name.starts_with(scenario.name()));
+                let reason = row.unavailable_reason().unwrap();
+                assert_eq!(reason, NOT_GIVEN);
+                assert!(
+                    reason.contains("./configure --disable-numa")
+                        && reason.contains("--librseq DIR")
+                );
+                assert_eq!((row.group(), row.threads()), (GROUP, THREADS));
+                assert!(!row.quick, "{}: not in the quick run", row.name);
+                assert_eq!(row.baseline.as_deref(), Some(scenario.librseq_row()));
+            }
         }
+        assert_eq!(names[6], "list: ktl::rseq (2 threads)");
         assert_eq!(
             Scenario::ALL.map(Scenario::flag),
             ["i", "s", "l", "b", "m"],
@@ -1613,7 +1711,7 @@ mod tests {
                 true,
                 "test",
             );
-            assert_eq!(outcomes.len(), 11);
+            assert_eq!(outcomes.len(), 13);
             for o in &outcomes {
                 let reason = o.result.as_ref().unwrap_err();
                 assert!(
@@ -1645,7 +1743,7 @@ mod tests {
         let counts = p.alloc().unwrap();
         for _ in 0..5 {
             increment_rep(counts.slots()).unwrap();
-            increment_add_rep(counts.slots()).unwrap();
+            increment_start_rep(counts.slots()).unwrap();
         }
         increment_check(&counts, 10).unwrap();
         counts.cpu(0).unwrap().fetch_add(1, Ordering::Relaxed);
@@ -1654,8 +1752,9 @@ mod tests {
 
         let p = pool::<Locked>().unwrap();
         let data = p.alloc().unwrap();
-        for _ in 0..10 {
+        for _ in 0..5 {
             spinlock_rep(data.slots()).unwrap();
+            spinlock_start_rep(data.slots()).unwrap();
         }
         spinlock_check(&data, 10).unwrap();
         assert!(
@@ -1671,8 +1770,9 @@ mod tests {
         let p = pool::<ListHead>().unwrap();
         let heads = list_setup(&p, &mut nodes).unwrap();
         assert_eq!(nodes.0.len(), p.cpus() * ITEMS_PER_CPU);
-        for _ in 0..1000 {
+        for _ in 0..500 {
             list_rep(heads.slots()).unwrap();
+            list_start_rep(heads.slots()).unwrap();
         }
         list_check(&heads, &nodes).unwrap();
         // Unlink the first node of a list: lost.

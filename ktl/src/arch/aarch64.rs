@@ -345,10 +345,14 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize, const GATED: bool>(
     Ok(())
 }
 
-/// The section of [`rseq_add_current`], for an `asm!` template: `$check` is
-/// an extra test of the area's liveness, placed after the index load.
-macro_rules! add_current_section {
-    ($check:literal) => {
+/// The section of an operation that reads its index inside (the
+/// `_current` operations), for an `asm!` template: the entry, the index
+/// field's load into w10 (zero-extended into x10), `$check` (an extra test of
+/// the area's liveness, for `mm_cid`), the bound check against `{len}`
+/// (leaving through `{other}`), `$body` (the work on the slot of the index,
+/// ending with the commit), and the abort handler.
+macro_rules! current_section {
+    ($check:literal, $($body:literal),* $(,)?) => {
         concat!(
             rseq_cs_tables!(),
             rseq_exit_point!("{other}"),
@@ -361,10 +365,7 @@ macro_rules! add_current_section {
             $check,
             "cmp x10, {len}\n",
             "b.hs {other}\n",
-            "madd x10, x10, {stride}, {base}\n",
-            "ldr x11, [x10]\n",
-            "add x11, x11, {count}\n",
-            "str x11, [x10]\n",
+            $($body, "\n",)*
             "7:\n",
             rseq_abort_entry!(),
             "b {abort}\n",
@@ -373,10 +374,50 @@ macro_rules! add_current_section {
     };
 }
 
+/// Expands a `_current` operation into its two blocks (with the liveness
+/// test for `mm_cid`, without it for `cpu_id`), of which the constant
+/// `$field` keeps one. The operands every block has: the area's address in
+/// x0, `{field}`, `{len}`, x10, x11, x16 and x17 clobbered, and the `{abort}`
+/// and `{other}` labels.
+macro_rules! current_op {
+    ($field:ident, $area:expr, $len:expr; exits: [$($exits:tt)*], body: [$($body:tt)*], ops: [$($ops:tt)*]) => {
+        if $field == crate::abi::OFFSET_CPU_ID {
+            asm!(
+                $($exits)*
+                current_section!("", $($body)*),
+                $($ops)*
+                field = const $field,
+                in("x0") $area,
+                len = in(reg) $len,
+                out("x10") _,
+                out("x11") _,
+                out("x16") _,
+                out("x17") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            )
+        } else {
+            asm!(
+                $($exits)*
+                current_section!("ldr w11, [x0, #4]\ntbz w11, #31, 24f\nb {other}\n24:\n", $($body)*),
+                $($ops)*
+                field = const $field,
+                in("x0") $area,
+                len = in(reg) $len,
+                out("x10") _,
+                out("x11") _,
+                out("x16") _,
+                out("x17") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            )
+        }
+    };
+}
+
 /// Adds `count` to the `i64` at `base + i * stride`, where `i` is the index
 /// field at byte `FIELD` of the area at `area`, read inside the section (see
-/// the x86_64 back end for the exits and the bound). x10 and x11 are
-/// clobbers, so nothing is saved on the stack.
+/// the x86_64 back end for the exits and the bound).
 ///
 /// # Safety
 /// As for the x86_64 version.
@@ -389,40 +430,128 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
     count: i64,
 ) -> Result<(), Exit> {
     let area = (thread_pointer() as isize).wrapping_add(area);
-    // The block, with `$check` after the index load and `$extra` operands.
-    macro_rules! section {
-        ($check:literal; $($extra:tt)*) => {
-            asm!(
-                add_current_section!($check),
-                $($extra)*
-                field = const FIELD,
-                in("x0") area,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                len = in(reg) len,
-                count = in(reg) count,
-                out("x10") _,
-                out("x11") _,
-                out("x16") _,
-                out("x17") _,
-                abort = label { return Err(Exit::Aborted) },
-                other = label { return Err(Exit::Other) },
-            )
-        };
-    }
     // SAFETY: the caller guarantees an area of this thread's static TLS and
     // valid slots below `len`; the block follows the rseq ABI, writes only
     // the area's `rseq_cs` and, at the commit, the slot of an index below
-    // `len`, and declares x10 and x11 clobbered.
+    // `len`, and declares its scratch registers clobbered.
     unsafe {
-        if FIELD == crate::abi::OFFSET_CPU_ID {
-            section!("";);
-        } else {
-            section!(
-                "ldr w11, [x0, #{cpu_id}]\ncmp w11, #0\nb.lt {other}\n";
-                cpu_id = const crate::abi::OFFSET_CPU_ID,
-            );
-        }
+        current_op!(FIELD, area, len;
+            exits: [],
+            body: [
+                "madd x10, x10, {stride}, {base}",
+                "ldr x11, [x10]",
+                "add x11, x11, {count}",
+                "str x11, [x10]",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, count = in(reg) count,]
+        );
+    }
+    Ok(())
+}
+
+/// Stores `newv` into the `i64` at `base + i * stride` if it equals
+/// `expect`, where `i` is read inside the section, and writes `i` to
+/// `*index` (see the x86_64 back end).
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands
+pub(crate) unsafe fn rseq_cmpeqv_storev_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    expect: i64,
+    newv: i64,
+    index: *mut u32,
+) -> Result<(), Exit> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add_current`; the block also writes `*index`.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "str w10, [{index}]",
+                "madd x10, x10, {stride}, {base}",
+                "ldr x11, [x10]",
+                "cmp x11, {expect}",
+                "b.ne {cmpfail}",
+                "str {newv}, [x10]",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, expect = in(reg) expect,
+                newv = in(reg) newv, index = in(reg) index,
+                cmpfail = label { return Err(Exit::CompareFailed) },]
+        );
+    }
+    Ok(())
+}
+
+/// Pops the list whose head is at `base + i * stride`, where `i` is read
+/// inside the section (see the x86_64 back end).
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands
+pub(crate) unsafe fn rseq_pop_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    next_offset: isize,
+    load: *mut *mut u8,
+) -> Result<(), Exit> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add_current`; the block also writes `*load`.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "madd x10, x10, {stride}, {base}",
+                "ldr x11, [x10]",
+                "cbz x11, {cmpfail}",
+                "str x11, [{load}]",
+                "ldr x11, [x11, {next}]",
+                "str x11, [x10]",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, next = in(reg) next_offset,
+                load = in(reg) load,
+                cmpfail = label { return Err(Exit::CompareFailed) },]
+        );
+    }
+    Ok(())
+}
+
+/// Pushes `node` on the list whose head is at `base + i * stride`, where `i`
+/// is read inside the section (see the x86_64 back end).
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_push_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    node: *mut u8,
+    next_offset: isize,
+) -> Result<(), Exit> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add_current`; the block also writes the node's
+    // next pointer.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [],
+            body: [
+                "madd x10, x10, {stride}, {base}",
+                "ldr x11, [x10]",
+                "str x11, [{node}, {next}]",
+                "str {node}, [x10]",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, next = in(reg) next_offset,
+                node = in(reg) node,]
+        );
     }
     Ok(())
 }
@@ -642,13 +771,13 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<
                 "cmp x10, {expect}",
                 "b.ne {cmpfail}",
                 "mov x10, #0",
+                "cbz {len}, 4f",
                 "2:",
-                "cmp x10, {len}",
-                "b.hs 4f",
                 "ldrb w11, [{src}, x10]",
                 "strb w11, [{dst}, x10]",
                 "add x10, x10, #1",
-                "b 2b",
+                "cmp x10, {len}",
+                "b.lo 2b",
                 "4:",
                 ".if {release}",
                 "stlr {newv}, [{v}]",

@@ -124,7 +124,8 @@ pub(crate) enum Leave {
     Gated,
 }
 
-/// How a section of `rseq::add_current` left without committing.
+/// How a section of a `_current` operation (`rseq::add_current` and the
+/// others that read the index inside the section) left without committing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
     /// The kernel aborted it.
@@ -132,6 +133,9 @@ pub(crate) enum Exit {
     /// It wrote nothing: the index value has no slot, or the area is not
     /// registered.
     Other,
+    /// The operation's compare did not match (or the list was empty); it
+    /// wrote nothing but the caller's locals.
+    CompareFailed,
 }
 
 /// Builds the symbol names of the assembly-defined items. They carry the

@@ -498,10 +498,14 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize, const GATED: bool>(
     Ok(())
 }
 
-/// The section of [`rseq_add_current`], for an `asm!` template: `$check` is
-/// an extra test of the area's liveness, placed after the index load.
-macro_rules! add_current_section {
-    ($check:literal) => {
+/// The section of an operation that reads its index inside (the
+/// `_current` operations), for an `asm!` template: the entry, the index
+/// field's load into `%rax` (zero-extended), `$check` (an extra test of the
+/// area's liveness, for `mm_cid`), the bound check against `{len}` (leaving
+/// through `{other}`), `$body` (the work on the slot of the index, ending with
+/// the commit), and the abort handler.
+macro_rules! current_section {
+    ($check:literal, $($body:literal),* $(,)?) => {
         concat!(
             rseq_cs_tables!(),
             rseq_exit_point!("{other}"),
@@ -513,13 +517,47 @@ macro_rules! add_current_section {
             $check,
             "cmp rax, {len}\n",
             "jae {other}\n",
-            "imul rax, {stride}\n",
-            "add qword ptr [{base} + rax], {count}\n",
+            $($body, "\n",)*
             "7:\n",
             rseq_abort_handler!(),
             "jmp {abort}\n",
             ".popsection\n",
         )
+    };
+}
+
+/// Expands a `_current` operation into its two blocks (with the liveness
+/// test for `mm_cid`, without it for `cpu_id`), of which the constant
+/// `$field` keeps one. The operands every block has: the area's offset in
+/// `%rdi`, `{field}`, `{len}`, `%rax` clobbered, and the `{abort}` and
+/// `{other}` labels.
+macro_rules! current_op {
+    ($field:ident, $area:expr, $len:expr; exits: [$($exits:tt)*], body: [$($body:tt)*], ops: [$($ops:tt)*]) => {
+        if $field == crate::abi::OFFSET_CPU_ID {
+            asm!(
+                $($exits)*
+                current_section!("", $($body)*),
+                $($ops)*
+                field = const $field,
+                in("rdi") $area,
+                len = in(reg) $len,
+                out("rax") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            )
+        } else {
+            asm!(
+                $($exits)*
+                current_section!("cmp dword ptr fs:[rdi + 4], 0\njl {other}\n", $($body)*),
+                $($ops)*
+                field = const $field,
+                in("rdi") $area,
+                len = in(reg) $len,
+                out("rax") _,
+                abort = label { return Err(Exit::Aborted) },
+                other = label { return Err(Exit::Other) },
+            )
+        }
     };
 }
 
@@ -534,18 +572,16 @@ macro_rules! add_current_section {
 /// below `len`, which includes an area that is not registered (its
 /// `cpu_id` is negative): the field is zero-extended, so a negative value is
 /// 0xFFFF_FFFE or more, which the caller's `len` (capped at 2^31 by
-/// `rseq::add_current`) never exceeds. For `mm_cid` (`FIELD` is not `cpu_id`'s offset)
+/// `rseq`) never exceeds. For `mm_cid` (`FIELD` is not `cpu_id`'s offset)
 /// the section also checks that `cpu_id` is not negative, since an
 /// unregistered area's `mm_cid` is 0. The slot's address is only formed for
-/// `i < len`. There is no gate check: the words of this operation are never
-/// written by the fallbacks (see `rseq::add_current`).
+/// `i < len`. There is no gate check: the words of the `_current`
+/// operations are never written by the fallbacks (see `rseq::add_current`).
 ///
-/// `%rax` is a clobber: an `asm!` with `label` operands may clobber
-/// registers, though it may have no outputs. The section is entered with the
-/// store of the descriptor's address, as in [`rseq_cs_enter`]. A thread
-/// whose area is not registered stores it into an area the kernel does not
-/// read, and leaves; if that area is registered later, the kernel clears the
-/// stale `rseq_cs` on its first return to user space.
+/// A thread whose area is not registered stores the descriptor's address
+/// into an area the kernel does not read, and leaves; if that area is
+/// registered later, the kernel clears the stale `rseq_cs` on its first
+/// return to user space.
 ///
 /// # Safety
 /// `area` must be an offset from the thread pointer designating an rseq area
@@ -560,37 +596,135 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
     len: usize,
     count: i64,
 ) -> Result<(), Exit> {
-    // The block, with `$check` after the index load and `$extra` operands.
-    macro_rules! section {
-        ($check:literal; $($extra:tt)*) => {
-            asm!(
-                add_current_section!($check),
-                $($extra)*
-                field = const FIELD,
-                in("rdi") area,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                len = in(reg) len,
-                count = in(reg) count,
-                out("rax") _,
-                abort = label { return Err(Exit::Aborted) },
-                other = label { return Err(Exit::Other) },
-            )
-        };
-    }
     // SAFETY: the caller guarantees an area of this thread's static TLS and
     // valid slots below `len`; the block follows the rseq ABI described
     // above, writes only the area's `rseq_cs` and, at the commit, the slot of
     // an index below `len`, and declares `%rax` clobbered.
     unsafe {
-        if FIELD == crate::abi::OFFSET_CPU_ID {
-            section!("";);
-        } else {
-            section!(
-                "cmp dword ptr fs:[rdi + {cpu_id}], 0\njl {other}\n";
-                cpu_id = const crate::abi::OFFSET_CPU_ID,
-            );
-        }
+        current_op!(FIELD, area, len;
+            exits: [],
+            body: ["imul rax, {stride}", "add qword ptr [{base} + rax], {count}"],
+            ops: [base = in(reg) base, stride = in(reg) stride, count = in(reg) count,]
+        );
+    }
+    Ok(())
+}
+
+/// Stores `newv` into the `i64` at `base + i * stride` if it equals
+/// `expect`, where `i` is the index field read inside the section (see
+/// [`rseq_add_current`]), and writes `i` to `*index` (a speculative store to
+/// the caller's local, before the compare). Leaves through
+/// `Err(Exit::CompareFailed)`, having stored nothing, when the word differs.
+///
+/// # Safety
+/// As for [`rseq_add_current`]; `index` must be valid for a `u32` write.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands
+pub(crate) unsafe fn rseq_cmpeqv_storev_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    expect: i64,
+    newv: i64,
+    index: *mut u32,
+) -> Result<(), Exit> {
+    // SAFETY: as in `rseq_add_current`; the block also writes `*index`.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "mov dword ptr [{index}], eax",
+                "imul rax, {stride}",
+                "add rax, {base}",
+                "cmp qword ptr [rax], {expect}",
+                "jne {cmpfail}",
+                "mov qword ptr [rax], {newv}",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, expect = in(reg) expect,
+                newv = in(reg) newv, index = in(reg) index,
+                cmpfail = label { return Err(Exit::CompareFailed) },]
+        );
+    }
+    Ok(())
+}
+
+/// Pops the list whose head is the pointer at `base + i * stride`, where `i`
+/// is the index field read inside the section: if the head is not null,
+/// writes it to `*load` and commits the head to the pointer at byte
+/// `next_offset` of it. Leaves through `Err(Exit::CompareFailed)` when the
+/// list is empty. `%r11` holds the head.
+///
+/// # Safety
+/// As for [`rseq_add_current`] (for pointers); `load` must be valid for a
+/// pointer-sized write, and every node on the lists valid for a
+/// pointer-sized read at `next_offset`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands
+pub(crate) unsafe fn rseq_pop_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    next_offset: isize,
+    load: *mut *mut u8,
+) -> Result<(), Exit> {
+    // SAFETY: as in `rseq_add_current`; the block also writes `*load`, and
+    // declares `%r11` clobbered.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "imul rax, {stride}",
+                "add rax, {base}",
+                "mov r11, qword ptr [rax]",
+                "test r11, r11",
+                "jz {cmpfail}",
+                "mov qword ptr [{load}], r11",
+                "mov r11, qword ptr [r11 + {next}]",
+                "mov qword ptr [rax], r11",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, next = in(reg) next_offset,
+                load = in(reg) load, out("r11") _,
+                cmpfail = label { return Err(Exit::CompareFailed) },]
+        );
+    }
+    Ok(())
+}
+
+/// Pushes `node` on the list whose head is the pointer at `base + i *
+/// stride`, where `i` is the index field read inside the section: stores
+/// the head at byte `next_offset` of `node` (a speculative store to the
+/// caller's node), then commits the head to `node`. Nothing to compare: the
+/// head is read inside the section. `%r11` holds the head.
+///
+/// # Safety
+/// As for [`rseq_add_current`] (for pointers); `node + next_offset` must be
+/// valid for a pointer-sized write.
+#[inline(always)]
+pub(crate) unsafe fn rseq_push_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    node: *mut u8,
+    next_offset: isize,
+) -> Result<(), Exit> {
+    // SAFETY: as in `rseq_add_current`; the block also writes the node's
+    // next pointer, and declares `%r11` clobbered.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [],
+            body: [
+                "imul rax, {stride}",
+                "add rax, {base}",
+                "mov r11, qword ptr [rax]",
+                "mov qword ptr [{node} + {next}], r11",
+                "mov qword ptr [rax], {node}",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, next = in(reg) next_offset,
+                node = in(reg) node, out("r11") _,]
+        );
     }
     Ok(())
 }
@@ -804,13 +938,14 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<
                 "cmp qword ptr [{v}], {expect}",
                 "jne {cmpfail}",
                 "xor r11d, r11d",
+                "test {len}, {len}",
+                "jz 4f",
                 "2:",
-                "cmp r11, {len}",
-                "jae 4f",
                 "mov al, byte ptr [{src} + r11]",
                 "mov byte ptr [{dst} + r11], al",
                 "inc r11",
-                "jmp 2b",
+                "cmp r11, {len}",
+                "jb 2b",
                 "4:",
                 "mov qword ptr [{v}], {newv}",
             ],

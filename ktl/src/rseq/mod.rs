@@ -330,8 +330,7 @@ macro_rules! operation {
         fallback($key:ident): $fallback:expr;
         gated: $gated:expr $(;)?
     ) => {{
-        #[cold]
-        #[inline(never)]
+        #[inline(always)]
         #[allow(clippy::too_many_arguments)] // the start's fields and the operands, in registers
         unsafe fn off_path(
             index: Index,
@@ -354,13 +353,45 @@ macro_rules! operation {
                 Leave::Aborted => Err(Failure::Aborted),
             }
         }
+        /// `off_path` after an abort (or on a fallback start).
+        ///
+        /// # Safety
+        ///
+        /// The operation's contract.
+        #[cold]
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)] // the start's fields and the operands, in registers
+        unsafe fn aborted(index: Index, value: u32, area: isize, $($arg: $ty),*) -> Result<$t, Failure> {
+            // SAFETY: forwarded to the caller's contract.
+            unsafe { off_path(index, value, area, Leave::Aborted, $($arg),*) }
+        }
+        /// `off_path` when a gate was closed.
+        ///
+        /// # Safety
+        ///
+        /// The operation's contract.
+        #[cold]
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)] // the start's fields and the operands, in registers
+        unsafe fn gated(index: Index, value: u32, area: isize, $($arg: $ty),*) -> Result<$t, Failure> {
+            // SAFETY: forwarded to the caller's contract.
+            unsafe { off_path(index, value, area, Leave::Gated, $($arg),*) }
+        }
         delay_before();
+        // Each way out calls a function of its own, with no `Leave` to pass:
+        // a value chosen by the way out would be set before every section
+        // (the exits of an `asm!` block cannot take instructions of their
+        // own).
         match $fast {
             Ok(v) => Ok(v),
             Err(Leave::CompareFailed) => Err(Failure::CompareFailed),
             // SAFETY: the operation's own contract, which its caller keeps.
-            Err(leave) => unsafe {
-                off_path($start.index, $start.value, $start.area, leave, $($arg),*)
+            Err(Leave::Aborted) => unsafe {
+                aborted($start.index, $start.value, $start.area, $($arg),*)
+            },
+            // SAFETY: as above.
+            Err(Leave::Gated) => unsafe {
+                gated($start.index, $start.value, $start.area, $($arg),*)
             },
         }
     }};
@@ -472,95 +503,279 @@ pub unsafe fn add_current(
     len: usize,
     count: i64,
 ) -> bool {
-    // SAFETY: forwarded to the caller's contract.
-    match unsafe { add_current_once(index, base, stride, len, count) } {
-        Ok(()) => true,
-        // SAFETY: forwarded to the caller's contract.
-        Err(exit) => unsafe { add_current_slow(index, base, stride, len, count, exit) },
-    }
-}
-
-/// One attempt of [`add_current`].
-///
-/// # Safety
-///
-/// The contract of [`add_current`].
-#[inline(always)]
-unsafe fn add_current_once(
-    index: Index,
-    base: *mut u8,
-    stride: usize,
-    len: usize,
-    count: i64,
-) -> Result<(), Exit> {
-    delay_before();
-    // Index values are below 2^31. The section zero-extends the index field,
-    // so an unregistered area's -1 (or -2) reads as 0xFFFF_FFFF: capping
-    // `len` makes it fail the bound check whatever length the caller gave.
-    // (A sign-extending load would do the same inside the section, but it
-    // lengthens the load-multiply-add chain, which made each add
-    // measurably slower.)
     let len = len.min(INDEX_LIMIT);
-    // SAFETY: a hot offset designates an area of this thread's static TLS;
-    // the words' validity below `len` is the caller's contract.
-    unsafe {
-        match index {
-            Index::CpuId => arch::rseq_add_current::<OFFSET_CPU_ID>(
-                arch::hot_offset(HotOffset::Cpu),
-                base,
-                stride,
-                len,
-                count,
-            ),
-            Index::MmCid => arch::rseq_add_current::<OFFSET_MM_CID>(
-                arch::hot_offset(HotOffset::Cid),
-                base,
-                stride,
-                len,
-                count,
-            ),
-        }
-    }
+    // The operation's sections run under the caller's contract.
+    let done = current_operation!(index, rseq_add_current;
+        base: *mut u8 = base, stride: usize = stride, len: usize = len, count: i64 = count);
+    done.is_ok()
 }
 
-/// Above every index value: [`add_current`] caps its array's length here.
-const INDEX_LIMIT: usize = 1 << 31;
-
-/// [`add_current`] after its first section left without committing: counts
-/// an abort; registers the thread's area if it has none yet (the first
-/// operation of a thread, with [`Owner::Ktl`](crate::Owner::Ktl)); then
-/// tries again until the section commits or leaves for want of an area or a
-/// slot.
-///
-/// # Safety
-///
-/// The contract of [`add_current`].
-#[cold]
-#[inline(never)]
-unsafe fn add_current_slow(
-    index: Index,
-    base: *mut u8,
-    stride: usize,
-    len: usize,
-    count: i64,
-    exit: Exit,
-) -> bool {
-    match exit {
-        Exit::Aborted => count_abort(),
-        Exit::Other => {
-            if area::thread_area().is_none() {
-                return false;
+/// Runs a `_current` operation (one that reads the index inside its
+/// section, like [`add_current`]): the section `arch::$op` for `$index`,
+/// inline, with the operands `$arg`; a commit or a failed compare returned
+/// as they are; any other exit to `slow`, made here, out of line, which
+/// counts an abort, registers the thread's area if it has none yet (the
+/// first operation of a thread, with [`Owner::Ktl`](crate::Owner::Ktl)),
+/// and tries again until the section does not abort. Gives
+/// `Err(Exit::Other)` when the thread has no live area or the index value
+/// has no slot, never `Err(Exit::Aborted)`.
+macro_rules! current_operation {
+    ($index:expr, $op:ident; $($arg:ident: $ty:ty = $val:expr),* $(,)?) => {{
+        /// One attempt.
+        ///
+        /// # Safety
+        ///
+        /// The operation's contract.
+        #[inline(always)]
+        unsafe fn once(index: Index, $($arg: $ty),*) -> Result<(), Exit> {
+            delay_before();
+            // SAFETY: a hot offset designates an area of this thread's static
+            // TLS; the slots' validity below `len` is the caller's contract.
+            unsafe {
+                match index {
+                    Index::CpuId => {
+                        arch::$op::<OFFSET_CPU_ID>(arch::hot_offset(HotOffset::Cpu), $($arg),*)
+                    }
+                    Index::MmCid => {
+                        arch::$op::<OFFSET_MM_CID>(arch::hot_offset(HotOffset::Cid), $($arg),*)
+                    }
+                }
             }
         }
-    }
-    loop {
-        // SAFETY: forwarded to the caller's contract.
-        match unsafe { add_current_once(index, base, stride, len, count) } {
-            Ok(()) => return true,
-            Err(Exit::Aborted) => count_abort(),
-            Err(Exit::Other) => return false,
+        /// After the first attempt left without committing.
+        ///
+        /// # Safety
+        ///
+        /// The operation's contract.
+        #[cold]
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)] // the operands, in registers
+        unsafe fn slow(exit: Exit, index: Index, $($arg: $ty),*) -> Result<(), Exit> {
+            match exit {
+                Exit::Aborted => count_abort(),
+                Exit::Other => {
+                    if area::thread_area().is_none() {
+                        return Err(Exit::Other);
+                    }
+                }
+                Exit::CompareFailed => return Err(exit),
+            }
+            loop {
+                // SAFETY: forwarded to the caller's contract.
+                match unsafe { once(index, $($arg),*) } {
+                    Err(Exit::Aborted) => count_abort(),
+                    other => return other,
+                }
+            }
         }
+        let index: Index = $index;
+        $(let $arg: $ty = $val;)*
+        // SAFETY: forwarded to the caller's contract.
+        match unsafe { once(index, $($arg),*) } {
+            Ok(()) => Ok(()),
+            Err(Exit::CompareFailed) => Err(Exit::CompareFailed),
+            // SAFETY: forwarded to the caller's contract.
+            Err(exit) => unsafe { slow(exit, index, $($arg),*) },
+        }
+    }};
+}
+use current_operation;
+
+/// Above every index value: the `_current` operations cap their arrays'
+/// length here. The sections zero-extend the index field, so an
+/// unregistered area's -1 (or -2) reads as 0xFFFF_FFFF and fails the bound
+/// check whatever length the caller gave. (A sign-extending load would do
+/// the same inside the section, but it lengthens the load-multiply-add
+/// chain, which made each add measurably slower.)
+const INDEX_LIMIT: usize = 1 << 31;
+
+/// Stores `newv` into the current CPU's (or concurrency id's) word of an
+/// array of per-CPU words if it equals `expect`, in one critical section
+/// that reads the index itself, as [`add_current`] does: the word at byte
+/// `value * stride` from `base`. Retries after aborts (counted in
+/// [`aborts`]).
+///
+/// Returns `Some(Ok(value))`, the index value whose word it stored;
+/// `Some(Err(Failure::CompareFailed))` when the word differed (nothing
+/// stored); `None`, having stored nothing, when the thread has no live area
+/// or the index value is not below `len` (no fallback: the caller works
+/// elsewhere, as with [`add_current`]).
+///
+/// Taking a per-CPU lock is its use: compare 0, store 1, and the index value
+/// says whose lock the thread holds, wherever it runs next.
+///
+/// # Safety
+///
+/// For every index value `i` below `len`:
+/// - `i * stride` must not overflow an `isize`, and `base + i * stride` must
+///   be valid for reads and writes of an `i64` and 8-byte aligned;
+/// - while other threads may access that word, it must only be written by
+///   the `_current` operations with the same `index` (which write word `i`
+///   only while running with index value `i`), or with an atomic store while
+///   no such operation can commit a write to it (the holder of a lock taken
+///   with this operation releasing it: the compare fails while it is held).
+///   Not by the other operations, nor under [`exclusive`], which these
+///   sections do not check.
+///
+/// ```
+/// use ktl::rseq::{self, Index};
+/// use std::sync::atomic::{AtomicI64, Ordering};
+///
+/// // One lock and the count it guards per possible CPU.
+/// #[repr(align(128))]
+/// #[derive(Default)]
+/// struct Locked {
+///     lock: AtomicI64,
+///     count: AtomicI64,
+/// }
+/// let n = ktl::cpu::possible_cpus().unwrap_or(1) as usize;
+/// let data: Vec<Locked> = (0..n).map(|_| Locked::default()).collect();
+/// let base = data[0].lock.as_ptr().cast::<u8>();
+/// let taken = loop {
+///     // SAFETY: the locks are written only by this operation and by their
+///     // holder's release below.
+///     match unsafe { rseq::cmpeqv_storev_current(Index::CpuId, base, size_of::<Locked>(), n, 0, 1) } {
+///         Some(Ok(cpu)) => break Some(cpu as usize),
+///         Some(Err(_)) => std::hint::spin_loop(), // held by another thread
+///         None => break None,                      // no live area here
+///     }
+/// };
+/// if let Some(cpu) = taken {
+///     std::sync::atomic::fence(Ordering::Acquire);
+///     data[cpu].count.fetch_add(1, Ordering::Relaxed);
+///     data[cpu].lock.store(0, Ordering::Release);
+/// }
+/// ```
+#[inline]
+pub unsafe fn cmpeqv_storev_current(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    expect: i64,
+    newv: i64,
+) -> Option<Result<u32, Failure>> {
+    let mut value = 0u32;
+    let out = &raw mut value;
+    // The operation's sections run under the caller's contract; `out` points to a local.
+    let done = current_operation!(index, rseq_cmpeqv_storev_current;
+        base: *mut u8 = base, stride: usize = stride, len: usize = len.min(INDEX_LIMIT),
+        expect: i64 = expect, newv: i64 = newv, out: *mut u32 = out);
+    match done {
+        Ok(()) => Some(Ok(value)),
+        Err(Exit::CompareFailed) => Some(Err(Failure::CompareFailed)),
+        Err(_) => None,
     }
+}
+
+/// Pops from the current CPU's (or concurrency id's) list of an array of
+/// per-CPU lists, in one critical section that reads the index itself, as
+/// [`add_current`] does: the list whose head is the pointer at byte
+/// `value * stride` from `base`; the pointer at byte `next_offset` of each
+/// node is its next. Retries after aborts (counted in [`aborts`]).
+///
+/// Returns `Some(Ok(node))`, the node taken off; `Some(Err(Failure::CompareFailed))`
+/// when the list is empty (its head null); `None`, having done nothing, when
+/// the thread has no live area or the index value is not below `len` (no
+/// fallback, as with [`add_current`]).
+///
+/// # Safety
+///
+/// The contract of [`push_current`], which pushes on the same lists.
+#[inline]
+pub unsafe fn pop_current(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    next_offset: isize,
+) -> Option<Result<*mut u8, Failure>> {
+    let mut popped: *mut u8 = core::ptr::null_mut();
+    let load = &raw mut popped;
+    // The operation's sections run under the caller's contract; `load` points to a local.
+    let done = current_operation!(index, rseq_pop_current;
+        base: *mut u8 = base, stride: usize = stride, len: usize = len.min(INDEX_LIMIT),
+        next_offset: isize = next_offset, load: *mut *mut u8 = load);
+    match done {
+        Ok(()) => Some(Ok(popped)),
+        Err(Exit::CompareFailed) => Some(Err(Failure::CompareFailed)),
+        Err(_) => None,
+    }
+}
+
+/// Pushes `node` on the current CPU's (or concurrency id's) list of an array
+/// of per-CPU lists, in one critical section that reads the index itself, as
+/// [`add_current`] does: the section reads the list's head, stores it at
+/// byte `next_offset` of `node`, and commits the head to `node`. There is no
+/// compare to fail (the head is read inside the section, where
+/// [`cmpeqv_storev`] compares a head read before): returns `false`, having
+/// pushed nothing, only when the thread has no live area or the index value
+/// is not below `len`. Retries after aborts (counted in [`aborts`]).
+///
+/// # Safety
+///
+/// For every index value `i` below `len`:
+/// - `i * stride` must not overflow an `isize`, and `base + i * stride` must
+///   be valid for reads and writes of a pointer and aligned for it;
+/// - while other threads may access that head, it must only be written by
+///   [`push_current`] and [`pop_current`] with the same `index` (which write
+///   head `i` only while running with index value `i`); not by the other
+///   operations, nor under [`exclusive`], which these sections do not check;
+/// - every node on the lists must stay valid for a pointer-sized read at
+///   `next_offset` while it is on a list; `node` must be valid for a
+///   pointer-sized write at `next_offset`, and not on any list: the section
+///   writes its next pointer on every attempt.
+///
+/// ```
+/// use ktl::rseq::{self, Index};
+///
+/// #[repr(C)]
+/// struct Node {
+///     next: *mut Node,
+///     value: u64,
+/// }
+/// // One list head per possible CPU, each on its own pair of cache lines.
+/// #[repr(align(128))]
+/// struct Head(*mut Node);
+/// let n = ktl::cpu::possible_cpus().unwrap_or(1) as usize;
+/// let mut heads: Vec<Head> = (0..n).map(|_| Head(std::ptr::null_mut())).collect();
+/// let base = heads.as_mut_ptr().cast::<u8>();
+/// let node = Box::into_raw(Box::new(Node { next: std::ptr::null_mut(), value: 7 }));
+/// // SAFETY: the heads are written only by push_current and pop_current
+/// // indexed by CPU; `node` is on no list, and its next pointer is at 0.
+/// if unsafe { rseq::push_current(Index::CpuId, base, size_of::<Head>(), n, node.cast(), 0) } {
+///     // The thread may have moved since: pop from every CPU's list.
+///     let all = (0..n).find_map(|_| {
+///         // SAFETY: as above; the nodes on the lists are live.
+///         match unsafe { rseq::pop_current(Index::CpuId, base, size_of::<Head>(), n, 0) } {
+///             Some(Ok(p)) => Some(p),
+///             _ => None,
+///         }
+///     });
+///     // On the CPU it was pushed from, or still on its list.
+///     let popped = all.unwrap_or_else(|| {
+///         let h = heads.iter_mut().find(|h| !h.0.is_null()).unwrap();
+///         std::mem::replace(&mut h.0, std::ptr::null_mut()).cast()
+///     });
+///     assert_eq!(popped, node.cast());
+/// }
+/// // SAFETY: the node is on no list any more.
+/// assert_eq!(unsafe { Box::from_raw(node) }.value, 7);
+/// ```
+#[inline]
+pub unsafe fn push_current(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    node: *mut u8,
+    next_offset: isize,
+) -> bool {
+    // The operation's sections run under the caller's contract.
+    let done = current_operation!(index, rseq_push_current;
+        base: *mut u8 = base, stride: usize = stride, len: usize = len.min(INDEX_LIMIT),
+        node: *mut u8 = node, next_offset: isize = next_offset);
+    done.is_ok()
 }
 
 /// Stores `newv` into `*v` if `*v == expect`, in one critical section.
