@@ -386,7 +386,7 @@ mod tests {
         let (mut out, mut log) = (Vec::new(), Vec::new());
         run_in(&options, None, &mut out, &mut log).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.matches(peers::NOT_GIVEN).count(), 13 + 5, "{text}");
+        assert_eq!(text.matches(peers::NOT_GIVEN).count(), 14 + 5, "{text}");
         assert!(text.contains(&format!(
             "  {}: skipped (list: ktl::rseq (2 threads) is n/a: librseq not given",
             peers::Scenario::List.check_name()
@@ -399,7 +399,7 @@ mod tests {
         run_in(&json, None, &mut out, &mut log).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let rows = v["rows"].as_array().unwrap();
-        assert_eq!(rows.len(), 13);
+        assert_eq!(rows.len(), 14);
         for row in rows {
             assert_eq!(row["group"], peers::GROUP);
             assert_eq!(

@@ -1,17 +1,18 @@
 //! The operations that read the index inside their section, besides
 //! `add_current` (tested on its own): `cmpeqv_storev_current` as a per-CPU
-//! lock, `pop_current` and `push_current` as per-CPU lists. Exact counts and
-//! every node once, with both indexes, more threads than CPUs, aborts that
+//! lock, `pop_current` and `push_current` as per-CPU lists,
+//! `stack_push_current` and `stack_pop_current` as per-CPU stacks of words.
+//! Exact counts, every node and word once, full and empty stacks, with both indexes, more threads than CPUs, aborts that
 //! really happen (two threads pinned to one CPU and signalled), and index
 //! values past the slots. The whole file runs again in a re-executed copy
 //! under a seccomp filter that makes rseq fail with ENOSYS: there every
 //! operation has no area, returns `None` (or `false`) and writes nothing,
 //! and the tests' own fallbacks (a mutex, a shared list) take the work.
 
-use ktl::rseq::{self, Failure, Index};
+use ktl::rseq::{self, Commit, Failure, Index, WordStack};
 use ktl_testkit::affinity::{allowed_cpus, pin};
 use ktl_testkit::{signals, without_rseq};
-use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Whether this process runs critical sections for `index`; says so when
@@ -75,9 +76,14 @@ impl Locks {
                 )
             };
             match r {
-                Some(Ok(i)) => {
+                Some(Ok(word)) => {
                     std::sync::atomic::fence(Ordering::Acquire);
-                    let mine = &self.slots[i as usize];
+                    let i = self
+                        .slots
+                        .iter()
+                        .position(|s| s.lock.as_ptr() == word)
+                        .expect("the word is one of the locks");
+                    let mine = &self.slots[i];
                     assert_eq!(mine.lock.load(Ordering::Relaxed), 1, "lock {i} is held");
                     // A plain increment: the lock guards it.
                     let n = mine.count.load(Ordering::Relaxed);
@@ -311,6 +317,196 @@ fn pop_and_push_keep_every_node_once_with_both_indexes() {
     }
 }
 
+/// One CPU's stack of words, on its own pair of cache lines.
+#[repr(C, align(128))]
+struct Slot(WordStack);
+
+/// Per-CPU stacks of words (the ids of the words made), a shared stack for
+/// the threads that have no area, and the words' memory.
+struct Stacks {
+    slots: Vec<Slot>,
+    fallback: Mutex<Vec<usize>>,
+    _words: Vec<usize>,
+    made: usize,
+}
+
+impl Stacks {
+    /// `per_slot` words on each stack, each with room for every word made,
+    /// or `cap` words when given.
+    fn new(per_slot: usize, cap: Option<usize>) -> Arc<Stacks> {
+        let cpus = possible();
+        let made = per_slot * cpus;
+        let cap = cap.unwrap_or(made);
+        let mut words = vec![usize::MAX; cpus * cap];
+        let slots = words
+            .chunks_mut(cap)
+            .enumerate()
+            .map(|(c, w)| {
+                for (j, word) in w.iter_mut().take(per_slot).enumerate() {
+                    *word = c * per_slot + j;
+                }
+                Slot(WordStack {
+                    len: AtomicUsize::new(per_slot),
+                    cap,
+                    items: w.as_mut_ptr(),
+                })
+            })
+            .collect();
+        Arc::new(Stacks {
+            slots,
+            fallback: Mutex::new(Vec::new()),
+            _words: words,
+            made,
+        })
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.slots.as_ptr().cast_mut().cast()
+    }
+
+    /// Pops a word off the current CPU's stack (the shared one without an
+    /// area); `None` when it is empty.
+    fn pop(&self, index: Index) -> Option<usize> {
+        // SAFETY: stack `i` is the aligned WordStack at `base + i *
+        // size_of::<Slot>()` for every `i` below `slots.len()`, its words
+        // valid for `cap`; only these two operations, one index per
+        // `Stacks`, write the stacks.
+        let r = unsafe {
+            rseq::stack_pop_current(index, self.base(), size_of::<Slot>(), self.slots.len())
+        };
+        match r {
+            Some(Ok(w)) => Some(w),
+            Some(Err(Failure::CompareFailed)) => None,
+            Some(Err(e)) => panic!("{e}"),
+            None => self.fallback.lock().unwrap().pop(),
+        }
+    }
+
+    /// Pushes `word` on the current CPU's stack (the shared one without an
+    /// area); `false` when that stack is full.
+    fn push(&self, index: Index, word: usize, commit: Commit) -> bool {
+        // SAFETY: as in `pop`.
+        let r = unsafe {
+            rseq::stack_push_current(
+                index,
+                self.base(),
+                size_of::<Slot>(),
+                self.slots.len(),
+                word,
+                commit,
+            )
+        };
+        match r {
+            Some(Ok(())) => true,
+            Some(Err(Failure::CompareFailed)) => false,
+            Some(Err(e)) => panic!("{e}"),
+            None => {
+                self.fallback.lock().unwrap().push(word);
+                true
+            }
+        }
+    }
+
+    /// How many times each word is on a stack.
+    fn seen(&self) -> Vec<usize> {
+        let mut seen = vec![0; self.made];
+        for slot in &self.slots {
+            let stack = &slot.0;
+            let n = stack.len.load(Ordering::Acquire);
+            assert!(n <= stack.cap, "a length past the capacity");
+            for j in 0..n {
+                // SAFETY: below the length, inside the stack's words; no
+                // other thread runs.
+                let w = unsafe { *stack.items.add(j) };
+                seen[w] += 1;
+            }
+        }
+        for &w in self.fallback.lock().unwrap().iter() {
+            seen[w] += 1;
+        }
+        seen
+    }
+}
+
+#[test]
+fn word_stacks_keep_every_word_once_with_both_indexes() {
+    const TEST: &str = "word_stacks_keep_every_word_once_with_both_indexes";
+    for index in [Index::CpuId, Index::MmCid] {
+        let live = sections(TEST, index);
+        let stacks = Stacks::new(50, None);
+        if !live {
+            assert_eq!(
+                stacks.pop(index),
+                None,
+                "{index:?}: nothing popped without an area"
+            );
+            let mut all = stacks.fallback.lock().unwrap();
+            for slot in &stacks.slots {
+                let n = slot.0.len.swap(0, Ordering::Relaxed);
+                // SAFETY: below the length; no other thread runs yet.
+                all.extend((0..n).map(|j| unsafe { *slot.0.items.add(j) }));
+            }
+        }
+        let n = 200_000u64;
+        let threads = 3 * allowed_cpus().len();
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let stacks = stacks.clone();
+                std::thread::spawn(move || {
+                    let commit = if t % 2 == 0 {
+                        Commit::Relaxed
+                    } else {
+                        Commit::Release
+                    };
+                    let mut moved = 0u64;
+                    for _ in 0..n {
+                        if let Some(w) = stacks.pop(index) {
+                            assert!(stacks.push(index, w, commit), "room for every word");
+                            moved += 1;
+                        }
+                    }
+                    moved
+                })
+            })
+            .collect();
+        let moved: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let seen = stacks.seen();
+        assert!(
+            seen.iter().all(|&s| s == 1),
+            "{index:?}: {} words lost, {} twice",
+            seen.iter().filter(|&&s| s == 0).count(),
+            seen.iter().filter(|&&s| s > 1).count()
+        );
+        assert!(moved > 0, "{index:?}: nothing moved");
+    }
+}
+
+#[test]
+fn a_full_stack_takes_nothing_and_an_empty_one_gives_nothing() {
+    let live = sections(
+        "a_full_stack_takes_nothing_and_an_empty_one_gives_nothing",
+        Index::CpuId,
+    );
+    if !live {
+        return;
+    }
+    let stacks = Stacks::new(0, Some(2));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let cpu = allowed_cpus()[0];
+            pin(cpu);
+            assert_eq!(stacks.pop(Index::CpuId), None, "empty");
+            assert!(stacks.push(Index::CpuId, 0, Commit::Relaxed));
+            assert!(stacks.push(Index::CpuId, 1, Commit::Release));
+            assert!(!stacks.push(Index::CpuId, 0, Commit::Relaxed), "full at 2");
+            assert_eq!(stacks.slots[cpu].0.len.load(Ordering::Relaxed), 2);
+            assert_eq!(stacks.pop(Index::CpuId), Some(1));
+            assert_eq!(stacks.pop(Index::CpuId), Some(0));
+            assert_eq!(stacks.pop(Index::CpuId), None, "empty again");
+        });
+    });
+}
+
 extern "C" fn on_signal(_: libc::c_int) {}
 
 #[test]
@@ -319,12 +515,12 @@ fn two_threads_on_one_cpu_abort_and_lose_nothing() {
     let live = sections(TEST, Index::CpuId);
     signals::install(libc::SIGUSR1, on_signal);
     let cpu = allowed_cpus()[0];
-    let (locks, lists) = (Locks::new(), Lists::new(50));
+    let (locks, lists, stacks) = (Locks::new(), Lists::new(50), Stacks::new(50, None));
     const ROUND: u64 = 100_000;
     const MAX_ROUNDS: u64 = if cfg!(debug_assertions) { 50 } else { 200 };
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            let (locks, lists) = (locks.clone(), lists.clone());
+            let (locks, lists, stacks) = (locks.clone(), lists.clone(), stacks.clone());
             std::thread::spawn(move || {
                 pin(cpu);
                 let mut done = 0;
@@ -333,6 +529,9 @@ fn two_threads_on_one_cpu_abort_and_lose_nothing() {
                         locks.count(Index::CpuId);
                         if let Some(node) = lists.pop(Index::CpuId) {
                             lists.push(Index::CpuId, node);
+                        }
+                        if let Some(w) = stacks.pop(Index::CpuId) {
+                            assert!(stacks.push(Index::CpuId, w, Commit::Relaxed));
                         }
                     }
                     done += ROUND;
@@ -351,6 +550,7 @@ fn two_threads_on_one_cpu_abort_and_lose_nothing() {
     assert_eq!(locks.total(), done as i64, "no lost count");
     assert!(locks.all_free(), "every lock released");
     assert!(lists.seen().iter().all(|&s| s == 1), "every node once");
+    assert!(stacks.seen().iter().all(|&s| s == 1), "every word once");
     if live {
         assert_eq!(
             locks.slots[cpu].count.load(Ordering::Relaxed),
@@ -418,7 +618,7 @@ fn index_values_past_the_slots_do_nothing() {
                     1,
                 )
             };
-            assert_eq!(r, live.then_some(Ok(cpu as u32)));
+            assert_eq!(r, live.then_some(Ok(locks.slots[cpu].lock.as_ptr())));
         });
     });
     let held: Vec<usize> = (0..locks.slots.len())
@@ -430,5 +630,5 @@ fn index_values_past_the_slots_do_nothing() {
 
 #[test]
 fn every_test_passes_without_rseq() {
-    without_rseq::rerun("every_test_passes_without_rseq", 5);
+    without_rseq::rerun("every_test_passes_without_rseq", 7);
 }

@@ -80,7 +80,7 @@
 
 use crate::harness::{Calibrate, OpCount, Outcome, Row, TimedLoop, counted, verified};
 use ktl::percpu::mempool::{MemPool, PerCpuItem, Slots};
-use ktl::rseq::{self, Commit, Failure, Index, Start};
+use ktl::rseq::{self, Commit, Failure, Index, Start, WordStack};
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -196,7 +196,11 @@ impl Scenario {
             Scenario::List => Some(
                 "list (rseq::cmpnev_storeoffp_load, cmpeqv_storev in retry): ktl::rseq (2 threads)",
             ),
-            Scenario::Buffer | Scenario::Memcpy => None,
+            Scenario::Buffer => Some(
+                "buffer (rseq::cmpeqv_cmpeqv_storev, cmpeqv_trystorev_storev in retry): ktl::rseq \
+                 (2 threads)",
+            ),
+            Scenario::Memcpy => None,
         }
     }
 
@@ -697,11 +701,32 @@ struct Item {
 }
 
 /// One CPU's buffer: the count of items, and room for every item of every
-/// CPU (its length is param_test's `buflen`).
+/// CPU (its length is param_test's `buflen`). Its first three words are a
+/// [`WordStack`] (the count as its length, then the array's length and
+/// address), for the stack operations of buffer's first row; the second
+/// row works on the count and the array directly.
+#[repr(C)]
 struct Buffer {
     offset: AtomicI64,
+    cap: usize,
+    items: *mut usize,
     array: Box<[AtomicPtr<Item>]>,
 }
+
+const _: () = assert!(
+    std::mem::offset_of!(Buffer, offset) == std::mem::offset_of!(WordStack, len)
+        && std::mem::offset_of!(Buffer, cap) == std::mem::offset_of!(WordStack, cap)
+        && std::mem::offset_of!(Buffer, items) == std::mem::offset_of!(WordStack, items)
+        && size_of::<AtomicI64>() == size_of::<usize>()
+        && size_of::<AtomicPtr<Item>>() == size_of::<usize>()
+);
+
+// SAFETY: `items` is the address of `array`, which the buffer owns; the
+// words behind it are written only under the operations' contracts (see
+// the repetitions), as the array's atomics are.
+unsafe impl Send for Buffer {}
+// SAFETY: as above.
+unsafe impl Sync for Buffer {}
 
 /// An item of the memcpy buffer, as stored (param_test's: a value and the
 /// value plus one).
@@ -813,7 +838,9 @@ fn alloc_error(e: ktl::percpu::mempool::MemPoolError) -> String {
 
 /// The element of `array` at `i`, if `i` is an index of it.
 fn at<T>(array: &[T], i: i64) -> Option<&T> {
-    usize::try_from(i).ok().and_then(|i| array.get(i))
+    // A negative `i` becomes 2^63 or more, past every slice: one bound
+    // check covers both ends.
+    array.get(i as usize)
 }
 
 /// Why a repetition could not do its work: the operation, and what it got
@@ -952,10 +979,10 @@ fn spinlock_rep(data: Slots<'_, Locked>) -> Result<(), Broken> {
         match unsafe {
             rseq::cmpeqv_storev_current(Index::CpuId, base, data.stride(), data.cpus(), 0, 1)
         } {
-            Some(Ok(cpu)) => match data.cpu(cpu as usize) {
-                Some(d) => break d,
-                None => return Err(failed("spinlock: cmpeqv_storev_current", Some(Ok(())))),
-            },
+            // SAFETY: the word is the `lock` of one CPU's `Locked` (the
+            // operation stores only below `cpus`), the first field of that
+            // `repr(C)` instance, which the pool keeps alive.
+            Some(Ok(word)) => break unsafe { &*word.cast::<Locked>() },
             Some(Err(Failure::CompareFailed)) => core::hint::spin_loop(),
             other => return Err(failed("spinlock: cmpeqv_storev_current", other)),
         }
@@ -1062,9 +1089,42 @@ fn list_start_rep(heads: Slots<'_, ListHead>) -> Result<(), Broken> {
 }
 
 /// One repetition of buffer: pops the top pointer of the current CPU's
-/// buffer, then pushes it onto the buffer of the CPU the thread is then on.
+/// buffer with [`rseq::stack_pop_current`], then pushes it onto the buffer
+/// of the CPU the thread is then on with [`rseq::stack_push_current`]
+/// (relaxed).
 #[inline(always)]
 fn buffer_rep(bufs: Slots<'_, Buffer>) -> Result<(), Broken> {
+    let (base, stride, cpus) = (bufs.as_ptr().cast::<u8>(), bufs.stride(), bufs.cpus());
+    // SAFETY: each buffer's first three words are a WordStack over its own
+    // array (see `Buffer`), at `base + cpu * stride` for every cpu below
+    // `cpus`, live while the threads run; the counts and the arrays are
+    // written only by these two operations, indexed by CPU (this row's
+    // threads; the other buffer row uses its own pool).
+    let item = match unsafe { rseq::stack_pop_current(Index::CpuId, base, stride, cpus) } {
+        Some(Ok(word)) => word,
+        // Empty: nothing to push back.
+        Some(Err(Failure::CompareFailed)) => return Ok(()),
+        other => return Err(failed("buffer: stack_pop_current", other)),
+    };
+    // SAFETY: as for the pop.
+    match unsafe {
+        rseq::stack_push_current(Index::CpuId, base, stride, cpus, item, Commit::Relaxed)
+    } {
+        Some(Ok(())) => Ok(()),
+        Some(Err(Failure::CompareFailed)) => Err(Broken {
+            what: "buffer: stack_push_current",
+            got: Got::Full,
+        }),
+        other => Err(failed("buffer: stack_push_current", other)),
+    }
+}
+
+/// One repetition of buffer through [`rseq::cmpeqv_cmpeqv_storev`] and
+/// [`rseq::cmpeqv_trystorev_storev`]: pops the top pointer of the current
+/// CPU's buffer, then pushes it onto the buffer of the CPU the thread is
+/// then on.
+#[inline(always)]
+fn buffer_start_rep(bufs: Slots<'_, Buffer>) -> Result<(), Broken> {
     let popped = until_done("buffer: cmpeqv_cmpeqv_storev", |s| {
         let Some(b) = bufs.slot(s) else {
             return Ok(None);
@@ -1359,6 +1419,8 @@ fn buffer_setup<'p>(
         }
         Buffer {
             offset: AtomicI64::new(ITEMS_PER_CPU as i64),
+            cap: array.len(),
+            items: array.as_ptr().cast_mut().cast(),
             array,
         }
     })
@@ -1525,7 +1587,15 @@ pub fn run_ktl_start(scenario: Scenario, reps: u64) -> Result<Duration, String> 
             list_check(&heads, &nodes)?;
             Ok(elapsed)
         }
-        Scenario::Buffer | Scenario::Memcpy => run_ktl(scenario, reps),
+        Scenario::Buffer => {
+            let mut items = Boxed::default();
+            let pool = pool::<Buffer>()?;
+            let bufs = buffer_setup(&pool, &mut items)?;
+            let elapsed = timed(bufs.slots(), reps, buffer_start_rep)?;
+            buffer_check(&bufs, &items)?;
+            Ok(elapsed)
+        }
+        Scenario::Memcpy => run_ktl(scenario, reps),
     }
 }
 
@@ -1648,7 +1718,7 @@ mod tests {
         let rows = rows(None);
         let names: Vec<&str> = rows.iter().map(|r| r.name()).collect();
         assert_eq!(names, row_names().collect::<Vec<_>>());
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
         // Per scenario: ktl's row, its second row through the operations
         // that take a start (increment, spinlock, list), librseq's row.
         let mut i = 0;
@@ -1711,7 +1781,7 @@ mod tests {
                 true,
                 "test",
             );
-            assert_eq!(outcomes.len(), 13);
+            assert_eq!(outcomes.len(), 14);
             for o in &outcomes {
                 let reason = o.result.as_ref().unwrap_err();
                 assert!(
@@ -1803,8 +1873,9 @@ mod tests {
         let mut items = Boxed::default();
         let p = pool::<Buffer>().unwrap();
         let bufs = buffer_setup(&p, &mut items).unwrap();
-        for _ in 0..1000 {
+        for _ in 0..500 {
             buffer_rep(bufs.slots()).unwrap();
+            buffer_start_rep(bufs.slots()).unwrap();
         }
         buffer_check(&bufs, &items).unwrap();
         // The fullest buffer (every CPU's starts with 100 items).

@@ -449,14 +449,60 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
     Ok(())
 }
 
+/// The section of [`rseq_cmpeqv_storev_current`], for an `asm!` template:
+/// a `_current` section without exit labels, which reports how it left in
+/// `{status}` (0: committed, 1: aborted, 2: no slot or no area, 3: compare
+/// failed) and leaves the word's address in x10 (see the x86_64 back end).
+/// The exits other than the commit are in `__rseq_failure`, reached over an
+/// unconditional branch. `$check` is the liveness test for `mm_cid`.
+macro_rules! status_section {
+    ($check:literal) => {
+        concat!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("20f"),
+            rseq_exit_point!("21f"),
+            "adrp x10, 3b\n",
+            "add x10, x10, :lo12:3b\n",
+            "str x10, [x0, #8]\n",
+            "6:\n",
+            rseq_delay_inside!(),
+            "ldr w10, [x0, #{field}]\n",
+            $check,
+            "cmp x10, {len}\n",
+            "b.lo 25f\n",
+            "b 20f\n",
+            "25:\n",
+            "madd x10, x10, {stride}, {base}\n",
+            "ldr x11, [x10]\n",
+            "cmp x11, {expect}\n",
+            "b.eq 26f\n",
+            "b 21f\n",
+            "26:\n",
+            "str {newv}, [x10]\n",
+            "7:\n",
+            "mov {status:w}, #0\n",
+            rseq_abort_entry!(),
+            "mov {status:w}, #1\n",
+            "b 9f\n",
+            "20:\n",
+            "mov {status:w}, #2\n",
+            "b 9f\n",
+            "21:\n",
+            "mov {status:w}, #3\n",
+            "b 9f\n",
+            ".popsection\n",
+            "9:\n",
+        )
+    };
+}
+
 /// Stores `newv` into the `i64` at `base + i * stride` if it equals
-/// `expect`, where `i` is read inside the section, and writes `i` to
-/// `*index` (see the x86_64 back end).
+/// `expect`, where `i` is read inside the section, and returns that word's
+/// address (see the x86_64 back end).
 ///
 /// # Safety
 /// As for the x86_64 version.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the operation's operands
 pub(crate) unsafe fn rseq_cmpeqv_storev_current<const FIELD: usize>(
     area: isize,
     base: *mut u8,
@@ -464,27 +510,55 @@ pub(crate) unsafe fn rseq_cmpeqv_storev_current<const FIELD: usize>(
     len: usize,
     expect: i64,
     newv: i64,
-    index: *mut u32,
-) -> Result<(), Exit> {
+) -> Result<*mut i64, Exit> {
     let area = (thread_pointer() as isize).wrapping_add(area);
-    // SAFETY: as in `rseq_add_current`; the block also writes `*index`.
+    let status: u32;
+    let word: *mut i64;
+    // SAFETY: as in `rseq_add_current`; the block writes only the area's
+    // `rseq_cs` and, at the commit, the word of an index below `len`.
     unsafe {
-        current_op!(FIELD, area, len;
-            exits: [rseq_exit_point!("{cmpfail}"),],
-            body: [
-                "str w10, [{index}]",
-                "madd x10, x10, {stride}, {base}",
-                "ldr x11, [x10]",
-                "cmp x11, {expect}",
-                "b.ne {cmpfail}",
-                "str {newv}, [x10]",
-            ],
-            ops: [base = in(reg) base, stride = in(reg) stride, expect = in(reg) expect,
-                newv = in(reg) newv, index = in(reg) index,
-                cmpfail = label { return Err(Exit::CompareFailed) },]
-        );
+        if FIELD == crate::abi::OFFSET_CPU_ID {
+            asm!(
+                status_section!(""),
+                field = const FIELD,
+                in("x0") area,
+                len = in(reg) len,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                expect = in(reg) expect,
+                newv = in(reg) newv,
+                status = out(reg) status,
+                out("x10") word,
+                out("x11") _,
+                out("x16") _,
+                out("x17") _,
+                options(nostack),
+            );
+        } else {
+            asm!(
+                status_section!("ldr w11, [x0, #4]\ntbz w11, #31, 24f\nb 20f\n24:\n"),
+                field = const FIELD,
+                in("x0") area,
+                len = in(reg) len,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                expect = in(reg) expect,
+                newv = in(reg) newv,
+                status = out(reg) status,
+                out("x10") word,
+                out("x11") _,
+                out("x16") _,
+                out("x17") _,
+                options(nostack),
+            );
+        }
     }
-    Ok(())
+    match status {
+        0 => Ok(word),
+        1 => Err(Exit::Aborted),
+        2 => Err(Exit::Other),
+        _ => Err(Exit::CompareFailed),
+    }
 }
 
 /// Pops the list whose head is at `base + i * stride`, where `i` is read
@@ -517,6 +591,87 @@ pub(crate) unsafe fn rseq_pop_current<const FIELD: usize>(
             ],
             ops: [base = in(reg) base, stride = in(reg) stride, next = in(reg) next_offset,
                 load = in(reg) load,
+                cmpfail = label { return Err(Exit::CompareFailed) },]
+        );
+    }
+    Ok(())
+}
+
+/// Pops the top word of the stack at `base + i * stride`, where `i` is read
+/// inside the section (see the x86_64 back end). x12 holds the words'
+/// address, then the word.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_stack_pop_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    load: *mut usize,
+) -> Result<(), Exit> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add_current`; the block also writes `*load`, and
+    // declares x12 clobbered.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "madd x10, x10, {stride}, {base}",
+                "ldr x11, [x10]",
+                "cbz x11, {cmpfail}",
+                "sub x11, x11, #1",
+                "ldr x12, [x10, #16]",
+                "ldr x12, [x12, x11, lsl #3]",
+                "str x12, [{load}]",
+                "str x11, [x10]",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, load = in(reg) load,
+                out("x12") _,
+                cmpfail = label { return Err(Exit::CompareFailed) },]
+        );
+    }
+    Ok(())
+}
+
+/// Pushes `word` on the stack at `base + i * stride`, where `i` is read
+/// inside the section (see the x86_64 back end), committing with `stlr`
+/// when `RELEASE`.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_stack_push_current<const FIELD: usize, const RELEASE: bool>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    word: usize,
+) -> Result<(), Exit> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add_current`; the block also writes the word past
+    // the stack's length, and declares x12 clobbered.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "madd x10, x10, {stride}, {base}",
+                "ldr x11, [x10]",
+                "ldr x12, [x10, #8]",
+                "cmp x11, x12",
+                "b.hs {cmpfail}",
+                "ldr x12, [x10, #16]",
+                "str {word}, [x12, x11, lsl #3]",
+                "add x11, x11, #1",
+                ".if {release}",
+                "stlr x11, [x10]",
+                ".else",
+                "str x11, [x10]",
+                ".endif",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, word = in(reg) word,
+                release = const RELEASE as u8, out("x12") _,
                 cmpfail = label { return Err(Exit::CompareFailed) },]
         );
     }

@@ -610,16 +610,58 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
     Ok(())
 }
 
+/// The section of [`rseq_cmpeqv_storev_current`], for an `asm!` template:
+/// a `_current` section (see [`current_section`]) without exit labels,
+/// which reports how it left in `{status}` (0: committed, 1: aborted, 2:
+/// no slot or no area, 3: compare failed) and leaves the word's address in
+/// `%rax`. `$check` is the liveness test for `mm_cid`.
+macro_rules! status_section {
+    ($check:literal) => {
+        concat!(
+            rseq_cs_tables!(),
+            rseq_exit_point!("20f"),
+            rseq_exit_point!("21f"),
+            "lea rax, [rip + 3b]\n",
+            "mov qword ptr fs:[rdi + 8], rax\n",
+            "6:\n",
+            rseq_delay_inside!(),
+            "mov eax, dword ptr fs:[rdi + {field}]\n",
+            $check,
+            "cmp rax, {len}\n",
+            "jae 20f\n",
+            "imul rax, {stride}\n",
+            "add rax, {base}\n",
+            "cmp qword ptr [rax], {expect}\n",
+            "jne 21f\n",
+            "mov qword ptr [rax], {newv}\n",
+            "7:\n",
+            "xor {status:e}, {status:e}\n",
+            rseq_abort_handler!(),
+            "mov {status:e}, 1\n",
+            "jmp 9f\n",
+            "20:\n",
+            "mov {status:e}, 2\n",
+            "jmp 9f\n",
+            "21:\n",
+            "mov {status:e}, 3\n",
+            "jmp 9f\n",
+            ".popsection\n",
+            "9:\n",
+        )
+    };
+}
+
 /// Stores `newv` into the `i64` at `base + i * stride` if it equals
 /// `expect`, where `i` is the index field read inside the section (see
-/// [`rseq_add_current`]), and writes `i` to `*index` (a speculative store to
-/// the caller's local, before the compare). Leaves through
+/// [`rseq_add_current`]), and returns that word's address. Leaves through
 /// `Err(Exit::CompareFailed)`, having stored nothing, when the word differs.
 ///
+/// The block has outputs (the address and how it left), so no exit labels:
+/// its exits set a status register and join at the end of the block.
+///
 /// # Safety
-/// As for [`rseq_add_current`]; `index` must be valid for a `u32` write.
+/// As for [`rseq_add_current`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the operation's operands
 pub(crate) unsafe fn rseq_cmpeqv_storev_current<const FIELD: usize>(
     area: isize,
     base: *mut u8,
@@ -627,26 +669,48 @@ pub(crate) unsafe fn rseq_cmpeqv_storev_current<const FIELD: usize>(
     len: usize,
     expect: i64,
     newv: i64,
-    index: *mut u32,
-) -> Result<(), Exit> {
-    // SAFETY: as in `rseq_add_current`; the block also writes `*index`.
+) -> Result<*mut i64, Exit> {
+    let status: u32;
+    let word: *mut i64;
+    // SAFETY: as in `rseq_add_current`; the block writes only the area's
+    // `rseq_cs` and, at the commit, the word of an index below `len`.
     unsafe {
-        current_op!(FIELD, area, len;
-            exits: [rseq_exit_point!("{cmpfail}"),],
-            body: [
-                "mov dword ptr [{index}], eax",
-                "imul rax, {stride}",
-                "add rax, {base}",
-                "cmp qword ptr [rax], {expect}",
-                "jne {cmpfail}",
-                "mov qword ptr [rax], {newv}",
-            ],
-            ops: [base = in(reg) base, stride = in(reg) stride, expect = in(reg) expect,
-                newv = in(reg) newv, index = in(reg) index,
-                cmpfail = label { return Err(Exit::CompareFailed) },]
-        );
+        if FIELD == crate::abi::OFFSET_CPU_ID {
+            asm!(
+                status_section!(""),
+                field = const FIELD,
+                in("rdi") area,
+                len = in(reg) len,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                expect = in(reg) expect,
+                newv = in(reg) newv,
+                status = out(reg) status,
+                out("rax") word,
+                options(nostack),
+            );
+        } else {
+            asm!(
+                status_section!("cmp dword ptr fs:[rdi + 4], 0\njl 20f\n"),
+                field = const FIELD,
+                in("rdi") area,
+                len = in(reg) len,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                expect = in(reg) expect,
+                newv = in(reg) newv,
+                status = out(reg) status,
+                out("rax") word,
+                options(nostack),
+            );
+        }
     }
-    Ok(())
+    match status {
+        0 => Ok(word),
+        1 => Err(Exit::Aborted),
+        2 => Err(Exit::Other),
+        _ => Err(Exit::CompareFailed),
+    }
 }
 
 /// Pops the list whose head is the pointer at `base + i * stride`, where `i`
@@ -686,6 +750,94 @@ pub(crate) unsafe fn rseq_pop_current<const FIELD: usize>(
             ],
             ops: [base = in(reg) base, stride = in(reg) stride, next = in(reg) next_offset,
                 load = in(reg) load, out("r11") _,
+                cmpfail = label { return Err(Exit::CompareFailed) },]
+        );
+    }
+    Ok(())
+}
+
+/// Pops the top word of the stack at `base + i * stride` (a
+/// `rseq::WordStack`: its length at byte 0, its capacity at 8, its words'
+/// address at 16), where `i` is the index field read inside the section:
+/// if the length is not 0, writes the word under it to `*load` and commits
+/// the length minus one. Leaves through `Err(Exit::CompareFailed)` when the
+/// stack is empty. `%r11` holds the length, `%r10` the words, then the word.
+///
+/// # Safety
+/// As for [`rseq_add_current`] (for the stacks); `load` must be valid for
+/// a `usize` write, and each stack's words valid for reads below its
+/// length.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the operation's operands
+pub(crate) unsafe fn rseq_stack_pop_current<const FIELD: usize>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    load: *mut usize,
+) -> Result<(), Exit> {
+    // SAFETY: as in `rseq_add_current`; the block also writes `*load`, and
+    // declares `%r10` and `%r11` clobbered.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "imul rax, {stride}",
+                "add rax, {base}",
+                "mov r11, qword ptr [rax]",
+                "test r11, r11",
+                "jz {cmpfail}",
+                "dec r11",
+                "mov r10, qword ptr [rax + 16]",
+                "mov r10, qword ptr [r10 + 8 * r11]",
+                "mov qword ptr [{load}], r10",
+                "mov qword ptr [rax], r11",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, load = in(reg) load,
+                out("r10") _, out("r11") _,
+                cmpfail = label { return Err(Exit::CompareFailed) },]
+        );
+    }
+    Ok(())
+}
+
+/// Pushes `word` on the stack at `base + i * stride` (see
+/// [`rseq_stack_pop_current`]), where `i` is the index field read inside the
+/// section: if the length is below the capacity, stores `word` past it (a
+/// speculative store to a word that only counts once the length does) and
+/// commits the length plus one. Leaves through `Err(Exit::CompareFailed)`
+/// when the stack is full. x86-64 stores are never reordered with older
+/// stores, so `RELEASE` changes nothing here.
+///
+/// # Safety
+/// As for [`rseq_add_current`] (for the stacks); each stack's words valid
+/// for writes below its capacity.
+#[inline(always)]
+pub(crate) unsafe fn rseq_stack_push_current<const FIELD: usize, const RELEASE: bool>(
+    area: isize,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    word: usize,
+) -> Result<(), Exit> {
+    // SAFETY: as in `rseq_add_current`; the block also writes the word past
+    // the stack's length, and declares `%r10` and `%r11` clobbered.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [rseq_exit_point!("{cmpfail}"),],
+            body: [
+                "imul rax, {stride}",
+                "add rax, {base}",
+                "mov r11, qword ptr [rax]",
+                "cmp r11, qword ptr [rax + 8]",
+                "jae {cmpfail}",
+                "mov r10, qword ptr [rax + 16]",
+                "mov qword ptr [r10 + 8 * r11], {word}",
+                "inc r11",
+                "mov qword ptr [rax], r11",
+            ],
+            ops: [base = in(reg) base, stride = in(reg) stride, word = in(reg) word,
+                out("r10") _, out("r11") _,
                 cmpfail = label { return Err(Exit::CompareFailed) },]
         );
     }

@@ -520,25 +520,30 @@ pub unsafe fn add_current(
 /// `Err(Exit::Other)` when the thread has no live area or the index value
 /// has no slot, never `Err(Exit::Aborted)`.
 macro_rules! current_operation {
-    ($index:expr, $op:ident; $($arg:ident: $ty:ty = $val:expr),* $(,)?) => {{
+    ($index:expr, $op:ident $(, $flag:expr)?; $($arg:ident: $ty:ty = $val:expr),* $(,)?) => {
+        current_operation!($index, $op $(, $flag)? => (); $($arg: $ty = $val),*)
+    };
+    ($index:expr, $op:ident $(, $flag:expr)? => $t:ty; $($arg:ident: $ty:ty = $val:expr),* $(,)?) => {{
         /// One attempt.
         ///
         /// # Safety
         ///
         /// The operation's contract.
         #[inline(always)]
-        unsafe fn once(index: Index, $($arg: $ty),*) -> Result<(), Exit> {
+        unsafe fn once(index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
             delay_before();
             // SAFETY: a hot offset designates an area of this thread's static
             // TLS; the slots' validity below `len` is the caller's contract.
             unsafe {
                 match index {
-                    Index::CpuId => {
-                        arch::$op::<OFFSET_CPU_ID>(arch::hot_offset(HotOffset::Cpu), $($arg),*)
-                    }
-                    Index::MmCid => {
-                        arch::$op::<OFFSET_MM_CID>(arch::hot_offset(HotOffset::Cid), $($arg),*)
-                    }
+                    Index::CpuId => arch::$op::<OFFSET_CPU_ID $(, $flag)?>(
+                        arch::hot_offset(HotOffset::Cpu),
+                        $($arg),*
+                    ),
+                    Index::MmCid => arch::$op::<OFFSET_MM_CID $(, $flag)?>(
+                        arch::hot_offset(HotOffset::Cid),
+                        $($arg),*
+                    ),
                 }
             }
         }
@@ -550,7 +555,7 @@ macro_rules! current_operation {
         #[cold]
         #[inline(never)]
         #[allow(clippy::too_many_arguments)] // the operands, in registers
-        unsafe fn slow(exit: Exit, index: Index, $($arg: $ty),*) -> Result<(), Exit> {
+        unsafe fn slow(exit: Exit, index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
             match exit {
                 Exit::Aborted => count_abort(),
                 Exit::Other => {
@@ -572,7 +577,7 @@ macro_rules! current_operation {
         $(let $arg: $ty = $val;)*
         // SAFETY: forwarded to the caller's contract.
         match unsafe { once(index, $($arg),*) } {
-            Ok(()) => Ok(()),
+            Ok(v) => Ok(v),
             Err(Exit::CompareFailed) => Err(Exit::CompareFailed),
             // SAFETY: forwarded to the caller's contract.
             Err(exit) => unsafe { slow(exit, index, $($arg),*) },
@@ -595,14 +600,18 @@ const INDEX_LIMIT: usize = 1 << 31;
 /// `value * stride` from `base`. Retries after aborts (counted in
 /// [`aborts`]).
 ///
-/// Returns `Some(Ok(value))`, the index value whose word it stored;
+/// Returns `Some(Ok(word))`, the address of the word it stored (`base +
+/// value * stride`, for the index value it ran with);
 /// `Some(Err(Failure::CompareFailed))` when the word differed (nothing
 /// stored); `None`, having stored nothing, when the thread has no live area
 /// or the index value is not below `len` (no fallback: the caller works
 /// elsewhere, as with [`add_current`]).
 ///
-/// Taking a per-CPU lock is its use: compare 0, store 1, and the index value
-/// says whose lock the thread holds, wherever it runs next.
+/// Taking a per-CPU lock is its use: compare 0, store 1, and the address
+/// says whose lock the thread holds, wherever it runs next. The address
+/// comes back in a register: the section has no exit labels, it reports
+/// how it left in a second register instead, so that nothing goes through
+/// memory on the way to the work the lock guards.
 ///
 /// # Safety
 ///
@@ -610,19 +619,18 @@ const INDEX_LIMIT: usize = 1 << 31;
 /// - `i * stride` must not overflow an `isize`, and `base + i * stride` must
 ///   be valid for reads and writes of an `i64` and 8-byte aligned;
 /// - while other threads may access that word, it must only be written by
-///   the `_current` operations with the same `index` (which write word `i`
-///   only while running with index value `i`), or with an atomic store while
-///   no such operation can commit a write to it (the holder of a lock taken
-///   with this operation releasing it: the compare fails while it is held).
-///   Not by the other operations, nor under [`exclusive`], which these
-///   sections do not check.
+///   this operation with the same `index` (which writes word `i` only while
+///   running with index value `i`), or with an atomic store while the
+///   operation cannot commit a write to it (the holder of a lock taken with
+///   it releasing it: the compare fails while it is held). Not by the other
+///   operations, nor under [`exclusive`], which these sections do not check.
 ///
 /// ```
 /// use ktl::rseq::{self, Index};
 /// use std::sync::atomic::{AtomicI64, Ordering};
 ///
 /// // One lock and the count it guards per possible CPU.
-/// #[repr(align(128))]
+/// #[repr(C, align(128))]
 /// #[derive(Default)]
 /// struct Locked {
 ///     lock: AtomicI64,
@@ -635,15 +643,17 @@ const INDEX_LIMIT: usize = 1 << 31;
 ///     // SAFETY: the locks are written only by this operation and by their
 ///     // holder's release below.
 ///     match unsafe { rseq::cmpeqv_storev_current(Index::CpuId, base, size_of::<Locked>(), n, 0, 1) } {
-///         Some(Ok(cpu)) => break Some(cpu as usize),
+///         Some(Ok(word)) => break Some(word),
 ///         Some(Err(_)) => std::hint::spin_loop(), // held by another thread
 ///         None => break None,                      // no live area here
 ///     }
 /// };
-/// if let Some(cpu) = taken {
+/// if let Some(word) = taken {
+///     // SAFETY: the word is the `lock` of one of `data`'s elements.
+///     let mine = unsafe { &*word.cast::<Locked>() };
 ///     std::sync::atomic::fence(Ordering::Acquire);
-///     data[cpu].count.fetch_add(1, Ordering::Relaxed);
-///     data[cpu].lock.store(0, Ordering::Release);
+///     mine.count.fetch_add(1, Ordering::Relaxed);
+///     mine.lock.store(0, Ordering::Release);
 /// }
 /// ```
 #[inline]
@@ -654,15 +664,13 @@ pub unsafe fn cmpeqv_storev_current(
     len: usize,
     expect: i64,
     newv: i64,
-) -> Option<Result<u32, Failure>> {
-    let mut value = 0u32;
-    let out = &raw mut value;
-    // The operation's sections run under the caller's contract; `out` points to a local.
-    let done = current_operation!(index, rseq_cmpeqv_storev_current;
+) -> Option<Result<*mut i64, Failure>> {
+    // The operation's sections run under the caller's contract.
+    let done = current_operation!(index, rseq_cmpeqv_storev_current => *mut i64;
         base: *mut u8 = base, stride: usize = stride, len: usize = len.min(INDEX_LIMIT),
-        expect: i64 = expect, newv: i64 = newv, out: *mut u32 = out);
+        expect: i64 = expect, newv: i64 = newv);
     match done {
-        Ok(()) => Some(Ok(value)),
+        Ok(word) => Some(Ok(word)),
         Err(Exit::CompareFailed) => Some(Err(Failure::CompareFailed)),
         Err(_) => None,
     }
@@ -776,6 +784,146 @@ pub unsafe fn push_current(
         base: *mut u8 = base, stride: usize = stride, len: usize = len.min(INDEX_LIMIT),
         node: *mut u8 = node, next_offset: isize = next_offset);
     done.is_ok()
+}
+
+/// One CPU's stack of words, for [`stack_push_current`] and
+/// [`stack_pop_current`]: `len` words used of the `cap` at `items` (the
+/// layout of param_test's per-CPU buffer). Put one in each slot of an array
+/// of per-CPU slots.
+///
+/// The sections read and write `len` with plain loads and stores; other
+/// threads may read it with atomic loads. `cap` and `items` are read by the
+/// sections and must not change while operations may run.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WordStack {
+    /// The number of words on the stack, at most `cap`.
+    pub len: core::sync::atomic::AtomicUsize,
+    /// How many words `items` has room for.
+    pub cap: usize,
+    /// The words: the stack is `items[..len]`, its top `items[len - 1]`.
+    pub items: *mut usize,
+}
+
+const _: () = assert!(
+    core::mem::offset_of!(WordStack, len) == 0
+        && core::mem::offset_of!(WordStack, cap) == 8
+        && core::mem::offset_of!(WordStack, items) == 16
+);
+
+// SAFETY: a WordStack's words are reached only through the `_current`
+// operations, whose contract says who may write them; the pointer itself
+// is plain data.
+unsafe impl Send for WordStack {}
+// SAFETY: as above.
+unsafe impl Sync for WordStack {}
+
+/// Pushes `word` on the current CPU's (or concurrency id's) stack of an
+/// array of per-CPU [`WordStack`]s, in one critical section that reads the
+/// index itself, as [`add_current`] does: the stack at byte `value * stride`
+/// from `base`. The section stores the word past the length and commits the
+/// length plus one, with the ordering `commit` ([`Commit::Release`] makes the
+/// word, and what the caller wrote before, visible to a thread that reads
+/// the length with acquire ordering). Retries after aborts (counted in
+/// [`aborts`]).
+///
+/// Returns `Some(Ok(()))` once pushed; `Some(Err(Failure::CompareFailed))`
+/// when the stack is full (nothing stored); `None`, having stored nothing,
+/// when the thread has no live area or the index value is not below `len`
+/// (no fallback, as with [`add_current`]).
+///
+/// # Safety
+///
+/// For every index value `i` below `len`:
+/// - `i * stride` must not overflow an `isize`, and `base + i * stride` must
+///   be a valid, aligned [`WordStack`] whose `items` are valid for reads and
+///   writes of `cap` words;
+/// - while other threads may access a stack, its `len` and words must only be
+///   written by [`stack_push_current`] and [`stack_pop_current`] with the same
+///   `index` (which write stack `i` only while running with index value
+///   `i`); not by the other operations, nor under [`exclusive`], which these
+///   sections do not check.
+///
+/// ```
+/// use ktl::rseq::{self, Commit, Index, WordStack};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// // One stack of 8 words per possible CPU, each on its own pair of lines.
+/// #[repr(align(128))]
+/// struct Slot(WordStack);
+/// let n = ktl::cpu::possible_cpus().unwrap_or(1) as usize;
+/// let mut words = vec![0usize; n * 8];
+/// let slots: Vec<Slot> = words
+///     .chunks_mut(8)
+///     .map(|w| Slot(WordStack { len: AtomicUsize::new(0), cap: 8, items: w.as_mut_ptr() }))
+///     .collect();
+/// let (base, stride) = (slots.as_ptr().cast_mut().cast::<u8>(), size_of::<Slot>());
+/// // SAFETY: the stacks are valid, and only these two operations, indexed
+/// // by CPU, write them.
+/// if unsafe { rseq::stack_push_current(Index::CpuId, base, stride, n, 42, Commit::Relaxed) }
+///     == Some(Ok(()))
+/// {
+///     // SAFETY: as above. The thread may have moved since the push.
+///     let popped = unsafe { rseq::stack_pop_current(Index::CpuId, base, stride, n) };
+///     let on_stacks: usize = slots.iter().map(|s| s.0.len.load(Ordering::Relaxed)).sum();
+///     assert_eq!((popped == Some(Ok(42))) as usize + on_stacks, 1);
+/// }
+/// ```
+#[inline]
+pub unsafe fn stack_push_current(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    word: usize,
+    commit: Commit,
+) -> Option<Result<(), Failure>> {
+    let len = len.min(INDEX_LIMIT);
+    // The operation's sections run under the caller's contract.
+    let done = match commit {
+        Commit::Relaxed => current_operation!(index, rseq_stack_push_current, false;
+            base: *mut u8 = base, stride: usize = stride, len: usize = len, word: usize = word),
+        Commit::Release => current_operation!(index, rseq_stack_push_current, true;
+            base: *mut u8 = base, stride: usize = stride, len: usize = len, word: usize = word),
+    };
+    match done {
+        Ok(()) => Some(Ok(())),
+        Err(Exit::CompareFailed) => Some(Err(Failure::CompareFailed)),
+        Err(_) => None,
+    }
+}
+
+/// Pops the top word of the current CPU's (or concurrency id's) stack of an
+/// array of per-CPU [`WordStack`]s, in one critical section that reads the
+/// index itself, as [`add_current`] does. Retries after aborts (counted in
+/// [`aborts`]).
+///
+/// Returns `Some(Ok(word))`; `Some(Err(Failure::CompareFailed))` when the
+/// stack is empty; `None`, having done nothing, when the thread has no live
+/// area or the index value is not below `len` (no fallback).
+///
+/// # Safety
+///
+/// The contract of [`stack_push_current`].
+#[inline]
+pub unsafe fn stack_pop_current(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+) -> Option<Result<usize, Failure>> {
+    let mut word = 0usize;
+    let load = &raw mut word;
+    // The operation's sections run under the caller's contract; `load`
+    // points to a local.
+    let done = current_operation!(index, rseq_stack_pop_current;
+        base: *mut u8 = base, stride: usize = stride, len: usize = len.min(INDEX_LIMIT),
+        load: *mut usize = load);
+    match done {
+        Ok(()) => Some(Ok(word)),
+        Err(Exit::CompareFailed) => Some(Err(Failure::CompareFailed)),
+        Err(_) => None,
+    }
 }
 
 /// Stores `newv` into `*v` if `*v == expect`, in one critical section.
