@@ -18,17 +18,18 @@
 //!    section); after an abort the caller starts again. [`retry`] runs that
 //!    loop.
 //!
-//! [`add_current`] does both steps in one section: the section reads the
-//! index itself, after it has published its descriptor, so nothing has to
-//! be compared and no [`Start`] passes between the steps. It is the cheapest
-//! per-CPU add, at the price of having no fallback (below): a thread without
-//! a live area gets `false` and counts elsewhere.
+//! [`add_current`] and the other `_current` operations do both steps in one
+//! section: the section reads the index itself, after it has published its
+//! descriptor, and works on that index's slot of an array of per-CPU slots,
+//! so nothing has to be compared and no [`Start`] passes between the steps.
+//! They are the cheapest per-CPU operations, at the price of having no
+//! fallback (below): a thread without a live area gets `None` (or `false`)
+//! and works elsewhere.
 //!
 //! ## The fallback
 //!
-//! A thread without a live area still runs every operation but
-//! [`add_current`]: [`start`]
-//! returns a fallback `Start`, and the operation takes a lock per index
+//! A thread without a live area still runs every operation but the
+//! `_current` ones: [`start`] returns a fallback `Start`, and the operation takes a lock per index
 //! value (its *gate*) instead of running a critical section, with the same
 //! results (it never aborts). Two cases, named by [`Path`]:
 //!
@@ -65,6 +66,9 @@
 //! | [`cmpeqv_cmpeqv_storev`] | compare two words, then store |
 //! | [`cmpeqv_trystorev_storev`] | compare, store a second word, commit (relaxed or release) |
 //! | [`cmpeqv_trymemcpy_storev`] | compare, copy a small buffer, commit (relaxed or release) |
+//! | [`cmpeqv_storev_current`] | store if the current CPU's word of an array matches ([`start`] and [`cmpeqv_storev`] in one section, without a fallback) |
+//! | [`pop_current`], [`push_current`] | pop from, push on the current CPU's list of an array (one section each, without a fallback) |
+//! | [`stack_pop_current`], [`stack_push_current`] | pop from, push on the current CPU's [`WordStack`] of an array (one section each, without a fallback) |
 
 use crate::abi::{Features, OFFSET_CPU_ID, OFFSET_CPU_ID_START, OFFSET_MM_CID};
 use crate::arch::{self, Exit, HotOffset, Leave};
