@@ -7,7 +7,9 @@
 use crate::harness::Outcome;
 use crate::workloads::cpu::{BASELINE, GLIBC, RAW_LOAD};
 use crate::workloads::peers::Scenario;
-use crate::workloads::percpu::{ARRAY_QUEUE_2, PERCPU_ADD_2, PERCPU_SHARED_ADD_2, POOL_2};
+use crate::workloads::percpu::{
+    ARRAY_QUEUE_2, PERCPU_ADD_1, PERCPU_ADD_2, PERCPU_SHARED_ADD_2, POOL_2, THREAD_LOCAL_ADD_1,
+};
 use crate::workloads::random::{KTL_16, LIMIT_16};
 use crate::workloads::rseq::{FETCH_ADD_1, RSEQ_CURRENT_1, RSEQ_CURRENT_2, SHARED_ADD_2};
 use crate::workloads::{peers, percpu, random};
@@ -72,6 +74,20 @@ const CHECKS: &[CheckSpec] = &[
         denominator: PERCPU_ADD_2,
         bound: Bound::Min,
         limit: 5.0,
+    },
+    CheckSpec {
+        name: "PerCpuCounter::add in 1 thread costs at most a thread_local sharded counter",
+        numerator: PERCPU_ADD_1,
+        denominator: THREAD_LOCAL_ADD_1,
+        bound: Bound::Max,
+        limit: 1.0,
+    },
+    CheckSpec {
+        name: "PerCpuCounter::add in 1 thread costs at most 1.15x a raw rseq add_current",
+        numerator: PERCPU_ADD_1,
+        denominator: RSEQ_CURRENT_1,
+        bound: Bound::Max,
+        limit: 1.15,
     },
     CheckSpec {
         name: "Pool get+put with 2 threads is at least 2x faster per op than ArrayQueue pop+push",
@@ -247,15 +263,15 @@ mod tests {
             outcome(SHARED_ADD_2, Some(30.0)),
         ];
         let c = checks(&outcomes);
-        assert_eq!(c.len(), 8);
+        assert_eq!(c.len(), 10);
         assert_eq!((c[2].ratio, c[2].bound), (Some(10.0), Bound::Min));
         assert_eq!(c[2].pass, Some(true));
         assert_eq!((c[3].ratio, c[3].bound), (Some(1.2), Bound::Max));
         assert_eq!(c[3].pass, Some(false));
         // No percpu or random row ran: their checks are skipped.
         assert!(c[4..].iter().all(|c| c.pass.is_none()));
-        assert!(c[6].reason.as_deref().unwrap().contains("not run"));
-        assert!(c[7].reason.as_deref().unwrap().contains("no percpu row"));
+        assert!(c[8].reason.as_deref().unwrap().contains("not run"));
+        assert!(c[9].reason.as_deref().unwrap().contains("no percpu row"));
 
         let percpu = |name: &str, median: f64| Outcome {
             group: percpu::GROUP.to_owned(),
@@ -267,14 +283,25 @@ mod tests {
             percpu(PERCPU_SHARED_ADD_2, 30.0),
             percpu(POOL_2, 10.0),
             percpu(ARRAY_QUEUE_2, 15.0),
+            percpu(PERCPU_ADD_1, 1.0),
+            percpu(THREAD_LOCAL_ADD_1, 0.8),
+            outcome(RSEQ_CURRENT_1, Some(0.9)),
         ];
         let c = checks(&outcomes);
         assert_eq!((c[4].ratio, c[4].pass), (Some(15.0), Some(true)));
-        assert_eq!((c[5].ratio, c[5].pass), (Some(1.5), Some(false)));
-        assert_eq!((c[7].name, c[7].bound), (FOOTPRINT_CHECK, Bound::Exact));
-        assert_eq!((c[7].ratio, c[7].pass), (Some(1.0), Some(true)));
+        // The counter in one thread: 1.25x the thread_local one (fails),
+        // 1.11x the raw add (passes).
+        assert_eq!((c[5].ratio, c[5].pass), (Some(1.25), Some(false)));
+        assert_eq!(
+            (c[6].bound, c[6].limit, c[6].pass),
+            (Bound::Max, 1.15, Some(true))
+        );
+        assert!((c[6].ratio.unwrap() - 1.0 / 0.9).abs() < 1e-12);
+        assert_eq!((c[7].ratio, c[7].pass), (Some(1.5), Some(false)));
+        assert_eq!((c[9].name, c[9].bound), (FOOTPRINT_CHECK, Bound::Exact));
+        assert_eq!((c[9].ratio, c[9].pass), (Some(1.0), Some(true)));
         assert!(
-            c[7].detail
+            c[9].detail
                 .as_deref()
                 .unwrap()
                 .contains("PerCpu<AtomicU64>")
@@ -293,33 +320,33 @@ mod tests {
         ];
         let c = checks(&outcomes);
         assert_eq!(
-            (c[6].name, c[6].bound, c[6].limit),
+            (c[8].name, c[8].bound, c[8].limit),
             (RANDOM_CHECK.name, Bound::Max, 1.1)
         );
         assert_eq!(
             RANDOM_CHECK.name,
             "ktl::random::fill of 16 bytes costs at most 1.1x the raw vDSO getrandom"
         );
-        assert!((c[6].ratio.unwrap() - 1.1).abs() < 1e-12);
-        assert_eq!(c[6].pass, Some(true));
+        assert!((c[8].ratio.unwrap() - 1.1).abs() < 1e-12);
+        assert_eq!(c[8].pass, Some(true));
         let outcomes = [random(KTL_16, 40.0), random(LIMIT_16, 40.0)];
-        assert_eq!(checks(&outcomes)[6].ratio, Some(1.0));
+        assert_eq!(checks(&outcomes)[8].ratio, Some(1.0));
         let outcomes = [random(KTL_16, 50.0), random(LIMIT_16, 40.0)];
         let c = checks(&outcomes);
-        assert_eq!((c[6].ratio, c[6].pass), (Some(1.25), Some(false)));
+        assert_eq!((c[8].ratio, c[8].pass), (Some(1.25), Some(false)));
         // The system call is no longer part of the promise.
         let outcomes = [random(KTL_16, 40.0), random(SYSCALL_16, 41.0)];
         let c = checks(&outcomes);
-        assert_eq!(c[6].pass, None);
-        assert!(c[6].reason.as_deref().unwrap().contains("not run"));
+        assert_eq!(c[8].pass, None);
+        assert!(c[8].reason.as_deref().unwrap().contains("not run"));
         // The limit row n/a: not computed, with its reason.
         let na = Outcome {
             result: Err("no usable vDSO: the vDSO is turned off (KTL_VDSO=off)".to_owned()),
             ..random(LIMIT_16, 0.0)
         };
         let c = checks(&[random(KTL_16, 40.0), na]);
-        assert_eq!((c[6].ratio, c[6].pass), (None, None));
-        let reason = c[6].reason.as_deref().unwrap();
+        assert_eq!((c[8].ratio, c[8].pass), (None, None));
+        let reason = c[8].reason.as_deref().unwrap();
         assert_eq!(
             reason,
             format!("{LIMIT_16} is n/a: no usable vDSO: the vDSO is turned off (KTL_VDSO=off)")
@@ -329,14 +356,14 @@ mod tests {
         assert_eq!(random::fallback_name(16), fallback);
         let outcomes = [random(fallback, 300.0), random(LIMIT_16, 40.0)];
         let c = checks(&outcomes);
-        assert_eq!((c[6].ratio, c[6].pass), (None, None));
+        assert_eq!((c[8].ratio, c[8].pass), (None, None));
         assert!(
-            c[6].reason
+            c[8].reason
                 .as_deref()
                 .unwrap()
                 .contains("ran on the syscall fallback"),
             "{:?}",
-            c[6].reason
+            c[8].reason
         );
 
         let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
@@ -357,15 +384,15 @@ mod tests {
             ..outcome(name, None)
         };
         // No peers row in the run: no peers check.
-        assert_eq!(checks(&[outcome(BASELINE, Some(1.0))]).len(), 8);
+        assert_eq!(checks(&[outcome(BASELINE, Some(1.0))]).len(), 10);
         // librseq absent: the rows are n/a, the checks not computed.
         let absent: Vec<Outcome> = Scenario::ALL
             .into_iter()
             .flat_map(|s| [peer(s.ktl_row(), None), peer(s.librseq_row(), None)])
             .collect();
         let c = checks(&absent);
-        assert_eq!(c.len(), 8 + 5);
-        for (check, s) in c[8..].iter().zip(Scenario::ALL) {
+        assert_eq!(c.len(), 10 + 5);
+        for (check, s) in c[10..].iter().zip(Scenario::ALL) {
             assert_eq!(
                 (check.name, check.bound, check.limit),
                 (s.check_name(), Bound::Max, 1.0)
@@ -383,8 +410,8 @@ mod tests {
             peer(Scenario::List.librseq_row(), Some(2.0)),
         ];
         let c = checks(&outcomes);
-        assert_eq!((c[8].ratio, c[8].pass), (Some(0.5), Some(true)));
-        assert_eq!((c[10].ratio, c[10].pass), (Some(1.5), Some(false)));
-        assert!(c[9].reason.as_deref().unwrap().contains("not run"));
+        assert_eq!((c[10].ratio, c[10].pass), (Some(0.5), Some(true)));
+        assert_eq!((c[12].ratio, c[12].pass), (Some(1.5), Some(false)));
+        assert!(c[11].reason.as_deref().unwrap().contains("not run"));
     }
 }

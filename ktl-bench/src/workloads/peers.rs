@@ -1516,19 +1516,42 @@ fn memcpy_check(bufs: &PerCpuItem<'_, CopyBuffer>) -> Result<(), String> {
 /// from the threads' spawn to their join, or what went wrong (a failed
 /// check among it).
 pub fn run_ktl(scenario: Scenario, reps: u64) -> Result<Duration, String> {
+    run_ktl_way(scenario, reps, false)
+}
+
+/// Runs `scenario` as [`run_ktl`] does, through the operations that take a
+/// [`Start`] where [`run_ktl`] uses those that read the index inside their
+/// section (the scenarios with a [`Scenario::ktl_start_row`]; the others
+/// run as in [`run_ktl`]).
+pub fn run_ktl_start(scenario: Scenario, reps: u64) -> Result<Duration, String> {
+    run_ktl_way(scenario, reps, true)
+}
+
+/// [`run_ktl`], or with `start` [`run_ktl_start`]. Each way is a call of
+/// [`timed`] with its own repetition function, so that each is inlined into
+/// its threads' loop.
+fn run_ktl_way(scenario: Scenario, reps: u64, start: bool) -> Result<Duration, String> {
     let expected = u64::from(THREADS).saturating_mul(reps);
     match scenario {
         Scenario::Increment => {
             let pool = pool::<AtomicI64>()?;
             let counts = pool.alloc().map_err(alloc_error)?;
-            let elapsed = timed(counts.slots(), reps, increment_rep)?;
+            let elapsed = if start {
+                timed(counts.slots(), reps, increment_start_rep)
+            } else {
+                timed(counts.slots(), reps, increment_rep)
+            }?;
             increment_check(&counts, expected)?;
             Ok(elapsed)
         }
         Scenario::Spinlock => {
             let pool = pool::<Locked>()?;
             let data = pool.alloc().map_err(alloc_error)?;
-            let elapsed = timed(data.slots(), reps, spinlock_rep)?;
+            let elapsed = if start {
+                timed(data.slots(), reps, spinlock_start_rep)
+            } else {
+                timed(data.slots(), reps, spinlock_rep)
+            }?;
             spinlock_check(&data, expected)?;
             Ok(elapsed)
         }
@@ -1536,7 +1559,11 @@ pub fn run_ktl(scenario: Scenario, reps: u64) -> Result<Duration, String> {
             let mut nodes = Boxed::default();
             let pool = pool::<ListHead>()?;
             let heads = list_setup(&pool, &mut nodes)?;
-            let elapsed = timed(heads.slots(), reps, list_rep)?;
+            let elapsed = if start {
+                timed(heads.slots(), reps, list_start_rep)
+            } else {
+                timed(heads.slots(), reps, list_rep)
+            }?;
             list_check(&heads, &nodes)?;
             Ok(elapsed)
         }
@@ -1544,7 +1571,11 @@ pub fn run_ktl(scenario: Scenario, reps: u64) -> Result<Duration, String> {
             let mut items = Boxed::default();
             let pool = pool::<Buffer>()?;
             let bufs = buffer_setup(&pool, &mut items)?;
-            let elapsed = timed(bufs.slots(), reps, buffer_rep)?;
+            let elapsed = if start {
+                timed(bufs.slots(), reps, buffer_start_rep)
+            } else {
+                timed(bufs.slots(), reps, buffer_rep)
+            }?;
             buffer_check(&bufs, &items)?;
             Ok(elapsed)
         }
@@ -1555,47 +1586,6 @@ pub fn run_ktl(scenario: Scenario, reps: u64) -> Result<Duration, String> {
             memcpy_check(&bufs)?;
             Ok(elapsed)
         }
-    }
-}
-
-/// Runs `scenario` as [`run_ktl`] does, through the operations that take a
-/// [`Start`] where [`run_ktl`] uses those that read the index inside their
-/// section (the scenarios with a [`Scenario::ktl_start_row`]; the others
-/// run as in [`run_ktl`]).
-pub fn run_ktl_start(scenario: Scenario, reps: u64) -> Result<Duration, String> {
-    let expected = u64::from(THREADS).saturating_mul(reps);
-    match scenario {
-        Scenario::Increment => {
-            let pool = pool::<AtomicI64>()?;
-            let counts = pool.alloc().map_err(alloc_error)?;
-            let elapsed = timed(counts.slots(), reps, increment_start_rep)?;
-            increment_check(&counts, expected)?;
-            Ok(elapsed)
-        }
-        Scenario::Spinlock => {
-            let pool = pool::<Locked>()?;
-            let data = pool.alloc().map_err(alloc_error)?;
-            let elapsed = timed(data.slots(), reps, spinlock_start_rep)?;
-            spinlock_check(&data, expected)?;
-            Ok(elapsed)
-        }
-        Scenario::List => {
-            let mut nodes = Boxed::default();
-            let pool = pool::<ListHead>()?;
-            let heads = list_setup(&pool, &mut nodes)?;
-            let elapsed = timed(heads.slots(), reps, list_start_rep)?;
-            list_check(&heads, &nodes)?;
-            Ok(elapsed)
-        }
-        Scenario::Buffer => {
-            let mut items = Boxed::default();
-            let pool = pool::<Buffer>()?;
-            let bufs = buffer_setup(&pool, &mut items)?;
-            let elapsed = timed(bufs.slots(), reps, buffer_start_rep)?;
-            buffer_check(&bufs, &items)?;
-            Ok(elapsed)
-        }
-        Scenario::Memcpy => run_ktl(scenario, reps),
     }
 }
 

@@ -35,6 +35,10 @@ use thread_local::ThreadLocal;
 /// The group's name.
 pub const GROUP: &str = "percpu";
 
+/// `PerCpuCounter::add` in one thread, which promises compare.
+pub const PERCPU_ADD_1: &str = "counter: PerCpuCounter::add (1 thread)";
+/// A `thread_local` sharded counter in one thread, which a promise compares.
+pub const THREAD_LOCAL_ADD_1: &str = "counter: ThreadLocal<Cell<u64>> add (1 thread)";
 /// `PerCpuCounter::add` in two threads, which a promise compares.
 pub const PERCPU_ADD_2: &str = "counter: PerCpuCounter::add (2 threads)";
 /// A shared `AtomicU64` in two threads, which a promise compares.

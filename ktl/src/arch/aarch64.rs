@@ -514,43 +514,34 @@ pub(crate) unsafe fn rseq_cmpeqv_storev_current<const FIELD: usize>(
     let area = (thread_pointer() as isize).wrapping_add(area);
     let status: u32;
     let word: *mut i64;
+    // The block, with `$check` (the liveness test for `mm_cid`).
+    macro_rules! block {
+        ($check:literal) => {
+            asm!(
+                status_section!($check),
+                field = const FIELD,
+                in("x0") area,
+                len = in(reg) len,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                expect = in(reg) expect,
+                newv = in(reg) newv,
+                status = out(reg) status,
+                out("x10") word,
+                out("x11") _,
+                out("x16") _,
+                out("x17") _,
+                options(nostack),
+            )
+        };
+    }
     // SAFETY: as in `rseq_add_current`; the block writes only the area's
     // `rseq_cs` and, at the commit, the word of an index below `len`.
     unsafe {
         if FIELD == crate::abi::OFFSET_CPU_ID {
-            asm!(
-                status_section!(""),
-                field = const FIELD,
-                in("x0") area,
-                len = in(reg) len,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                expect = in(reg) expect,
-                newv = in(reg) newv,
-                status = out(reg) status,
-                out("x10") word,
-                out("x11") _,
-                out("x16") _,
-                out("x17") _,
-                options(nostack),
-            );
+            block!("");
         } else {
-            asm!(
-                status_section!("ldr w11, [x0, #4]\ntbz w11, #31, 24f\nb 20f\n24:\n"),
-                field = const FIELD,
-                in("x0") area,
-                len = in(reg) len,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                expect = in(reg) expect,
-                newv = in(reg) newv,
-                status = out(reg) status,
-                out("x10") word,
-                out("x11") _,
-                out("x16") _,
-                out("x17") _,
-                options(nostack),
-            );
+            block!("ldr w11, [x0, #4]\ntbz w11, #31, 24f\nb 20f\n24:\n");
         }
     }
     match status {

@@ -672,37 +672,31 @@ pub(crate) unsafe fn rseq_cmpeqv_storev_current<const FIELD: usize>(
 ) -> Result<*mut i64, Exit> {
     let status: u32;
     let word: *mut i64;
+    // The block, with `$check` (the liveness test for `mm_cid`).
+    macro_rules! block {
+        ($check:literal) => {
+            asm!(
+                status_section!($check),
+                field = const FIELD,
+                in("rdi") area,
+                len = in(reg) len,
+                base = in(reg) base,
+                stride = in(reg) stride,
+                expect = in(reg) expect,
+                newv = in(reg) newv,
+                status = out(reg) status,
+                out("rax") word,
+                options(nostack),
+            )
+        };
+    }
     // SAFETY: as in `rseq_add_current`; the block writes only the area's
     // `rseq_cs` and, at the commit, the word of an index below `len`.
     unsafe {
         if FIELD == crate::abi::OFFSET_CPU_ID {
-            asm!(
-                status_section!(""),
-                field = const FIELD,
-                in("rdi") area,
-                len = in(reg) len,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                expect = in(reg) expect,
-                newv = in(reg) newv,
-                status = out(reg) status,
-                out("rax") word,
-                options(nostack),
-            );
+            block!("");
         } else {
-            asm!(
-                status_section!("cmp dword ptr fs:[rdi + 4], 0\njl 20f\n"),
-                field = const FIELD,
-                in("rdi") area,
-                len = in(reg) len,
-                base = in(reg) base,
-                stride = in(reg) stride,
-                expect = in(reg) expect,
-                newv = in(reg) newv,
-                status = out(reg) status,
-                out("rax") word,
-                options(nostack),
-            );
+            block!("cmp dword ptr fs:[rdi + 4], 0\njl 20f\n");
         }
     }
     match status {

@@ -44,11 +44,28 @@ use crossbeam_utils::CachePadded;
 /// assert_eq!(requests.sum(), 4 * 990);
 /// ```
 pub struct PerCpuCounter {
+    /// `add_current`'s operands, as `PerCpu::raw_slots` gives them: the
+    /// slots' address (with the value's offset in its padding) and count,
+    /// and the index.
+    base: *mut u8,
+    len: usize,
+    index: Index,
     slots: PerCpu<AtomicI64>,
     /// Updates of threads that cannot run rseq operations, and of index
-    /// values without a slot.
-    shared: CachePadded<AtomicI64>,
+    /// values without a slot. Boxed, as the slots are: the counter itself
+    /// then holds no `UnsafeCell`, so a `&PerCpuCounter` argument tells the
+    /// compiler that nothing writes the fields above while it is borrowed,
+    /// and a loop of adds keeps them in registers instead of loading them
+    /// again after every section (which may write memory).
+    shared: Box<CachePadded<AtomicI64>>,
 }
+
+// SAFETY: `base` points into `slots`, which the counter owns; the slots and
+// the shared word are atomics, written only as `add` and `reset` describe.
+unsafe impl Send for PerCpuCounter {}
+// SAFETY: as above: shared access writes only through `add_current` and
+// the shared atomic.
+unsafe impl Sync for PerCpuCounter {}
 
 impl PerCpuCounter {
     /// A counter at 0, with slots indexed by CPU.
@@ -61,15 +78,20 @@ impl PerCpuCounter {
     /// even when it runs on a few of many CPUs; on a kernel without
     /// `mm_cid`, the counter is indexed by CPU instead.
     pub fn with_index(index: Index) -> Self {
+        let slots = PerCpu::new(index);
+        let (base, _, len) = slots.raw_slots();
         PerCpuCounter {
-            slots: PerCpu::new(index),
-            shared: CachePadded::new(AtomicI64::new(0)),
+            base,
+            len,
+            index: slots.index(),
+            slots,
+            shared: Box::new(CachePadded::new(AtomicI64::new(0))),
         }
     }
 
     /// The index the slots are chosen by.
     pub fn index(&self) -> Index {
-        self.slots.index()
+        self.index
     }
 
     /// Adds `n` (wrapping on overflow).
@@ -79,14 +101,15 @@ impl PerCpuCounter {
     /// a thread without a live area adds to the shared atomic.
     #[inline]
     pub fn add(&self, n: i64) {
-        let (base, stride, len) = self.slots.raw_slots();
+        let stride = size_of::<CachePadded<AtomicI64>>();
         // SAFETY: slot `i`'s AtomicI64 is at `base + i * stride` for every
-        // `i < len` (`raw_slots`), live, aligned and valid for i64 reads and
+        // `i < len` (`raw_slots`, taken when the slots were made; the boxed
+        // slots never move), live, aligned and valid for i64 reads and
         // writes for as long as `self`. The slots are private to this counter:
         // while it is shared, only `add_current` with the counter's one index
         // writes them (`sum` only loads them), and `reset` writes them only
         // through `&mut self`, when no add can run.
-        if !unsafe { rseq::add_current(self.slots.index(), base, stride, len, n) } {
+        if !unsafe { rseq::add_current(self.index, self.base, stride, self.len, n) } {
             self.add_shared(n);
         }
     }
@@ -115,7 +138,7 @@ impl PerCpuCounter {
     /// Sets the counter back to 0.
     pub fn reset(&mut self) {
         self.slots.iter_mut().for_each(|s| *s.get_mut() = 0);
-        *self.shared.get_mut() = 0;
+        *(**self.shared).get_mut() = 0;
     }
 
     /// The bytes the counter's slots take (one padded slot per possible
