@@ -34,7 +34,8 @@ pub struct Options {
     /// with `quick`).
     pub sample_ms: Option<u64>,
     /// The short run: fewer, shorter samples, of the `percpu` group only
-    /// the 2-thread counter and pool rows, of the `random` group only the
+    /// the 2-thread counter and pool rows and the 1-thread counter rows of
+    /// ktl and `thread_local`, of the `random` group only the
     /// 16-byte ktl, limit and syscall rows, and no row of the `peers` group.
     pub quick: bool,
     /// Only the rows of this group, or else the rows whose name or group

@@ -146,7 +146,8 @@
 //! noisy.
 //!
 //! `--quick` (and `ktl` with no subcommand) takes fewer, shorter samples, of
-//! the `percpu` group runs only the 2-thread counter and pool rows, and of
+//! the `percpu` group runs only the 2-thread counter and pool rows and the
+//! 1-thread counter rows of ktl and `thread_local`, and of
 //! the `random` group only the 16-byte rows of ktl, the raw vDSO limit and
 //! the system call: the rows the promises compare. A filter that is a
 //! group's name selects that group (`cpu` does not select `percpu`); any

@@ -143,7 +143,8 @@ fn row_name(kind: Kind, which: usize, threads: u32) -> String {
 
 /// The group's rows: for each structure and thread count, ktl's
 /// implementation then the alternatives, each compared to ktl's. The quick
-/// run measures the 2-thread counter and pool rows.
+/// run measures the 2-thread counter and pool rows, and the one-thread
+/// counter rows of ktl and `thread_local`.
 pub fn rows() -> Vec<Row> {
     rows_at(&THREADS)
 }
@@ -155,7 +156,11 @@ pub fn rows_at(threads: &[u32]) -> Vec<Row> {
     for kind in Kind::ALL {
         for &threads in threads {
             for which in 0..kind.labels().len() {
-                let quick = threads == 2 && kind != Kind::Stack;
+                // The 2-thread counter and pool rows, and the one-thread
+                // counter rows that its promises compare (ktl's and the
+                // thread_local one).
+                let quick = (threads == 2 && kind != Kind::Stack)
+                    || (threads == 1 && kind == Kind::Counter && (which == 0 || which == 2));
                 rows.push(row(kind, which, threads).in_quick_run(quick));
             }
         }
@@ -425,7 +430,13 @@ mod tests {
                 rows.iter()
                     .any(|b| b.name == base && b.ours && b.threads == r.threads)
             );
-            assert_eq!(r.quick, r.threads == 2 && !r.name.starts_with("stack"));
+            let one_thread_counter = r.name == PERCPU_ADD_1 || r.name == THREAD_LOCAL_ADD_1;
+            assert_eq!(
+                r.quick,
+                (r.threads == 2 && !r.name.starts_with("stack")) || one_thread_counter,
+                "{}",
+                r.name
+            );
         }
     }
 
