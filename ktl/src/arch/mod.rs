@@ -12,7 +12,8 @@
 //! - `hot_offset(which)` / `set_hot_offset(which, off)`: the process-wide
 //!   offsets that the fast accessors read, one per [`HotOffset`];
 //! - the restartable sequences' critical sections (`rseq_add` and the
-//!   others), which leave through [`Failure`] or [`Exit`];
+//!   others), which leave through [`Leave`] (the operations on a start)
+//!   or [`Exit`] (the `_current` operations);
 //! - `syscall4` and `clone3_thread`: raw system calls without the C
 //!   library, for threads that have none.
 //!
@@ -84,10 +85,11 @@ pub(crate) enum HotOffset {
 /// The number of [`HotOffset`]s: the entries of the table.
 pub(crate) const HOT_OFFSETS: usize = 3;
 
-/// The critical sections (one `asm!` block each) leave through
-/// [`Aborted`](Self::Aborted) and [`CompareFailed`](Self::CompareFailed);
-/// the fallbacks, which run no section, through all three. Defined with the
-/// sections, and re-exported as `rseq::Failure`.
+/// Why an operation did not commit: the critical sections' ways out
+/// (`Leave`, `Exit`) become [`Aborted`](Self::Aborted) and
+/// [`CompareFailed`](Self::CompareFailed); the fallbacks, which run no
+/// section, give all three. Defined with the sections, and re-exported as
+/// `rseq::Failure`.
 ///
 /// It is one byte, and so is every operation's `Result<(), Failure>`: a
 /// wider result measurably slows the loops the operations are inlined into.
