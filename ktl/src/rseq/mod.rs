@@ -756,19 +756,16 @@ pub unsafe fn pop_current(
 /// // SAFETY: the heads are written only by push_current and pop_current
 /// // indexed by CPU; `node` is on no list, and its next pointer is at 0.
 /// if unsafe { rseq::push_current(Index::CpuId, base, size_of::<Head>(), n, node.cast(), 0) } {
-///     // The thread may have moved since: pop from every CPU's list.
-///     let all = (0..n).find_map(|_| {
-///         // SAFETY: as above; the nodes on the lists are live.
-///         match unsafe { rseq::pop_current(Index::CpuId, base, size_of::<Head>(), n, 0) } {
-///             Some(Ok(p)) => Some(p),
-///             _ => None,
+///     // SAFETY: as above; the nodes on the lists are live.
+///     let popped = match unsafe { rseq::pop_current(Index::CpuId, base, size_of::<Head>(), n, 0) } {
+///         Some(Ok(p)) => p,
+///         // The thread moved to another CPU since the push: the node is
+///         // still on the list of the CPU it was pushed on.
+///         _ => {
+///             let h = heads.iter_mut().find(|h| !h.0.is_null()).unwrap();
+///             std::mem::replace(&mut h.0, std::ptr::null_mut()).cast()
 ///         }
-///     });
-///     // On the CPU it was pushed from, or still on its list.
-///     let popped = all.unwrap_or_else(|| {
-///         let h = heads.iter_mut().find(|h| !h.0.is_null()).unwrap();
-///         std::mem::replace(&mut h.0, std::ptr::null_mut()).cast()
-///     });
+///     };
 ///     assert_eq!(popped, node.cast());
 /// }
 /// // SAFETY: the node is on no list any more.
