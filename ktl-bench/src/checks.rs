@@ -8,7 +8,8 @@ use crate::harness::Outcome;
 use crate::workloads::cpu::{BASELINE, GLIBC, RAW_LOAD};
 use crate::workloads::peers::Scenario;
 use crate::workloads::percpu::{
-    ARRAY_QUEUE_2, PERCPU_ADD_1, PERCPU_ADD_2, PERCPU_SHARED_ADD_2, POOL_2, THREAD_LOCAL_ADD_1,
+    ARRAY_QUEUE_2, ARRAY_QUEUE_STACK_1, PERCPU_ADD_1, PERCPU_ADD_2, PERCPU_SHARED_ADD_2, POOL_2,
+    STACK_1, THREAD_LOCAL_ADD_1,
 };
 use crate::workloads::random::{KTL_16, LIMIT_16};
 use crate::workloads::rseq::{FETCH_ADD_1, RSEQ_CURRENT_1, RSEQ_CURRENT_2, SHARED_ADD_2};
@@ -95,6 +96,13 @@ const CHECKS: &[CheckSpec] = &[
         denominator: POOL_2,
         bound: Bound::Min,
         limit: 2.0,
+    },
+    CheckSpec {
+        name: "PerCpuStack push+pop in 1 thread costs at most ArrayQueue push+pop",
+        numerator: STACK_1,
+        denominator: ARRAY_QUEUE_STACK_1,
+        bound: Bound::Max,
+        limit: 1.0,
     },
 ];
 
@@ -239,6 +247,9 @@ fn footprint_check(outcomes: &[Outcome]) -> Check {
 
 #[cfg(test)]
 mod tests {
+    /// The stack's promise, by name.
+    const STACK_CHECK_NAME: &str =
+        "PerCpuStack push+pop in 1 thread costs at most ArrayQueue push+pop";
     use super::*;
     use crate::harness::outcome;
     use crate::workloads::random::SYSCALL_16;
@@ -263,15 +274,15 @@ mod tests {
             outcome(SHARED_ADD_2, Some(30.0)),
         ];
         let c = checks(&outcomes);
-        assert_eq!(c.len(), 10);
+        assert_eq!(c.len(), 11);
         assert_eq!((c[2].ratio, c[2].bound), (Some(10.0), Bound::Min));
         assert_eq!(c[2].pass, Some(true));
         assert_eq!((c[3].ratio, c[3].bound), (Some(1.2), Bound::Max));
         assert_eq!(c[3].pass, Some(false));
         // No percpu or random row ran: their checks are skipped.
         assert!(c[4..].iter().all(|c| c.pass.is_none()));
-        assert!(c[8].reason.as_deref().unwrap().contains("not run"));
-        assert!(c[9].reason.as_deref().unwrap().contains("no percpu row"));
+        assert!(c[9].reason.as_deref().unwrap().contains("not run"));
+        assert!(c[10].reason.as_deref().unwrap().contains("no percpu row"));
 
         let percpu = |name: &str, median: f64| Outcome {
             group: percpu::GROUP.to_owned(),
@@ -298,10 +309,13 @@ mod tests {
         );
         assert!((c[6].ratio.unwrap() - 1.0 / 0.9).abs() < 1e-12);
         assert_eq!((c[7].ratio, c[7].pass), (Some(1.5), Some(false)));
-        assert_eq!((c[9].name, c[9].bound), (FOOTPRINT_CHECK, Bound::Exact));
-        assert_eq!((c[9].ratio, c[9].pass), (Some(1.0), Some(true)));
+        assert_eq!((c[8].name, c[8].bound), (STACK_CHECK_NAME, Bound::Max));
+        assert_eq!((c[8].ratio, c[8].pass), (None, None));
+        assert_eq!((c[10].name, c[10].bound), (FOOTPRINT_CHECK, Bound::Exact));
+        assert_eq!((c[10].ratio, c[10].pass), (Some(1.0), Some(true)));
         assert!(
-            c[9].detail
+            c[10]
+                .detail
                 .as_deref()
                 .unwrap()
                 .contains("PerCpu<AtomicU64>")
@@ -320,33 +334,33 @@ mod tests {
         ];
         let c = checks(&outcomes);
         assert_eq!(
-            (c[8].name, c[8].bound, c[8].limit),
+            (c[9].name, c[9].bound, c[9].limit),
             (RANDOM_CHECK.name, Bound::Max, 1.1)
         );
         assert_eq!(
             RANDOM_CHECK.name,
             "ktl::random::fill of 16 bytes costs at most 1.1x the raw vDSO getrandom"
         );
-        assert!((c[8].ratio.unwrap() - 1.1).abs() < 1e-12);
-        assert_eq!(c[8].pass, Some(true));
+        assert!((c[9].ratio.unwrap() - 1.1).abs() < 1e-12);
+        assert_eq!(c[9].pass, Some(true));
         let outcomes = [random(KTL_16, 40.0), random(LIMIT_16, 40.0)];
-        assert_eq!(checks(&outcomes)[8].ratio, Some(1.0));
+        assert_eq!(checks(&outcomes)[9].ratio, Some(1.0));
         let outcomes = [random(KTL_16, 50.0), random(LIMIT_16, 40.0)];
         let c = checks(&outcomes);
-        assert_eq!((c[8].ratio, c[8].pass), (Some(1.25), Some(false)));
+        assert_eq!((c[9].ratio, c[9].pass), (Some(1.25), Some(false)));
         // The system call is no longer part of the promise.
         let outcomes = [random(KTL_16, 40.0), random(SYSCALL_16, 41.0)];
         let c = checks(&outcomes);
-        assert_eq!(c[8].pass, None);
-        assert!(c[8].reason.as_deref().unwrap().contains("not run"));
+        assert_eq!(c[9].pass, None);
+        assert!(c[9].reason.as_deref().unwrap().contains("not run"));
         // The limit row n/a: not computed, with its reason.
         let na = Outcome {
             result: Err("no usable vDSO: the vDSO is turned off (KTL_VDSO=off)".to_owned()),
             ..random(LIMIT_16, 0.0)
         };
         let c = checks(&[random(KTL_16, 40.0), na]);
-        assert_eq!((c[8].ratio, c[8].pass), (None, None));
-        let reason = c[8].reason.as_deref().unwrap();
+        assert_eq!((c[9].ratio, c[9].pass), (None, None));
+        let reason = c[9].reason.as_deref().unwrap();
         assert_eq!(
             reason,
             format!("{LIMIT_16} is n/a: no usable vDSO: the vDSO is turned off (KTL_VDSO=off)")
@@ -356,14 +370,14 @@ mod tests {
         assert_eq!(random::fallback_name(16), fallback);
         let outcomes = [random(fallback, 300.0), random(LIMIT_16, 40.0)];
         let c = checks(&outcomes);
-        assert_eq!((c[8].ratio, c[8].pass), (None, None));
+        assert_eq!((c[9].ratio, c[9].pass), (None, None));
         assert!(
-            c[8].reason
+            c[9].reason
                 .as_deref()
                 .unwrap()
                 .contains("ran on the syscall fallback"),
             "{:?}",
-            c[8].reason
+            c[9].reason
         );
 
         let outcomes = [outcome(BASELINE, Some(1.0)), outcome(RAW_LOAD, None)];
@@ -384,15 +398,15 @@ mod tests {
             ..outcome(name, None)
         };
         // No peers row in the run: no peers check.
-        assert_eq!(checks(&[outcome(BASELINE, Some(1.0))]).len(), 10);
+        assert_eq!(checks(&[outcome(BASELINE, Some(1.0))]).len(), 11);
         // librseq absent: the rows are n/a, the checks not computed.
         let absent: Vec<Outcome> = Scenario::ALL
             .into_iter()
             .flat_map(|s| [peer(s.ktl_row(), None), peer(s.librseq_row(), None)])
             .collect();
         let c = checks(&absent);
-        assert_eq!(c.len(), 10 + 5);
-        for (check, s) in c[10..].iter().zip(Scenario::ALL) {
+        assert_eq!(c.len(), 11 + 5);
+        for (check, s) in c[11..].iter().zip(Scenario::ALL) {
             assert_eq!(
                 (check.name, check.bound, check.limit),
                 (s.check_name(), Bound::Max, 1.0)
@@ -410,8 +424,8 @@ mod tests {
             peer(Scenario::List.librseq_row(), Some(2.0)),
         ];
         let c = checks(&outcomes);
-        assert_eq!((c[10].ratio, c[10].pass), (Some(0.5), Some(true)));
-        assert_eq!((c[12].ratio, c[12].pass), (Some(1.5), Some(false)));
-        assert!(c[11].reason.as_deref().unwrap().contains("not run"));
+        assert_eq!((c[11].ratio, c[11].pass), (Some(0.5), Some(true)));
+        assert_eq!((c[13].ratio, c[13].pass), (Some(1.5), Some(false)));
+        assert!(c[12].reason.as_deref().unwrap().contains("not run"));
     }
 }

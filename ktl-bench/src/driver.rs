@@ -414,9 +414,9 @@ mod tests {
             peers::Scenario::Increment.librseq_row()
         );
         let checks = v["checks"].as_array().unwrap();
-        assert_eq!(checks.len(), 10 + 5);
+        assert_eq!(checks.len(), 11 + 5);
         assert!(
-            checks[10..]
+            checks[11..]
                 .iter()
                 .all(|c| c["pass"].is_null() && c["reason"].is_string())
         );

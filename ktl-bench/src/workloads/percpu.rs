@@ -39,6 +39,10 @@ pub const GROUP: &str = "percpu";
 pub const PERCPU_ADD_1: &str = "counter: PerCpuCounter::add (1 thread)";
 /// A `thread_local` sharded counter in one thread, which a promise compares.
 pub const THREAD_LOCAL_ADD_1: &str = "counter: ThreadLocal<Cell<u64>> add (1 thread)";
+/// `PerCpuStack` push+pop in one thread, which a promise compares.
+pub const STACK_1: &str = "stack: PerCpuStack push+pop (1 thread)";
+/// `ArrayQueue` push+pop in one thread, which a promise compares.
+pub const ARRAY_QUEUE_STACK_1: &str = "stack: ArrayQueue push+pop (1 thread)";
 /// `PerCpuCounter::add` in two threads, which a promise compares.
 pub const PERCPU_ADD_2: &str = "counter: PerCpuCounter::add (2 threads)";
 /// A shared `AtomicU64` in two threads, which a promise compares.

@@ -3,6 +3,7 @@
 
 use super::list::{Heads, Node};
 use crate::rseq::Index;
+use core::mem::MaybeUninit;
 use std::sync::Mutex;
 
 /// A stack per CPU (or per concurrency id).
@@ -34,7 +35,11 @@ use std::sync::Mutex;
 /// the current head, so a head that changed and came back is still the
 /// right successor.
 ///
-/// Each push allocates a node and each pop frees one.
+/// A pop keeps the node it emptied on a second per-CPU list, of spare
+/// nodes, and a push takes its node from there (one more restartable
+/// sequence each), so pushes and pops allocate nothing once the stack has
+/// held as many values as it will hold at once. The spare nodes are freed
+/// with the stack.
 ///
 /// Like a `Mutex<Vec<T>>`, it is `Send` and `Sync` when `T` is `Send`: values
 /// move between threads through it. Values that must stay on their thread
@@ -58,7 +63,10 @@ use std::sync::Mutex;
 /// assert_eq!(free.pop_any(), None);
 /// ```
 pub struct PerCpuStack<T> {
-    heads: Heads<T>,
+    /// The values' lists: every node's value is initialized.
+    heads: Heads<MaybeUninit<T>>,
+    /// The spare nodes' lists: no node's value is initialized.
+    spare: Heads<MaybeUninit<T>>,
     /// The stack of threads that cannot run operations.
     shared: Mutex<Vec<T>>,
 }
@@ -74,6 +82,7 @@ impl<T> PerCpuStack<T> {
     pub fn with_index(index: Index) -> Self {
         PerCpuStack {
             heads: Heads::new(index),
+            spare: Heads::new(index),
             shared: Mutex::new(Vec::new()),
         }
     }
@@ -85,13 +94,44 @@ impl<T> PerCpuStack<T> {
 
     /// Pushes `value` onto the current CPU's stack.
     pub fn push(&self, value: T) {
-        let node = Node::alloc(value);
-        // SAFETY: `node` is fresh from `Node::alloc` and owned here.
+        let node = match self.spare.pop() {
+            Ok(Some(node)) => node,
+            _ => Node::alloc(MaybeUninit::uninit()),
+        };
+        // SAFETY: the node is this thread's (taken off the spare list, which
+        // unlinked it, or fresh from `Node::alloc`); its value is not
+        // initialized, so nothing is overwritten that needs a drop.
+        unsafe { (*node).value = MaybeUninit::new(value) };
+        // SAFETY: an exclusively owned node from `Node::alloc`, whose value
+        // is initialized, as the values' lists need.
         if unsafe { self.heads.push(node) }.is_err() {
-            // SAFETY: the push did not take the node, so it is still ours.
+            // SAFETY: the push did not take the node, so it is still ours,
+            // with its value initialized just above.
             let node = unsafe { Box::from_raw(node) };
-            self.shared_push(node.value);
+            // SAFETY: as above; the box is freed without dropping the value
+            // (a `MaybeUninit`), which moves out here.
+            self.shared_push(unsafe { node.value.assume_init_read() });
         }
+    }
+
+    /// Takes the value out of `node`, a node this thread unlinked from the
+    /// values' lists, and keeps the node as a spare (or frees it, in a thread
+    /// that cannot run operations).
+    ///
+    /// # Safety
+    /// `node` must come from `Node::alloc`, be owned by the caller, and hold
+    /// an initialized value.
+    unsafe fn take(&self, node: *mut Node<MaybeUninit<T>>) -> T {
+        // SAFETY: the caller's contract: the value is initialized, and read
+        // once; the node then holds no value.
+        let value = unsafe { (*node).value.assume_init_read() };
+        // SAFETY: the node is owned here and its value is no longer
+        // initialized, as the spare lists need.
+        if unsafe { self.spare.push(node) }.is_err() {
+            // SAFETY: the push did not take it; freeing it drops no value.
+            drop(unsafe { Box::from_raw(node) });
+        }
+        value
     }
 
     #[cold]
@@ -114,8 +154,8 @@ impl<T> PerCpuStack<T> {
         match self.heads.pop() {
             Ok(node) => node.map(|p| {
                 // SAFETY: the pop unlinked `p`, so this thread owns it; it
-                // came from `Node::alloc`.
-                unsafe { Box::from_raw(p) }.value
+                // came from `Node::alloc` and holds a value (values' list).
+                unsafe { self.take(p) }
             }),
             Err(_) => self.shared_pop(),
         }
@@ -134,8 +174,9 @@ impl<T> PerCpuStack<T> {
         for value in 0..self.heads.len() as u32 {
             let (node, n) = self.heads.steal(value, 1);
             if n == 1 {
-                // SAFETY: `steal` unlinked the node, so it is ours.
-                return Some(unsafe { Box::from_raw(node) }.value);
+                // SAFETY: `steal` unlinked the node, so it is ours, with a
+                // value (values' list).
+                return Some(unsafe { self.take(node) });
             }
         }
         None
@@ -162,12 +203,26 @@ impl<T> PerCpuStack<T> {
             .take_all()
             .into_iter()
             // SAFETY: `take_all` unlinked every node; each came from
-            // `Node::alloc` and is now owned here.
-            .map(|p| unsafe { Box::from_raw(p) }.value)
+            // `Node::alloc`, is now owned here and holds a value.
+            .map(|p| unsafe { self.take_owned(p) })
             .collect();
         let shared = self.shared.get_mut().unwrap_or_else(|e| e.into_inner());
         all.append(shared);
         all
+    }
+}
+
+impl<T> PerCpuStack<T> {
+    /// Takes the value out of `node` and frees it.
+    ///
+    /// # Safety
+    /// As for [`take`](Self::take).
+    unsafe fn take_owned(&self, node: *mut Node<MaybeUninit<T>>) -> T {
+        // SAFETY: the caller's contract.
+        let node = unsafe { Box::from_raw(node) };
+        // SAFETY: the value is initialized (the caller's contract) and moves
+        // out once; the box is then freed without dropping it again.
+        unsafe { node.value.assume_init_read() }
     }
 }
 
@@ -181,6 +236,11 @@ impl<T> Drop for PerCpuStack<T> {
     fn drop(&mut self) {
         for p in self.heads.take_all() {
             // SAFETY: as in `drain`.
+            drop(unsafe { self.take_owned(p) });
+        }
+        for p in self.spare.take_all() {
+            // SAFETY: unlinked by `take_all`, from `Node::alloc`, and owned
+            // here; a spare node holds no value, so nothing else is dropped.
             drop(unsafe { Box::from_raw(p) });
         }
     }
@@ -229,6 +289,34 @@ mod tests {
             assert_eq!(distinct.len(), all.len(), "a value came out twice");
             assert!(stack.is_empty());
         }
+    }
+
+    /// Before spare nodes, each push allocated a node and each pop freed
+    /// one: the spare lists were not there to count.
+    #[test]
+    fn popped_nodes_are_reused_and_their_number_stays_bounded() {
+        let live = crate::rseq::start(Index::CpuId)
+            .is_some_and(|s| s.path() == crate::rseq::Path::CriticalSections);
+        let mut stack = PerCpuStack::new();
+        stack.push(7u64);
+        assert_eq!(stack.pop_any(), Some(7));
+        let spares: usize = stack.spare.counts().iter().sum();
+        assert_eq!(
+            spares,
+            usize::from(live),
+            "the emptied node kept as a spare"
+        );
+        for i in 0..10_000u64 {
+            stack.push(i);
+            assert_eq!(stack.pop_any(), Some(i));
+        }
+        let spares: usize = stack.spare.counts().iter().sum();
+        // About one spare per CPU's list: a push takes the spare of the CPU
+        // it runs on and a pop leaves one there; a thread that moves between
+        // a push and its pop may leave one more (a few, here). A push that
+        // took no spare would leave 10,001.
+        assert!(spares <= stack.spare.len() + 16, "{spares} spare nodes");
+        assert!(stack.is_empty());
     }
 
     #[test]
