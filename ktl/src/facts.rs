@@ -309,7 +309,37 @@ fn read(st: &State, off: Option<isize>, fact: Fact) -> u32 {
     }
 }
 
+/// One fact, on the decided path. Inline, it is what the raw call is: the
+/// decided state's load and its path's test, the load and compare of the
+/// area's magic, then the vDSO call or the field's load. Everything else (the
+/// first call, a thread whose area is not live, the system calls) is out of
+/// line in [`get_slow`], so the accessor makes no call of ktl's own.
+#[inline(always)]
 fn get(fact: Fact) -> u32 {
+    if let Some(st) = STATE.get() {
+        match st.path {
+            Path::Vdso => {
+                if let (true, Some(f)) = (magic_ok(st.offset), st.vdso[fact as usize]) {
+                    let ptr = area::area_ptr(st.offset).cast_const().cast::<c_void>();
+                    // SAFETY: as in `read`.
+                    let r = unsafe { f(ptr) };
+                    if let Ok(v) = u32::try_from(r) {
+                        return v;
+                    }
+                }
+            }
+            Path::Field if magic_ok(st.offset) => return field(st.offset, fact),
+            _ => {}
+        }
+    }
+    get_slow(fact)
+}
+
+/// The rest of [`get`]: the first call, a thread whose area is not live yet
+/// (registered here where ktl owns the areas) or at all, the system calls.
+#[cold]
+#[inline(never)]
+fn get_slow(fact: Fact) -> u32 {
     match state() {
         Some(st) => read(st, live(st), fact),
         None => fact.syscall(),
@@ -348,31 +378,37 @@ pub fn syscall_facts() -> ThreadFacts {
 }
 
 /// The calling thread's id, as `gettid(2)` returns it.
+#[inline]
 pub fn tid() -> Pid {
     get(Fact::Tid) as Pid
 }
 
 /// The process id, as `getpid(2)` returns it.
+#[inline]
 pub fn pid() -> Pid {
     get(Fact::Pid) as Pid
 }
 
 /// The calling thread's real user id, as `getuid(2)` returns it.
+#[inline]
 pub fn uid() -> Uid {
     get(Fact::Uid)
 }
 
 /// The calling thread's real group id, as `getgid(2)` returns it.
+#[inline]
 pub fn gid() -> Gid {
     get(Fact::Gid)
 }
 
 /// The calling thread's effective user id, as `geteuid(2)` returns it.
+#[inline]
 pub fn euid() -> Uid {
     get(Fact::Euid)
 }
 
 /// The calling thread's effective group id, as `getegid(2)` returns it.
+#[inline]
 pub fn egid() -> Gid {
     get(Fact::Egid)
 }

@@ -664,16 +664,22 @@ pub(crate) fn bench() -> bool {
     const N: u32 = 20_000;
     let syscall = per_call(N, || sys(libc::SYS_getuid));
     let mut rows = vec![("syscall", syscall)];
-    if vdso::ktls_fn(KtlsFn::Getuid).is_some() {
-        rows.push((
-            "vDSO (address)",
-            per_call(N, || call_ptr(KtlsFn::Getuid, std::hint::black_box(area))),
-        ));
+    // The raw calls: the function looked up before the loop, the argument
+    // through `black_box` so that each call computes it.
+    let mut limit = None;
+    if let (Some(by_ptr), Some(by_off)) = (
+        vdso::ktls_fn(KtlsFn::Getuid),
+        vdso::ktls_offset_fn(KtlsFn::Getuid),
+    ) {
+        let area = std::ptr::with_exposed_provenance::<c_void>(area);
+        // SAFETY: as in `call_ptr`.
+        let ns = per_call(N, || unsafe { by_ptr(std::hint::black_box(area)) });
+        limit = Some(ns);
+        rows.push(("vDSO (address)", ns));
         rows.push((
             "vDSO (FS offset)",
-            per_call(N, || {
-                call_off(KtlsFn::Getuid, std::hint::black_box(off as usize))
-            }),
+            // SAFETY: as in `call_off`.
+            per_call(N, || unsafe { by_off(std::hint::black_box(off as usize)) }),
         ));
     }
     if covered {
@@ -684,10 +690,8 @@ pub(crate) fn bench() -> bool {
             per_call(N, || i64::from(unsafe { load(area, abi::OFFSET_KTLS_UID) })),
         ));
     }
-    rows.push((
-        "ktl::facts::uid",
-        per_call(N, || i64::from(ktl::facts::uid())),
-    ));
+    let ktl_ns = per_call(N, || i64::from(ktl::facts::uid()));
+    rows.push(("ktl::facts::uid", ktl_ns));
     let table: Vec<String> = rows
         .iter()
         .map(|(name, ns)| format!("{name} {ns:.1} ns ({:.1}x)", syscall / ns))
@@ -699,5 +703,18 @@ pub(crate) fn bench() -> bool {
         ktl::facts::path(),
         table.join("; ")
     );
+    // A benchmark's promise, reported and never failed: the guest shares a
+    // noisy machine, under emulation.
+    if let Some(raw) = limit {
+        let ratio = ktl_ns / raw;
+        let verdict = if ratio <= FACTS_LIMIT { "pass" } else { "FAIL" };
+        println!(
+            "ok   facts-bench: ktl::facts::uid costs {ratio:.2}x the raw vDSO call (address form); promise: at most {FACTS_LIMIT}x: {verdict}"
+        );
+    }
     true
 }
+
+/// The promise `facts-bench` reports: `ktl::facts::uid()` at most this many
+/// times the raw vDSO call.
+const FACTS_LIMIT: f64 = 1.2;
