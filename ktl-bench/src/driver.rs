@@ -414,9 +414,9 @@ mod tests {
             peers::Scenario::Increment.librseq_row()
         );
         let checks = v["checks"].as_array().unwrap();
-        assert_eq!(checks.len(), 11 + 5);
+        assert_eq!(checks.len(), 12 + 5);
         assert!(
-            checks[11..]
+            checks[12..]
                 .iter()
                 .all(|c| c["pass"].is_null() && c["reason"].is_string())
         );

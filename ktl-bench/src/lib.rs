@@ -120,34 +120,22 @@
 //! (`ktl::cpu_id()` in `cpu`, the uncontended `fetch_add` in `rseq`, ktl's
 //! structure with the same operation and threads in `percpu`, ktl's fill of
 //! the same size in `random`). Below the table come the comparisons the
-//! project promises, computed from the medians of the same run:
-//! - `ktl::cpu_id()` costs at most 1.5x the raw thread-pointer-relative load;
-//! - `ktl::cpu_id()` is at least 4x faster than glibc's `sched_getcpu`;
-//! - `rseq add` with 2 threads is at least 5x faster per operation than a
-//!   shared `AtomicU64::fetch_add` with 2 threads;
-//! - a single-thread `rseq add` costs at most half an uncontended
-//!   `fetch_add`;
-//! - `PerCpuCounter::add` with 2 threads is at least 5x faster per operation
-//!   than a shared `AtomicU64::fetch_add` with 2 threads;
-//! - `Pool` get+put with 2 threads is at least 2x faster per operation than
-//!   `ArrayQueue` pop+push with 2 threads;
-//! - `ktl::random::fill` of 16 bytes costs at most 1.1x the raw vDSO
-//!   getrandom, the vDSO's `getrandom` called directly with a state of its
-//!   own (skipped when ktl's rows ran on the syscall fallback or the limit
-//!   row is n/a);
-//! - `PerCpu<T>` takes exactly possible CPUs x `size_of::<CachePadded<T>>()`
-//!   bytes ([`ktl::percpu::PerCpu::footprint`], for a few `T`; computed, not
-//!   measured, whenever a `percpu` row runs);
-//! - for each `peers` scenario, ktl with 2 threads costs at most 1.0x
-//!   librseq's `param_test_benchmark` (listed when the run includes the
-//!   `peers` group; not computed without librseq).
+//! project promises, computed from the medians of the same run, each with
+//! its limit (the list, with what each compares, is in `docs/cli.md`): the
+//! accessors against the raw load and glibc, the rseq add and the per-CPU
+//! structures against atomics, `thread_local` and `ArrayQueue`, ktl's
+//! random fill against the raw vDSO getrandom, the footprint of `PerCpu<T>`
+//! (computed, not measured), and for each `peers` scenario ktl against
+//! librseq's `param_test_benchmark` (listed when the run includes the
+//! `peers` group; not computed without librseq).
 //!
 //! A failed comparison is reported, never turned into an error: machines are
 //! noisy.
 //!
 //! `--quick` (and `ktl` with no subcommand) takes fewer, shorter samples, of
-//! the `percpu` group runs only the 2-thread counter and pool rows and the
-//! 1-thread counter rows of ktl and `thread_local`, and of
+//! the `percpu` group runs only the 2-thread counter and pool rows, the
+//! 1-thread counter rows of ktl and `thread_local` and the 1-thread pool rows
+//! of ktl and `ArrayQueue`, and of
 //! the `random` group only the 16-byte rows of ktl, the raw vDSO limit and
 //! the system call: the rows the promises compare. A filter that is a
 //! group's name selects that group (`cpu` does not select `percpu`); any

@@ -157,12 +157,12 @@ mod tests {
             .collect();
         assert_eq!(
             quick.len(),
-            16 + 2 + 8 + 3,
-            "the quick run: 1-thread counters of ktl and thread_local, 2-thread counters and \
-             pools, 16-byte ktl, limit and syscall"
+            16 + 2 + 2 + 8 + 3,
+            "the quick run: 1-thread counters of ktl and thread_local, 1-thread pools of ktl \
+             and ArrayQueue, 2-thread counters and pools, 16-byte ktl, limit and syscall"
         );
         assert_eq!(
-            quick[26..],
+            quick[28..],
             [random[0], random::LIMIT_16, random::SYSCALL_16]
         );
         for r in &rows[8..] {

@@ -47,6 +47,10 @@ pub const ARRAY_QUEUE_STACK_1: &str = "stack: ArrayQueue push+pop (1 thread)";
 pub const PERCPU_ADD_2: &str = "counter: PerCpuCounter::add (2 threads)";
 /// A shared `AtomicU64` in two threads, which a promise compares.
 pub const PERCPU_SHARED_ADD_2: &str = "counter: shared AtomicU64 fetch_add (2 threads)";
+/// `Pool` get+put in one thread, which a promise compares.
+pub const POOL_1: &str = "pool: Pool get+put (1 thread)";
+/// `ArrayQueue` pop+push in one thread, which a promise compares.
+pub const ARRAY_QUEUE_1: &str = "pool: ArrayQueue pop+push (1 thread)";
 /// `Pool` get+put in two threads, which a promise compares.
 pub const POOL_2: &str = "pool: Pool get+put (2 threads)";
 /// `ArrayQueue` pop+push in two threads, which a promise compares.
@@ -147,8 +151,9 @@ fn row_name(kind: Kind, which: usize, threads: u32) -> String {
 
 /// The group's rows: for each structure and thread count, ktl's
 /// implementation then the alternatives, each compared to ktl's. The quick
-/// run measures the 2-thread counter and pool rows, and the one-thread
-/// counter rows of ktl and `thread_local`.
+/// run measures the 2-thread counter and pool rows, the one-thread counter
+/// rows of ktl and `thread_local`, and the one-thread pool rows of ktl and
+/// `ArrayQueue`.
 pub fn rows() -> Vec<Row> {
     rows_at(&THREADS)
 }
@@ -161,10 +166,11 @@ pub fn rows_at(threads: &[u32]) -> Vec<Row> {
         for &threads in threads {
             for which in 0..kind.labels().len() {
                 // The 2-thread counter and pool rows, and the one-thread
-                // counter rows that its promises compare (ktl's and the
-                // thread_local one).
+                // rows that the promises compare: the counters of ktl and
+                // thread_local, the pools of ktl and ArrayQueue.
                 let quick = (threads == 2 && kind != Kind::Stack)
-                    || (threads == 1 && kind == Kind::Counter && (which == 0 || which == 2));
+                    || (threads == 1 && kind == Kind::Counter && (which == 0 || which == 2))
+                    || (threads == 1 && kind == Kind::Pool && which <= 1);
                 rows.push(row(kind, which, threads).in_quick_run(quick));
             }
         }
@@ -420,7 +426,14 @@ mod tests {
         let rows = rows();
         assert_eq!(rows.len(), 3 * 3 * 4);
         let mut names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-        for wanted in [PERCPU_ADD_2, PERCPU_SHARED_ADD_2, POOL_2, ARRAY_QUEUE_2] {
+        for wanted in [
+            PERCPU_ADD_2,
+            PERCPU_SHARED_ADD_2,
+            POOL_1,
+            ARRAY_QUEUE_1,
+            POOL_2,
+            ARRAY_QUEUE_2,
+        ] {
             assert!(names.contains(&wanted), "{wanted}");
         }
         names.sort_unstable();
@@ -434,10 +447,11 @@ mod tests {
                 rows.iter()
                     .any(|b| b.name == base && b.ours && b.threads == r.threads)
             );
-            let one_thread_counter = r.name == PERCPU_ADD_1 || r.name == THREAD_LOCAL_ADD_1;
+            let one_thread_promise = [PERCPU_ADD_1, THREAD_LOCAL_ADD_1, POOL_1, ARRAY_QUEUE_1]
+                .contains(&r.name.as_str());
             assert_eq!(
                 r.quick,
-                (r.threads == 2 && !r.name.starts_with("stack")) || one_thread_counter,
+                (r.threads == 2 && !r.name.starts_with("stack")) || one_thread_promise,
                 "{}",
                 r.name
             );
