@@ -390,7 +390,8 @@ mod tests {
         let c = checks(&outcomes);
         assert_eq!((c[10].ratio, c[10].pass), (None, None));
         assert!(
-            c[10].reason
+            c[10]
+                .reason
                 .as_deref()
                 .unwrap()
                 .contains("ran on the syscall fallback"),
