@@ -636,22 +636,47 @@ pub(crate) fn exec_check() -> bool {
     run("facts-after-exec", after_exec)
 }
 
-/// Nanoseconds per call of `f`: the median of 5 rounds of `n` calls.
-fn per_call(n: u32, mut f: impl FnMut() -> i64) -> f64 {
-    let mut rounds: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            let mut sum = 0i64;
-            for _ in 0..n {
-                sum = sum.wrapping_add(std::hint::black_box(f()));
-            }
-            std::hint::black_box(sum);
-            t.elapsed().as_nanos() as f64 / f64::from(n)
-        })
-        .collect();
-    rounds.sort_by(f64::total_cmp);
-    rounds[2]
+/// Nanoseconds per call of `n` calls of `f`, its results summed. Generic, so
+/// each way's loop has the call inline, not behind a pointer.
+fn time_calls(n: u32, mut f: impl FnMut() -> i64) -> f64 {
+    let t = Instant::now();
+    let mut sum = 0i64;
+    for _ in 0..n {
+        sum = sum.wrapping_add(std::hint::black_box(f()));
+    }
+    std::hint::black_box(sum);
+    t.elapsed().as_nanos() as f64 / f64::from(n)
 }
+
+/// Rounds of `facts-bench`: each round times every way once, in turn, so a
+/// slow stretch of the emulator falls on all the ways alike.
+const ROUNDS: usize = 9;
+
+/// A way of asking, as a timed loop: `n` calls, the nanoseconds per call.
+type Way = Box<dyn Fn(u32) -> f64>;
+
+/// Nanoseconds per call of each way: the median of [`ROUNDS`] rounds of `n`
+/// calls, the ways interleaved within each round.
+fn per_call(n: u32, ways: &[(&'static str, Way)]) -> Vec<(&'static str, f64)> {
+    let mut times = vec![Vec::with_capacity(ROUNDS); ways.len()];
+    for _ in 0..ROUNDS {
+        for (t, (_, way)) in times.iter_mut().zip(ways) {
+            t.push(way(n));
+        }
+    }
+    ways.iter()
+        .zip(times)
+        .map(|((name, _), mut t)| {
+            t.sort_by(f64::total_cmp);
+            (*name, t[ROUNDS / 2])
+        })
+        .collect()
+}
+
+/// The name of the raw vDSO row that the promise compares against.
+const RAW_ADDRESS: &str = "vDSO (address)";
+/// The name of ktl's row.
+const KTL_ROW: &str = "ktl::facts::uid";
 
 /// `ktl-guest facts-bench`: getuid four ways, as ratios to the system call.
 pub(crate) fn bench() -> bool {
@@ -662,42 +687,54 @@ pub(crate) fn bench() -> bool {
     };
     let covered = area_covers_facts();
     const N: u32 = 20_000;
-    let syscall = per_call(N, || sys(libc::SYS_getuid));
-    let mut rows = vec![("syscall", syscall)];
+    let mut ways: Vec<(&'static str, Way)> = vec![(
+        "syscall",
+        Box::new(|n| time_calls(n, || sys(libc::SYS_getuid))),
+    )];
     // The raw calls: the function looked up before the loop, the argument
     // through `black_box` so that each call computes it.
-    let mut limit = None;
     if let (Some(by_ptr), Some(by_off)) = (
         vdso::ktls_fn(KtlsFn::Getuid),
         vdso::ktls_offset_fn(KtlsFn::Getuid),
     ) {
         let area = std::ptr::with_exposed_provenance::<c_void>(area);
-        // SAFETY: as in `call_ptr`.
-        let ns = per_call(N, || unsafe { by_ptr(std::hint::black_box(area)) });
-        limit = Some(ns);
-        rows.push(("vDSO (address)", ns));
-        rows.push((
+        ways.push((
+            RAW_ADDRESS,
+            // SAFETY: as in `call_ptr`.
+            Box::new(move |n| time_calls(n, || unsafe { by_ptr(std::hint::black_box(area)) })),
+        ));
+        ways.push((
             "vDSO (FS offset)",
             // SAFETY: as in `call_off`.
-            per_call(N, || unsafe { by_off(std::hint::black_box(off as usize)) }),
+            Box::new(move |n| {
+                time_calls(n, || unsafe { by_off(std::hint::black_box(off as usize)) })
+            }),
         ));
     }
     if covered {
-        // SAFETY: the calling thread's area, registered with at least
-        // KTLS_FACTS_END bytes.
-        rows.push((
+        ways.push((
             "field",
-            per_call(N, || i64::from(unsafe { load(area, abi::OFFSET_KTLS_UID) })),
+            // SAFETY: the calling thread's area, registered with at least
+            // KTLS_FACTS_END bytes.
+            Box::new(move |n| {
+                time_calls(n, || i64::from(unsafe { load(area, abi::OFFSET_KTLS_UID) }))
+            }),
         ));
     }
-    let ktl_ns = per_call(N, || i64::from(ktl::facts::uid()));
-    rows.push(("ktl::facts::uid", ktl_ns));
+    ways.push((
+        KTL_ROW,
+        Box::new(|n| time_calls(n, || i64::from(ktl::facts::uid()))),
+    ));
+    let rows = per_call(N, &ways);
+    let syscall = rows[0].1;
+    let ns = |name: &str| rows.iter().find(|r| r.0 == name).map(|r| r.1);
+    let (limit, ktl_ns) = (ns(RAW_ADDRESS), ns(KTL_ROW).unwrap_or(f64::NAN));
     let table: Vec<String> = rows
         .iter()
         .map(|(name, ns)| format!("{name} {ns:.1} ns ({:.1}x)", syscall / ns))
         .collect();
     println!(
-        "ok   facts-bench: getuid, median of 5 rounds of {N} (owner {}, areas of {} bytes, ktl path {}): {}",
+        "ok   facts-bench: getuid, median of {ROUNDS} interleaved rounds of {N} (owner {}, areas of {} bytes, ktl path {}): {}",
         ktl::layout().owner,
         ktl::layout().registered_len,
         ktl::facts::path(),
