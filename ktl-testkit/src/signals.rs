@@ -27,14 +27,26 @@ pub fn pthread_of<T>(thread: &std::thread::JoinHandle<T>) -> libc::pthread_t {
 /// them. Returns their results and the number of signals sent. The workers
 /// are joined only after the signalling stops, so no signal can reach a
 /// thread that is gone.
+///
+/// The period doubles after each second of signalling, up to
+/// [`MAX_PERIOD`]: where a signal takes longer to deliver and handle than
+/// `period` (a whole machine emulated under TCG), a worker whose section the
+/// signals abort again and again would otherwise never finish (the likely
+/// cause of a `rseq_add_current` run that hung for 300 s in the KTLS guest,
+/// where ktl owned the areas).
 pub fn signal_until_done<T>(
     workers: Vec<std::thread::JoinHandle<T>>,
     sig: libc::c_int,
     period: std::time::Duration,
 ) -> (Vec<T>, u64) {
-    let period = self::period(period);
+    let mut period = self::period(period);
     let mut sent = 0u64;
+    let mut next_backoff = std::time::Instant::now() + BACKOFF_EVERY;
     while !workers.iter().all(|w| w.is_finished()) {
+        if std::time::Instant::now() >= next_backoff {
+            period = (period * 2).min(MAX_PERIOD.max(period));
+            next_backoff += BACKOFF_EVERY;
+        }
         for w in &workers {
             // SAFETY: the thread has not been joined (that happens below),
             // so its pthread_t is valid; a finished thread's is too until
@@ -47,6 +59,12 @@ pub fn signal_until_done<T>(
     let results = workers.into_iter().map(|w| w.join().unwrap()).collect();
     (results, sent)
 }
+
+/// How long [`signal_until_done`] signals at one period before doubling it.
+const BACKOFF_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The longest period [`signal_until_done`] backs off to.
+pub const MAX_PERIOD: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The time between signals for [`signal_until_done`]: `native`, or at
 /// least 1 ms where no thread has an rseq area, which in practice means an
