@@ -48,7 +48,6 @@
 
 use core::ffi::c_void;
 use core::fmt;
-use core::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use crate::abi;
@@ -137,36 +136,6 @@ struct State {
 
 static STATE: OnceLock<State> = OnceLock::new();
 
-/// The vDSO path's copy of the decided state, for the accessors' inline fast
-/// path: the functions' addresses ([`Fact`] order), which stay 0 unless the
-/// path is [`Path::Vdso`], and the areas' offset. [`decide`] writes the
-/// offset, then the functions with release ordering, once; a reader that
-/// sees a function also sees the offset. One load and one branch tell the
-/// fast path whether it may call, where the `OnceLock` and the path's enum
-/// take several.
-struct Fast {
-    offset: AtomicIsize,
-    fns: [AtomicUsize; 6],
-}
-
-static FAST: Fast = Fast {
-    offset: AtomicIsize::new(0),
-    fns: [const { AtomicUsize::new(0) }; 6],
-};
-
-/// Publishes `st` to [`FAST`] when its path is the vDSO's.
-fn publish_fast(st: &State) {
-    if st.path != Path::Vdso {
-        return;
-    }
-    FAST.offset.store(st.offset, Ordering::Relaxed);
-    for (slot, f) in FAST.fns.iter().zip(st.vdso) {
-        if let Some(f) = f {
-            slot.store(f as usize, Ordering::Release);
-        }
-    }
-}
-
 /// The decided state; `None` in a signal handler that interrupted one of
 /// ktl's first calls on its thread before the path was decided (the caller
 /// then makes the system call).
@@ -222,9 +191,7 @@ fn decide() -> State {
     } else {
         Path::Field
     };
-    let st = State { path, offset, vdso };
-    publish_fast(&st);
-    st
+    State { path, offset, vdso }
 }
 
 /// One of the ids.
@@ -342,28 +309,27 @@ fn read(st: &State, off: Option<isize>, fact: Fact) -> u32 {
     }
 }
 
-/// One fact. Inline, on the vDSO path, it is what the raw call is plus
-/// three tests: the load of the fact's function from [`FAST`] and its test,
-/// the load and compare of the area's magic, then the call and the check that
-/// its answer is an id. Everything else (the first call, the field and
-/// syscall paths, a thread whose area is not live) is out of line in
-/// [`get_slow`], so the accessor makes no call of ktl's own on the vDSO path.
+/// One fact, on the decided path. Inline, it is what the raw call is: the
+/// decided state's load and its path's test, the load and compare of the
+/// area's magic, then the vDSO call or the field's load. Everything else (the
+/// first call, a thread whose area is not live, the system calls) is out of
+/// line in [`get_slow`], so the accessor makes no call of ktl's own.
 #[inline(always)]
 fn get(fact: Fact) -> u32 {
-    let f = FAST.fns[fact as usize].load(Ordering::Acquire);
-    if f != 0 {
-        let off = FAST.offset.load(Ordering::Relaxed);
-        if magic_ok(off) {
-            // SAFETY: a nonzero entry of `FAST.fns` was stored by
-            // `publish_fast` from a `KtlsPtrFn`, the vDSO's function for
-            // this fact, which stays mapped for the life of the process.
-            let f = unsafe { core::mem::transmute::<usize, vdso::KtlsPtrFn>(f) };
-            let ptr = area::area_ptr(off).cast_const().cast::<c_void>();
-            // SAFETY: as in `read`.
-            let r = unsafe { f(ptr) };
-            if let Ok(v) = u32::try_from(r) {
-                return v;
+    if let Some(st) = STATE.get() {
+        match st.path {
+            Path::Vdso => {
+                if let (true, Some(f)) = (magic_ok(st.offset), st.vdso[fact as usize]) {
+                    let ptr = area::area_ptr(st.offset).cast_const().cast::<c_void>();
+                    // SAFETY: as in `read`.
+                    let r = unsafe { f(ptr) };
+                    if let Ok(v) = u32::try_from(r) {
+                        return v;
+                    }
+                }
             }
+            Path::Field if magic_ok(st.offset) => return field(st.offset, fact),
+            _ => {}
         }
     }
     get_slow(fact)
