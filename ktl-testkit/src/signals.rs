@@ -43,8 +43,8 @@ pub fn signal_until_done<T>(
     let mut sent = 0u64;
     let mut next_backoff = std::time::Instant::now() + BACKOFF_EVERY;
     while !workers.iter().all(|w| w.is_finished()) {
-        if std::time::Instant::now() >= next_backoff {
-            period = (period * 2).min(MAX_PERIOD.max(period));
+        if period < MAX_PERIOD && std::time::Instant::now() >= next_backoff {
+            period = (period * 2).min(MAX_PERIOD);
             next_backoff += BACKOFF_EVERY;
         }
         for w in &workers {
@@ -64,7 +64,7 @@ pub fn signal_until_done<T>(
 const BACKOFF_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The longest period [`signal_until_done`] backs off to.
-pub const MAX_PERIOD: std::time::Duration = std::time::Duration::from_millis(2);
+const MAX_PERIOD: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The time between signals for [`signal_until_done`]: `native`, or at
 /// least 1 ms where no thread has an rseq area, which in practice means an
