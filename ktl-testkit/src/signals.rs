@@ -29,7 +29,7 @@ pub fn pthread_of<T>(thread: &std::thread::JoinHandle<T>) -> libc::pthread_t {
 /// thread that is gone.
 ///
 /// The period doubles after each second of signalling, up to
-/// [`MAX_PERIOD`]: where a signal takes longer to deliver and handle than
+/// 2 ms: where a signal takes longer to deliver and handle than
 /// `period` (a whole machine emulated under TCG), a worker whose section the
 /// signals abort again and again would otherwise never finish (the likely
 /// cause of a `rseq_add_current` run that hung for 300 s in the KTLS guest,
