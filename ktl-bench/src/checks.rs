@@ -125,6 +125,16 @@ pub(crate) const RANDOM_CHECK: CheckSpec = CheckSpec {
     limit: 1.1,
 };
 
+/// Whether a promise (of [`CHECKS`] or [`RANDOM_CHECK`]) compares the row
+/// named `row`: such rows belong in the quick run, so that it can tell
+/// whether its promises hold.
+pub(crate) fn compares(row: &str) -> bool {
+    CHECKS
+        .iter()
+        .chain([&RANDOM_CHECK])
+        .any(|c| c.numerator == row || c.denominator == row)
+}
+
 /// The name of the footprint check, which is computed, not measured.
 pub(crate) const FOOTPRINT_CHECK: &str =
     "PerCpu<T> takes possible CPUs x size_of::<CachePadded<T>>() bytes (PerCpu::footprint)";

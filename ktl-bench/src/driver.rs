@@ -432,7 +432,7 @@ mod tests {
     #[test]
     fn a_filter_outside_the_quick_run_is_an_error() {
         let options = Options {
-            filter: Some("stack".to_owned()),
+            filter: Some("segqueue push+pop".to_owned()),
             ..Options::quick()
         };
         let err = run_quietly(&options).0.unwrap_err();

@@ -157,12 +157,13 @@ mod tests {
             .collect();
         assert_eq!(
             quick.len(),
-            16 + 2 + 2 + 8 + 3,
+            16 + 2 + 2 + 8 + 2 + 3,
             "the quick run: 1-thread counters of ktl and thread_local, 1-thread pools of ktl \
-             and ArrayQueue, 2-thread counters and pools, 16-byte ktl, limit and syscall"
+             and ArrayQueue, 2-thread counters and pools, 1-thread stacks of ktl and \
+             ArrayQueue, 16-byte ktl, limit and syscall"
         );
         assert_eq!(
-            quick[28..],
+            quick[30..],
             [random[0], random::LIMIT_16, random::SYSCALL_16]
         );
         for r in &rows[8..] {

@@ -19,6 +19,7 @@
 //! sum to the operations performed. Each row's ratio is taken against ktl's
 //! structure with the same operation and thread count.
 
+use crate::checks;
 use crate::crew::{Work, crew_row};
 use crate::harness::{Row, Shape, call_loop, counts_match, timed_loop};
 use crate::stores::{Obj, Shelf, Store, filled_pool, objects_match, use_obj};
@@ -151,9 +152,8 @@ fn row_name(kind: Kind, which: usize, threads: u32) -> String {
 
 /// The group's rows: for each structure and thread count, ktl's
 /// implementation then the alternatives, each compared to ktl's. The quick
-/// run measures the 2-thread counter and pool rows, the one-thread counter
-/// rows of ktl and `thread_local`, and the one-thread pool rows of ktl and
-/// `ArrayQueue`.
+/// run measures the 2-thread counter and pool rows, and the rows that a
+/// promise of [`crate::checks`] compares.
 pub fn rows() -> Vec<Row> {
     rows_at(&THREADS)
 }
@@ -165,13 +165,11 @@ pub fn rows_at(threads: &[u32]) -> Vec<Row> {
     for kind in Kind::ALL {
         for &threads in threads {
             for which in 0..kind.labels().len() {
-                // The 2-thread counter and pool rows, and the one-thread
-                // rows that the promises compare: the counters of ktl and
-                // thread_local, the pools of ktl and ArrayQueue.
-                let quick = (threads == 2 && kind != Kind::Stack)
-                    || (threads == 1 && kind == Kind::Counter && (which == 0 || which == 2))
-                    || (threads == 1 && kind == Kind::Pool && which <= 1);
-                rows.push(row(kind, which, threads).in_quick_run(quick));
+                // The 2-thread counter and pool rows, and every row that
+                // a promise compares.
+                let row = row(kind, which, threads);
+                let quick = (threads == 2 && kind != Kind::Stack) || checks::compares(&row.name);
+                rows.push(row.in_quick_run(quick));
             }
         }
     }
@@ -447,8 +445,15 @@ mod tests {
                 rows.iter()
                     .any(|b| b.name == base && b.ours && b.threads == r.threads)
             );
-            let one_thread_promise = [PERCPU_ADD_1, THREAD_LOCAL_ADD_1, POOL_1, ARRAY_QUEUE_1]
-                .contains(&r.name.as_str());
+            let one_thread_promise = [
+                PERCPU_ADD_1,
+                THREAD_LOCAL_ADD_1,
+                POOL_1,
+                ARRAY_QUEUE_1,
+                STACK_1,
+                ARRAY_QUEUE_STACK_1,
+            ]
+            .contains(&r.name.as_str());
             assert_eq!(
                 r.quick,
                 (r.threads == 2 && !r.name.starts_with("stack")) || one_thread_promise,
