@@ -33,9 +33,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MS")]
     pub sample_ms: Option<u64>,
     /// The short run: fewer, shorter samples, of the percpu group only the
-    /// 2-thread counter and pool rows, of the random group only the 16-byte
-    /// ktl, limit and syscall rows, and none of the peers group (a few
-    /// seconds in all).
+    /// 2-thread counter and pool rows and the 1-thread rows a promise
+    /// compares, of the random group only the 16-byte ktl, limit and syscall
+    /// rows, and none of the peers group (a few seconds in all).
     #[arg(long)]
     pub quick: bool,
     /// Run only the rows of this group (cpu, rseq, percpu, random, peers), or
