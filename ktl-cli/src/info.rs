@@ -123,6 +123,9 @@ pub struct Sources {
     pub mm_cid: &'static str,
     /// The fallback `cpu_id` would use without the area.
     pub fallback: &'static str,
+    /// Whether `cpu_id` reads the live area on its inline path (false: only
+    /// on its out-of-line path, which is slower).
+    pub cpu_id_inline: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -258,6 +261,13 @@ pub fn gather() -> Report {
             fallbacks.push(format!("{name}: {src}"));
         }
     }
+    if s.cpu_id == Source::Area && !s.cpu_id_inline {
+        fallbacks.push(
+            "cpu_id: the area, from the out-of-line path (the executable's .preinit_array \
+             did not run)"
+                .to_owned(),
+        );
+    }
     let st = area::stats();
     Report {
         schema: "ktl-info/1",
@@ -324,6 +334,7 @@ pub fn gather() -> Report {
                 node_id: source_name(s.node_id),
                 mm_cid: source_name(s.mm_cid),
                 fallback: source_name(s.fallback),
+                cpu_id_inline: s.cpu_id_inline,
             },
         },
         fallbacks,
@@ -503,8 +514,14 @@ fn print_text(r: &Report) {
     println!("  live features        {}", layout.features);
     println!("this thread (tid {})", r.thread.tid);
     println!(
-        "  cpu_id               {:<6} from {}",
-        r.thread.cpu_id, r.thread.sources.cpu_id
+        "  cpu_id               {:<6} from {}{}",
+        r.thread.cpu_id,
+        r.thread.sources.cpu_id,
+        if r.thread.sources.cpu_id_inline {
+            ", inline"
+        } else {
+            ""
+        }
     );
     println!(
         "  node_id              {:<6} from {}",

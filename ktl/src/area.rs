@@ -326,7 +326,7 @@ fn decide() -> Decision {
         libc,
     };
 
-    if let Some(l) = libc.filter(|l| l.size > 0) {
+    if let Some(l) = libc.filter(libc_registered) {
         // The C library registered (at least the main thread). Even when a
         // filter now blocks the probe, its areas are live where registration
         // succeeded; threads where it failed see a negative cpu_id and take
@@ -873,6 +873,24 @@ pub(crate) fn note_group_layout_set() {
 /// [`note_group_layout_set`]).
 pub(crate) fn group_layout_set() -> bool {
     GROUP_LAYOUT_SET.load(Ordering::Relaxed)
+}
+
+/// Whether the C library registered its areas (at least the main thread's),
+/// which makes it the owner.
+fn libc_registered(libc: &LibcRseq) -> bool {
+    libc.size > 0
+}
+
+/// The offset of the C library's area when the C library registered one,
+/// and so owns the areas: what the decision will find, read before it is
+/// made. It calls no allocator and touches no state of ktl, so that it can
+/// run before `main` (see `arch::cpu_offset`).
+#[cfg_attr(
+    any(feature = "shared-object", target_arch = "aarch64"),
+    allow(dead_code)
+)]
+pub(crate) fn libc_owned_offset() -> Option<isize> {
+    libc_rseq().filter(libc_registered).map(|l| l.offset)
 }
 
 /// Finds the C library's `__rseq_*` symbols.

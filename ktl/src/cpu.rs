@@ -66,19 +66,22 @@ use core::sync::atomic::{AtomicU8, Ordering};
 /// ```
 #[inline]
 pub fn cpu_id() -> u32 {
-    match hot_field::<OFFSET_CPU_ID>(HotOffset::Cpu) {
-        Some(cpu) => cpu,
-        None => cpu_id_slow(),
+    let cpu = arch::cpu_id_load();
+    if (cpu as i32) < 0 {
+        return cpu_id_slow();
     }
+    cpu
 }
 
-/// The fast path shared by the accessors: the field at byte `FIELD` of the
-/// area that the hot offset `which` designates, or `None` when that area is
-/// not live in the calling thread (its `cpu_id` is negative).
+/// The fast path of [`node_id`] and [`mm_cid`]: the field at byte `FIELD`
+/// of the area that the hot offset `which` designates, or `None` when that
+/// area is not live in the calling thread (its `cpu_id` is negative).
 ///
-/// One load of the hot offset, one thread-pointer-relative load of
-/// `cpu_id` (plus one of the field itself, unless the field is `cpu_id`), and
-/// one branch.
+/// One load of the hot offset, two thread-pointer-relative loads (`cpu_id`
+/// and the field), and one branch. ([`cpu_id`] reads a word that is fixed
+/// before `main` instead, which the compiler may keep in a register: see
+/// `arch::cpu_id_load`. These two cannot: whether their field is live is
+/// known only once the owner is decided.)
 #[inline(always)]
 fn hot_field<const FIELD: usize>(which: HotOffset) -> Option<u32> {
     let off = arch::hot_offset(which);
@@ -88,9 +91,6 @@ fn hot_field<const FIELD: usize>(which: HotOffset) -> Option<u32> {
     let cpu = unsafe { arch::tp_load_u32::<OFFSET_CPU_ID>(off) };
     if (cpu as i32) < 0 {
         return None;
-    }
-    if FIELD == OFFSET_CPU_ID {
-        return Some(cpu);
     }
     // SAFETY: the same area; FIELD is one of its first 32 bytes.
     Some(unsafe { arch::tp_load_u32::<FIELD>(off) })
@@ -214,6 +214,13 @@ pub struct Sources {
     /// Where `cpu_id()` would read if the area were gone: the fallback chain's
     /// first working link.
     pub fallback: Source,
+    /// Whether `cpu_id()` reads the live area on its inline path (one load,
+    /// one branch). False when it reads the area, or its fallback, only
+    /// from its out-of-line path: always without a live area, and with one
+    /// when the word that designates the area for the inline path was not set
+    /// before `main` (on x86_64, a start code that skips the executable's
+    /// `.preinit_array` while the C library owns the areas).
+    pub cpu_id_inline: bool,
 }
 
 /// Reports which path each accessor takes in the calling thread. Registers
@@ -226,7 +233,8 @@ pub fn sources() -> Sources {
     } else {
         Source::Nothing
     };
-    let live = area::thread_area().is_some();
+    let area = area::thread_area();
+    let live = area.is_some();
     // A live area means the owner is decided.
     let has = |f: Features| live && area::layout().features.contains(f);
     Sources {
@@ -242,6 +250,7 @@ pub fn sources() -> Sources {
             Source::CpuId
         },
         fallback,
+        cpu_id_inline: area.is_some_and(|off| off == arch::cpu_offset()),
     }
 }
 
@@ -385,6 +394,32 @@ fn parse_cpu_list_end(list: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `cpu_id()` reads the live area on its inline path, in this thread
+    /// and in a new one, and where the thread has no live area the inline
+    /// path sees a negative `cpu_id`, so it never answers from a dead area.
+    /// (CI runs this with glibc owning the areas, with ktl owning them, on
+    /// musl and under qemu-user.)
+    #[test]
+    fn cpu_id_reads_the_live_area_inline() {
+        let check = || {
+            let _ = cpu_id();
+            let s = sources();
+            match area::thread_area() {
+                Some(off) => {
+                    assert_eq!(s.cpu_id, Source::Area);
+                    assert_eq!(arch::cpu_offset(), off, "{s:?}");
+                    assert!(s.cpu_id_inline, "{s:?}");
+                }
+                None => {
+                    assert!(!s.cpu_id_inline, "{s:?}");
+                    assert!((arch::cpu_id_load() as i32) < 0);
+                }
+            }
+        };
+        check();
+        std::thread::spawn(check).join().unwrap();
+    }
 
     #[test]
     fn cpu_lists_parse() {

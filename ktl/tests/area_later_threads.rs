@@ -29,6 +29,7 @@ fn child(expect_owner: &str) {
         Source::Area,
         "the first thread has its area"
     );
+    assert!(ktl::cpu::sources().cpu_id_inline);
     let program = seccomp::deny_rseq_program(libc::EPERM);
     // SAFETY: a valid program that outlives the call.
     unsafe { seccomp::install(&program, true) }.expect("install the seccomp filter");
@@ -49,6 +50,7 @@ fn child(expect_owner: &str) {
             assert_eq!(ktl::node_id(), node);
             let s = ktl::cpu::sources();
             assert_eq!(s.cpu_id, fallback, "a later thread has no area: {s:?}");
+            assert!(!s.cpu_id_inline, "{s:?}");
             assert_eq!(s.mm_cid, Source::CpuId);
         })
         .join()

@@ -11,6 +11,13 @@
 //!   never-registered "dead" area sit, relative to the thread pointer;
 //! - `hot_offset(which)` / `set_hot_offset(which, off)`: the process-wide
 //!   offsets that the fast accessors read, one per [`HotOffset`];
+//! - `cpu_id_load()` / `cpu_offset()`: the `cpu_id` field that `cpu_id()`
+//!   reads, and where it is. On x86_64 (without the feature `shared-object`)
+//!   the area is designated by a word that the executable's `.preinit_array`
+//!   sets before `main` (to the C library's area when the C library owns
+//!   the areas, with `area::libc_owned_offset`) and that never changes
+//!   afterwards, so that the compiler can keep it in a register; elsewhere
+//!   by the hot table's `Cpu` entry;
 //! - the restartable sequences' critical sections (`rseq_add` and the
 //!   others), which leave through [`Leave`] (the operations on a start)
 //!   or [`Exit`] (the `_current` operations);
@@ -19,7 +26,8 @@
 //!
 //! It depends on nothing else in ktl but the constants of `abi` (the
 //! offsets of the area's fields and the signature, which the assembly
-//! needs); the modules above use it.
+//! needs) and, on x86_64, `area::libc_owned_offset` (for `cpu_id_load`'s
+//! initializer); the modules above use it.
 //!
 //! ## ktl's thread-local block
 //!

@@ -78,6 +78,103 @@ global_asm!(
 const _: () =
     assert!(super::BLOCK_SIZE == 160 && super::DEAD_AREA == 128 && super::BLOCK_ALIGN == 64);
 
+// `init_cpu_delta`, run from the executable's `.preinit_array`.
+#[cfg(not(feature = "shared-object"))]
+global_asm!(
+    ".section .preinit_array,\"aw\",@preinit_array",
+    ".p2align 3",
+    ".quad {init}",
+    ".text",
+    init = sym init_cpu_delta,
+);
+
+/// Where `cpu_id()` reads, relative to ktl's own area: 0 (the own area), or
+/// the C library's area once [`init_cpu_delta`] has found that the C library
+/// owns the areas. Written only by `init_cpu_delta`.
+#[cfg(not(feature = "shared-object"))]
+static mut CPU_DELTA: isize = 0;
+
+/// Points `cpu_id()` at the C library's area when the C library registered
+/// one (the rule by which the owner is decided, see [`crate::area`]), and
+/// leaves it on the own area otherwise.
+///
+/// It runs from the executable's `.preinit_array`, which the loader (or, in
+/// a static executable, the C library's start code) runs in the main thread
+/// after relocation and before any initializer of a shared object or of the
+/// executable: before any code that could start a thread. Where nothing runs
+/// it (musl's start code, which skips `.preinit_array`, but musl has no
+/// C-library area either), the delta stays 0, which is correct in every
+/// case: when the C library owns the areas, `cpu_id()` then finds the own
+/// area unregistered and answers from its slow path (`ktl::cpu::sources`
+/// tells).
+#[cfg(not(feature = "shared-object"))]
+extern "C" fn init_cpu_delta() {
+    if let Some(off) = crate::area::libc_owned_offset() {
+        // SAFETY: nothing else runs yet (see above), so this write races
+        // with no access; every later read happens after it, in the main
+        // thread or in a thread started after it.
+        unsafe { (&raw mut CPU_DELTA).write(off - own_area_offset()) };
+    }
+}
+
+/// The `cpu_id` field of the area that `cpu_id()` reads: the C library's
+/// area when the C library owns the areas, else ktl's own area. Negative
+/// when that area is not live in the calling thread (not yet registered,
+/// registration failed, no rseq), since the own area's `cpu_id` stays -1
+/// until ktl registers it.
+///
+/// The delta is a plain load of a word that never changes once `main` can
+/// run, so the compiler may keep it in a register across the calls of a
+/// loop and across a call's cold path, which the `asm!` load of the hot
+/// table (see [`hot_offset`]) does not allow; the own area's offset is a
+/// link-time constant folded into the load's displacement.
+#[cfg(not(feature = "shared-object"))]
+#[inline(always)]
+pub(crate) fn cpu_id_load() -> u32 {
+    // SAFETY: the word is written only by `init_cpu_delta`, before `main` and
+    // before any thread but the main one exists, so this read races with no
+    // write.
+    let delta = unsafe { (&raw const CPU_DELTA).read() };
+    let v: u32;
+    // SAFETY: `delta` designates, from the own area, an area of the calling
+    // thread's static TLS (the own area, or the C library's), mapped for the
+    // life of the thread; the asm only reads it. It is not `pure`, because
+    // the kernel changes the value between calls.
+    unsafe {
+        asm!(
+            concat!("mov {v:e}, dword ptr fs:[{d} + ", ktl_symbol!("block"), "@tpoff + {disp}]"),
+            d = in(reg) delta,
+            disp = const crate::abi::OFFSET_CPU_ID,
+            v = lateout(reg) v,
+            options(nostack, preserves_flags, readonly),
+        );
+    }
+    v
+}
+
+/// The offset from the thread pointer of the area that `cpu_id()` reads.
+#[cfg(not(feature = "shared-object"))]
+pub(crate) fn cpu_offset() -> isize {
+    // SAFETY: as in `cpu_id_load`.
+    own_area_offset() + unsafe { (&raw const CPU_DELTA).read() }
+}
+
+/// The `cpu_id` field of the area that `cpu_id()` reads: the hot table's, as
+/// for the other accessors (a shared object has no `.preinit_array`).
+#[cfg(feature = "shared-object")]
+#[inline(always)]
+pub(crate) fn cpu_id_load() -> u32 {
+    // SAFETY: a hot offset always designates an area of the calling thread's
+    // static TLS (see `hot_offset`).
+    unsafe { tp_load_u32::<{ crate::abi::OFFSET_CPU_ID }>(hot_offset(HotOffset::Cpu)) }
+}
+
+/// The offset from the thread pointer of the area that `cpu_id()` reads.
+#[cfg(feature = "shared-object")]
+pub(crate) fn cpu_offset() -> isize {
+    hot_offset(HotOffset::Cpu)
+}
+
 unsafe extern "C" {
     /// The table defined above: `HOT_OFFSETS` offsets (absolute, or relative to
     /// the own area with the feature `shared-object`).
