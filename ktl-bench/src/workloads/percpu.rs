@@ -153,7 +153,7 @@ fn row_name(kind: Kind, which: usize, threads: u32) -> String {
 /// The group's rows: for each structure and thread count, ktl's
 /// implementation then the alternatives, each compared to ktl's. The quick
 /// run measures the 2-thread counter and pool rows, and the rows that a
-/// promise of [`crate::checks`] compares.
+/// promise of the checks compares.
 pub fn rows() -> Vec<Row> {
     rows_at(&THREADS)
 }
