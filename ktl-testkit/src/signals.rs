@@ -60,6 +60,35 @@ pub fn signal_until_done<T>(
     (results, sent)
 }
 
+/// Spawns a worker for [`signal_until_done`]: a thread that runs `setup`,
+/// then `work`, and returns only once `setup` has returned, so that no signal
+/// sent to the thread afterwards lands before `setup` is done.
+///
+/// `setup` makes the thread's first calls of ktl (the owner decision, the
+/// registration of its area where ktl owns the areas, a random state), which
+/// allocate: a signal handler must not make them (see `ktl::area`), since
+/// one that interrupts the thread inside `malloc` and allocates in turn
+/// deadlocks. A worker spawned plainly can be signalled from its very first
+/// instruction, while the signal handler of a test that calls ktl would make
+/// those first calls itself.
+pub fn spawn_set_up<S, W, T>(setup: S, work: W) -> std::thread::JoinHandle<T>
+where
+    S: FnOnce() + Send + 'static,
+    W: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (ready, set_up) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        setup();
+        // The receiver waits below, until this is sent.
+        let _ = ready.send(());
+        work()
+    });
+    // An error means the thread ended (setup panicked): the join reports it.
+    let _ = set_up.recv();
+    worker
+}
+
 /// How long [`signal_until_done`] signals at one period before doubling it.
 const BACKOFF_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -276,21 +276,26 @@ fn signal_handler_inside_a_fill_takes_the_syscall() {
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let worker = {
         let stop = stop.clone();
-        std::thread::spawn(move || {
-            // Take the state before the signals start.
-            draw();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut fills = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                random::fill(&mut buf).expect("fill under signals");
-                for chunk in buf.chunks(16) {
-                    assert_ne!(chunk, [0u8; 16], "an interrupted fill left bytes unwritten");
+        // Take the state before the signals start: the first fill of a
+        // thread allocates, which a signal handler must not do.
+        signals::spawn_set_up(
+            || {
+                draw();
+            },
+            move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut fills = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    random::fill(&mut buf).expect("fill under signals");
+                    for chunk in buf.chunks(16) {
+                        assert_ne!(chunk, [0u8; 16], "an interrupted fill left bytes unwritten");
+                    }
+                    buf.fill(0);
+                    fills += 1;
                 }
-                buf.fill(0);
-                fills += 1;
-            }
-            fills
-        })
+                fills
+            },
+        )
     };
     // `worker` is a live thread of this process until it is joined.
     let tid = signals::pthread_of(&worker);

@@ -12,7 +12,7 @@ use ktl::rseq::{self, Index};
 use ktl_testkit::affinity::{allowed_cpus, pin};
 use ktl_testkit::{fork, signals, without_rseq};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// One word per possible CPU, each on its own pair of cache lines.
 #[repr(C, align(128))]
@@ -173,7 +173,18 @@ fn two_threads_on_one_cpu_abort_and_lose_nothing() {
 static HANDLER_COUNTER: std::sync::OnceLock<Arc<Counter>> = std::sync::OnceLock::new();
 static HANDLER_ADDS: AtomicI64 = AtomicI64::new(0);
 
+/// Set by the worker once it has made its first add: a signal handler must
+/// not make a thread's first call of ktl (it allocates where ktl owns the
+/// areas, and one that interrupts the thread inside `malloc` deadlocks).
+static HANDLER_WORKER_SET_UP: AtomicBool = AtomicBool::new(false);
+/// Signals the handler saw before that.
+static EARLY_SIGNALS: AtomicI64 = AtomicI64::new(0);
+
 extern "C" fn add_in_handler(_: libc::c_int) {
+    if !HANDLER_WORKER_SET_UP.load(Ordering::Relaxed) {
+        EARLY_SIGNALS.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     if let Some(c) = HANDLER_COUNTER.get() {
         // The same operation as the interrupted thread's: the kernel aborts
         // the interrupted section when it delivers the signal, so the
@@ -192,12 +203,24 @@ fn an_add_in_a_signal_handler_that_interrupted_one() {
     let c = HANDLER_COUNTER.get_or_init(Counter::new).clone();
     signals::install(libc::SIGUSR2, add_in_handler);
     let n: u64 = 5_000_000;
+    // The worker is set up (its first add made) before the first signal.
+    // (Signalled from its start, in the KTLS guest with ktl owning the areas
+    // under a loaded host, the handler made the thread's first call, whose
+    // allocation interrupted the thread's own: the run hung for 300 s. The
+    // check of EARLY_SIGNALS below failed then too.)
     let worker = {
         let c = c.clone();
-        std::thread::spawn(move || {
-            add_loop(&c, Index::CpuId, n);
-            rseq::aborts()
-        })
+        let first = c.clone();
+        signals::spawn_set_up(
+            move || {
+                first.add(Index::CpuId, 1);
+                HANDLER_WORKER_SET_UP.store(true, Ordering::Relaxed);
+            },
+            move || {
+                add_loop(&c, Index::CpuId, n - 1);
+                rseq::aborts()
+            },
+        )
     };
     let (results, sent) = signals::signal_until_done(
         vec![worker],
@@ -206,6 +229,11 @@ fn an_add_in_a_signal_handler_that_interrupted_one() {
     );
     let aborts = results[0];
     let in_handler = HANDLER_ADDS.load(Ordering::Relaxed);
+    assert_eq!(
+        EARLY_SIGNALS.load(Ordering::Relaxed),
+        0,
+        "signals reached the worker before its first add"
+    );
     assert!(in_handler > 0, "{sent} signals, no add in the handler");
     assert_eq!(
         c.total(),

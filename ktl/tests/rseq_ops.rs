@@ -11,7 +11,7 @@ use ktl::rseq::{self, Failure, Index};
 use ktl_testkit::affinity::{allowed_cpus, pin};
 use ktl_testkit::{fork, signals, without_rseq};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// `n` operations on critical sections; a twentieth of that on the locked
 /// fallback, which makes two system calls per operation (and runs under
@@ -626,7 +626,17 @@ fn buffer_push_with_memcpy_loses_nothing() {
 static HANDLER_SLOTS: std::sync::OnceLock<Arc<Vec<AtomicI64>>> = std::sync::OnceLock::new();
 static HANDLER_ADDS: AtomicI64 = AtomicI64::new(0);
 
+/// Set by the worker once it has made its first operation: a signal handler
+/// must not make a thread's first call of ktl (see `signals::spawn_set_up`).
+static HANDLER_WORKER_SET_UP: AtomicBool = AtomicBool::new(false);
+/// Signals the handler saw before that.
+static EARLY_SIGNALS: AtomicI64 = AtomicI64::new(0);
+
 extern "C" fn add_in_handler(_: libc::c_int) {
+    if !HANDLER_WORKER_SET_UP.load(Ordering::Relaxed) {
+        EARLY_SIGNALS.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     if let Some(slots) = HANDLER_SLOTS.get() {
         // The same operation as the interrupted thread's, from the handler:
         // the handler's section nests inside the interrupted one, which the
@@ -659,8 +669,17 @@ fn an_operation_in_a_signal_handler_that_interrupted_it() {
     } else {
         2_000_000
     };
-    let s = slots.clone();
-    let worker = std::thread::spawn(move || add_loop(&s, Index::CpuId, n));
+    // The worker is set up (its first operation made) before the first
+    // signal, as in rseq_add_current's handler test, where a handler that
+    // made the thread's first call hung a guest run.
+    let (s, first) = (slots.clone(), slots.clone());
+    let worker = signals::spawn_set_up(
+        move || {
+            add_loop(&first, Index::CpuId, 1);
+            HANDLER_WORKER_SET_UP.store(true, Ordering::Relaxed);
+        },
+        move || add_loop(&s, Index::CpuId, n - 1),
+    );
     let (results, sent) = signals::signal_until_done(
         vec![worker],
         libc::SIGUSR2,
@@ -668,6 +687,11 @@ fn an_operation_in_a_signal_handler_that_interrupted_it() {
     );
     let aborts = results[0];
     let in_handler = HANDLER_ADDS.load(Ordering::Relaxed);
+    assert_eq!(
+        EARLY_SIGNALS.load(Ordering::Relaxed),
+        0,
+        "signals reached the worker before its first operation"
+    );
     assert!(in_handler > 0, "{sent} signals, no add in the handler");
     assert_eq!(
         total(&slots),
