@@ -19,6 +19,12 @@
 //!    other kernel, and when the area is too short: a C library that
 //!    registers 32 bytes (glibc before 2.41) leaves no room for the facts.
 //!
+//! The accessors' inline path checks ktl's own area and calls the path's
+//! function with its offset (the vDSO functions' `_fs` form): two tests and
+//! an indirect call on top of the vDSO function's own work. Where the C library owns the areas, they answer
+//! from their out-of-line path instead (the system call, or the vDSO
+//! function on a C library that registers areas long enough for the facts).
+//!
 //! Whatever the path, each value is what the system call returns to the
 //! calling thread at that moment. Where ktl owns the areas, a thread's first
 //! call registers its area. A thread whose area is not live (released, its
@@ -46,8 +52,9 @@
 //! println!("thread {} of process {}, via {}", me.tid, me.pid, ktl::facts::path());
 //! ```
 
-use core::ffi::c_void;
+use core::ffi::{c_long, c_void};
 use core::fmt;
+use core::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
 use crate::abi;
@@ -191,7 +198,68 @@ fn decide() -> State {
     } else {
         Path::Field
     };
+    if offset == arch::own_area_offset() {
+        // The fast path reads this area: point it at the path's functions,
+        // the vDSO's of the offset form where it has them all.
+        let by_offset = Fact::ALL.map(|f| vdso::ktls_offset_fn_in_first_call(f.vdso_fn()));
+        let by_offset =
+            (path == Path::Vdso && by_offset.iter().all(Option::is_some)).then_some(by_offset);
+        for (i, slot) in FAST_FNS.iter().enumerate() {
+            let f = match by_offset {
+                Some(fns) => fns[i].unwrap_or(FIELD_FNS[i]),
+                None => FIELD_FNS[i],
+            };
+            slot.store(f as *mut (), Ordering::Relaxed);
+        }
+    }
     State { path, offset, vdso }
+}
+
+/// The function that [`get`] calls for each fact ([`Fact`] order), given the
+/// offset of ktl's own area once its magic says the facts are valid: the
+/// slow path (the first call, the system calls) until [`decide`] points them
+/// at the vDSO's functions of the offset form or at [`FIELD_FNS`]. Every
+/// value it ever holds is a [`vdso::KtlsOffsetFn`] that answers for any
+/// thread, so a stale load is still right: relaxed loads and stores are
+/// enough.
+static FAST_FNS: [AtomicPtr<()>; 6] = [
+    AtomicPtr::new(slow_tid as *mut ()),
+    AtomicPtr::new(slow_pid as *mut ()),
+    AtomicPtr::new(slow_uid as *mut ()),
+    AtomicPtr::new(slow_gid as *mut ()),
+    AtomicPtr::new(slow_euid as *mut ()),
+    AtomicPtr::new(slow_egid as *mut ()),
+];
+
+/// Defines, for each fact, the slow path and the field's read in the form
+/// of a KTLS vDSO function, for [`FAST_FNS`].
+macro_rules! fast_fns {
+    ($($fact:ident: $slow:ident, $field:ident;)*) => {
+        $(
+            /// [`get_slow`] for this fact, as a vDSO function.
+            extern "C" fn $slow(_offset: usize) -> c_long {
+                c_long::from(get_slow(Fact::$fact))
+            }
+
+            /// The field of this fact in ktl's own area, which holds valid
+            /// facts (the caller checked the magic), as a vDSO function.
+            extern "C" fn $field(_offset: usize) -> c_long {
+                c_long::from(field(arch::own_area_offset(), Fact::$fact))
+            }
+        )*
+
+        /// The field readers, in [`Fact`] order.
+        const FIELD_FNS: [vdso::KtlsOffsetFn; 6] = [$($field),*];
+    };
+}
+
+fast_fns! {
+    Tid: slow_tid, field_tid;
+    Pid: slow_pid, field_pid;
+    Uid: slow_uid, field_uid;
+    Gid: slow_gid, field_gid;
+    Euid: slow_euid, field_euid;
+    Egid: slow_egid, field_egid;
 }
 
 /// One of the ids.
@@ -241,11 +309,12 @@ impl Fact {
 
 /// Whether the calling thread's area at `off` holds valid facts.
 fn magic_ok(off: isize) -> bool {
-    // SAFETY: `off` is the areas' offset from the thread pointer, which in
-    // every thread lies in a block of at least `KTLS_FACTS_END` bytes (see
-    // `decide`: the registrations are that long), mapped for the life of
-    // the thread, registered or not. The kernel writes the facts only while
-    // this thread is out of user space.
+    // SAFETY: `off` is the offset from the thread pointer of an area that
+    // lies, in every thread, in a block of at least `KTLS_FACTS_END` bytes,
+    // mapped for the life of the thread, registered or not: ktl's own block
+    // (see `get`), or the areas of the decided state, which `decide` takes
+    // only when the registrations are that long. The kernel writes the facts
+    // only while this thread is out of user space.
     let magic = unsafe { arch::tp_load_u32::<{ abi::OFFSET_KTLS_MAGIC }>(off) };
     magic == abi::KTLS_FACTS_MAGIC
 }
@@ -309,27 +378,34 @@ fn read(st: &State, off: Option<isize>, fact: Fact) -> u32 {
     }
 }
 
-/// One fact, on the decided path. Inline, it is what the raw call is: the
-/// decided state's load and its path's test, the load and compare of the
-/// area's magic, then the vDSO call or the field's load. Everything else (the
-/// first call, a thread whose area is not live, the system calls) is out of
-/// line in [`get_slow`], so the accessor makes no call of ktl's own.
+/// One fact. Inline, it is what the raw call is plus two tests: the load
+/// and compare of the area's magic (a thread whose area does not hold valid
+/// facts yet, or at all, goes to [`get_slow`], which registers it where ktl
+/// owns the areas), and the check that the answer is an id. The function
+/// comes from [`FAST_FNS`]: the vDSO's once decided, else the slow path or
+/// the field's read, so no test of the decided state is needed. The area is
+/// ktl's own, whose offset is a link-time constant on x86_64 executables:
+/// the facts are there whenever ktl owns the areas, and [`decide`] points
+/// the functions away from the slow path only then. (The C library's area
+/// is not read here: where it is registered with 32 bytes, the magic's
+/// bytes lie past it, maybe past the end of its mapping.)
 #[inline(always)]
 fn get(fact: Fact) -> u32 {
-    if let Some(st) = STATE.get() {
-        match st.path {
-            Path::Vdso => {
-                if let (true, Some(f)) = (magic_ok(st.offset), st.vdso[fact as usize]) {
-                    let ptr = area::area_ptr(st.offset).cast_const().cast::<c_void>();
-                    // SAFETY: as in `read`.
-                    let r = unsafe { f(ptr) };
-                    if let Ok(v) = u32::try_from(r) {
-                        return v;
-                    }
-                }
-            }
-            Path::Field if magic_ok(st.offset) => return field(st.offset, fact),
-            _ => {}
+    let off = arch::own_area_offset();
+    if magic_ok(off) {
+        let f = FAST_FNS[fact as usize].load(Ordering::Relaxed);
+        // SAFETY: every value of `FAST_FNS` is a `KtlsOffsetFn` cast to a
+        // pointer (see its docs): one of this module's functions, or the
+        // vDSO's, which stays mapped for the life of the process.
+        let f = unsafe { core::mem::transmute::<*mut (), vdso::KtlsOffsetFn>(f) };
+        // SAFETY: a KTLS vDSO function of the offset form only reads the
+        // area at that offset from the FS base, through loads the kernel
+        // resumes at its fallback if they fault, or makes a system call
+        // without arguments; here it is the calling thread's own area. This
+        // module's functions ignore the argument.
+        let r = unsafe { f(off as usize) };
+        if let Ok(v) = u32::try_from(r) {
+            return v;
         }
     }
     get_slow(fact)

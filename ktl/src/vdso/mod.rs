@@ -539,6 +539,14 @@ pub fn ktls_offset_fn(f: KtlsFn) -> Option<KtlsOffsetFn> {
     Some(unsafe { core::mem::transmute::<*const c_void, KtlsOffsetFn>(ptr) })
 }
 
+/// [`ktls_offset_fn`] inside one of ktl's first calls (the set-up of
+/// [`crate::facts`]), which holds the thread's marker.
+pub(crate) fn ktls_offset_fn_in_first_call(f: KtlsFn) -> Option<KtlsOffsetFn> {
+    let ptr = cached_in_first_call(&KTLS_ADDRS[f as usize][1], f.fs_symbol(), KTLS_VERSION)?;
+    // SAFETY: as in `ktls_offset_fn`.
+    Some(unsafe { core::mem::transmute::<*const c_void, KtlsOffsetFn>(ptr) })
+}
+
 /// Asks vDSO getrandom for the size and mmap parameters of its per-thread
 /// state: `Err(errno)` if the call fails.
 pub fn getrandom_params(getrandom: GetrandomFn) -> Result<GetrandomParams, crate::Errno> {
