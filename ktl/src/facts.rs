@@ -21,9 +21,10 @@
 //!
 //! The accessors' inline path checks ktl's own area and calls the path's
 //! function with its offset (the vDSO functions' `_fs` form): two tests and
-//! an indirect call on top of the vDSO function's own work. Where the C library owns the areas, they answer
-//! from their out-of-line path instead (the system call, or the vDSO
-//! function on a C library that registers areas long enough for the facts).
+//! an indirect call on top of the vDSO function's own work. Where the C
+//! library owns the areas, they answer from their out-of-line path instead
+//! (the system call, or the vDSO function on a C library that registers
+//! areas long enough for the facts).
 //!
 //! Whatever the path, each value is what the system call returns to the
 //! calling thread at that moment. Where ktl owns the areas, a thread's first
