@@ -883,8 +883,9 @@ fn libc_registered(libc: &LibcRseq) -> bool {
 
 /// The offset of the C library's area when the C library registered one,
 /// and so owns the areas: what the decision will find, read before it is
-/// made. It calls no allocator and touches no state of ktl, so that it can
-/// run before `main` (the initializer of `arch::cpu_id_load`, on x86_64).
+/// made. It touches no state of ktl, and its only calls (`dlsym`, in a
+/// dynamically linked program) work before `main`, where it runs (the
+/// initializer of `arch::cpu_id_load`, on x86_64).
 #[cfg_attr(
     any(feature = "shared-object", target_arch = "aarch64"),
     allow(dead_code)
