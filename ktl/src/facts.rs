@@ -203,37 +203,17 @@ fn decide() -> State {
         // The fast path reads this area: point it at the path's functions,
         // the vDSO's of the offset form where it has them all.
         let by_offset = Fact::ALL.map(|f| vdso::ktls_offset_fn_in_first_call(f.vdso_fn()));
-        let by_offset =
-            (path == Path::Vdso && by_offset.iter().all(Option::is_some)).then_some(by_offset);
-        for (i, slot) in FAST_FNS.iter().enumerate() {
-            let f = match by_offset {
-                Some(fns) => fns[i].unwrap_or(FIELD_FNS[i]),
-                None => FIELD_FNS[i],
-            };
+        let use_vdso = path == Path::Vdso && by_offset.iter().all(Option::is_some);
+        for ((slot, f), field) in FAST_FNS.iter().zip(by_offset).zip(FIELD_FNS) {
+            let f = f.filter(|_| use_vdso).unwrap_or(field);
             slot.store(f as *mut (), Ordering::Relaxed);
         }
     }
     State { path, offset, vdso }
 }
 
-/// The function that [`get`] calls for each fact ([`Fact`] order), given the
-/// offset of ktl's own area once its magic says the facts are valid: the
-/// slow path (the first call, the system calls) until [`decide`] points them
-/// at the vDSO's functions of the offset form or at [`FIELD_FNS`]. Every
-/// value it ever holds is a [`vdso::KtlsOffsetFn`] that answers for any
-/// thread, so a stale load is still right: relaxed loads and stores are
-/// enough.
-static FAST_FNS: [AtomicPtr<()>; 6] = [
-    AtomicPtr::new(slow_tid as *mut ()),
-    AtomicPtr::new(slow_pid as *mut ()),
-    AtomicPtr::new(slow_uid as *mut ()),
-    AtomicPtr::new(slow_gid as *mut ()),
-    AtomicPtr::new(slow_euid as *mut ()),
-    AtomicPtr::new(slow_egid as *mut ()),
-];
-
 /// Defines, for each fact, the slow path and the field's read in the form
-/// of a KTLS vDSO function, for [`FAST_FNS`].
+/// of a KTLS vDSO function, and [`FAST_FNS`], which starts on the slow paths.
 macro_rules! fast_fns {
     ($($fact:ident: $slow:ident, $field:ident;)*) => {
         $(
@@ -251,6 +231,15 @@ macro_rules! fast_fns {
 
         /// The field readers, in [`Fact`] order.
         const FIELD_FNS: [vdso::KtlsOffsetFn; 6] = [$($field),*];
+
+        /// The function that [`get`] calls for each fact ([`Fact`] order),
+        /// given the offset of ktl's own area once its magic says the facts
+        /// are valid: the slow path (the first call, the system calls) until
+        /// [`decide`] points them at the vDSO's functions of the offset form
+        /// or at [`FIELD_FNS`]. Every value it ever holds is a
+        /// [`vdso::KtlsOffsetFn`] that answers for any thread, so a stale
+        /// load is still right: relaxed loads and stores are enough.
+        static FAST_FNS: [AtomicPtr<()>; 6] = [$(AtomicPtr::new($slow as *mut ())),*];
     };
 }
 
