@@ -34,9 +34,9 @@ pub struct Options {
     /// with `quick`).
     pub sample_ms: Option<u64>,
     /// The short run: fewer, shorter samples, of the `percpu` group only
-    /// the 2-thread counter and pool rows and the 1-thread counter rows of
-    /// ktl and `thread_local`, of the `random` group only the
-    /// 16-byte ktl, limit and syscall rows, and no row of the `peers` group.
+    /// the 2-thread counter and pool rows and the 1-thread rows a promise
+    /// compares, of the `random` group only the 16-byte ktl, limit and
+    /// syscall rows, and no row of the `peers` group.
     pub quick: bool,
     /// Only the rows of this group, or else the rows whose name or group
     /// contains this text, ignoring case (see [`crate::workloads::selects`]).

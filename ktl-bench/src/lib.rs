@@ -133,11 +133,10 @@
 //! noisy.
 //!
 //! `--quick` (and `ktl` with no subcommand) takes fewer, shorter samples, of
-//! the `percpu` group runs only the 2-thread counter and pool rows, the
-//! 1-thread counter rows of ktl and `thread_local` and the 1-thread pool rows
-//! of ktl and `ArrayQueue`, and of
-//! the `random` group only the 16-byte rows of ktl, the raw vDSO limit and
-//! the system call: the rows the promises compare. A filter that is a
+//! the `percpu` group runs only the 2-thread counter and pool rows and the
+//! 1-thread rows a promise compares (the counters of ktl and `thread_local`,
+//! the pools and stacks of ktl and `ArrayQueue`), and of the `random` group
+//! only the 16-byte rows of ktl, the raw vDSO limit and the system call. A filter that is a
 //! group's name selects that group (`cpu` does not select `percpu`); any
 //! other filter selects the rows whose name or group contains it.
 //!

@@ -374,7 +374,8 @@ pub(crate) fn render_text(
         let _ = writeln!(
             out,
             "quick run: {left_out} selected rows left out (of the [{}] group it runs the 2-thread \
-             counter and pool rows and the 1-thread counter rows of ktl and thread_local, of the [{}] group the 16-byte ktl, limit and syscall rows, none of \
+             counter and pool rows and the 1-thread rows a promise compares, of the [{}] group the \
+             16-byte ktl, limit and syscall rows, none of \
              the [{}] group); `ktl bench` runs them all",
             percpu::GROUP,
             random::GROUP,
