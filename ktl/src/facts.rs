@@ -389,7 +389,7 @@ fn get(fact: Fact) -> u32 {
         // vDSO's, which stays mapped for the life of the process.
         let f = unsafe { core::mem::transmute::<*mut (), vdso::KtlsOffsetFn>(f) };
         // SAFETY: a KTLS vDSO function of the offset form only reads the
-        // area at that offset from the FS base, through loads the kernel
+        // area at that offset from the thread pointer, through loads the kernel
         // resumes at its fallback if they fault, or makes a system call
         // without arguments; here it is the calling thread's own area. This
         // module's functions ignore the argument.

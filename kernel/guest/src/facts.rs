@@ -109,7 +109,7 @@ fn area_covers_facts() -> bool {
 
 /// Every way of asking, in the calling thread, compared with the system
 /// calls: `ktl::facts` (all at once and one by one), the vDSO functions
-/// given the thread's area (address and FS-offset forms), and the fields
+/// given the thread's area (address and thread-pointer-offset forms), and the fields
 /// read directly when the area covers them. Returns the system calls'
 /// answers.
 fn all_ways(who: &str) -> Result<[i64; 6], String> {
@@ -134,10 +134,7 @@ fn all_ways(who: &str) -> Result<[i64; 6], String> {
     if let (Some(area), Some(off)) = (own_area(), ktl::layout().offset) {
         if vdso::ktls_fn(KtlsFn::Getuid).is_some() {
             got.push(("vDSO (address)".into(), vdso_answers(area, call_ptr)));
-            got.push((
-                "vDSO (FS offset)".into(),
-                vdso_answers(off as usize, call_off),
-            ));
+            got.push(("vDSO (offset)".into(), vdso_answers(off as usize, call_off)));
         }
         // The fields, where the kernel writes them and this thread's area
         // is live (not released).
@@ -170,12 +167,12 @@ fn call_ptr(f: KtlsFn, area: usize) -> i64 {
     unsafe { func(std::ptr::with_exposed_provenance::<c_void>(area)) }
 }
 
-/// Calls the FS-offset form of `f` with `off`.
+/// Calls the offset form (from the thread pointer) of `f` with `off`.
 fn call_off(f: KtlsFn, off: usize) -> i64 {
     let Some(func) = vdso::ktls_offset_fn(f) else {
         return i64::MIN;
     };
-    // SAFETY: as in `call_ptr`, for %fs-relative loads.
+    // SAFETY: as in `call_ptr`, for loads relative to the thread pointer.
     unsafe { func(off) }
 }
 
@@ -544,12 +541,12 @@ fn check_unregistered() -> Check {
     }
     for off in [0, 1 << 62, usize::MAX - 35, 0x8000_0000_0000_0000] {
         same(
-            &format!("FS offset {off:#x}: the vDSO"),
+            &format!("offset {off:#x}: the vDSO"),
             vdso_answers(off, call_off),
             want,
         )?;
     }
-    done.push("8 bad locations and 4 bad FS offsets");
+    done.push("8 bad locations and 4 bad offsets");
     Ok(done.join(", "))
 }
 
@@ -704,7 +701,7 @@ pub(crate) fn bench() -> bool {
             Box::new(move |n| time_calls(n, || unsafe { by_ptr(std::hint::black_box(area)) })),
         ));
         ways.push((
-            "vDSO (FS offset)",
+            "vDSO (offset)",
             // SAFETY: as in `call_off`.
             Box::new(move |n| {
                 time_calls(n, || unsafe { by_off(std::hint::black_box(off as usize)) })

@@ -118,11 +118,25 @@ extern "C" fn register_then_read(arg: usize) -> i32 {
     read_area(arg)
 }
 
-/// The time stamp counter: a clock that needs neither the C library nor a
-/// system call, so raw threads can read it. Only ratios of ticks are used.
+/// The time stamp counter (x86_64) or the virtual counter `cntvct_el0`
+/// (aarch64): a clock that needs neither the C library nor a system call,
+/// so raw threads can read it. Only ratios of ticks are used.
+#[cfg(target_arch = "x86_64")]
 fn ticks() -> u64 {
     // SAFETY: RDTSC has no preconditions; the guest CPU (`-cpu max`) has it.
     unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The time stamp counter (x86_64) or the virtual counter `cntvct_el0`
+/// (aarch64): a clock that needs neither the C library nor a system call,
+/// so raw threads can read it. Only ratios of ticks are used.
+#[cfg(target_arch = "aarch64")]
+fn ticks() -> u64 {
+    let t: u64;
+    // SAFETY: Linux lets user space read the virtual counter (CNTKCTL_EL1.
+    // EL0VCTEN); the read has no side effects.
+    unsafe { core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) t, options(nostack)) };
+    t
 }
 
 /// Raw thread, not registered: the rseq() error cases of the layout flag.

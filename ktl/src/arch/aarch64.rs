@@ -956,30 +956,84 @@ pub(crate) unsafe fn rseq_cmpeqv_trymemcpy_storev<
     Ok(())
 }
 
-/// `ENOSYS` on aarch64 Linux (`asm-generic/errno.h`).
-const ENOSYS: isize = 38;
-
-/// The KTLS kernel prototype is x86_64-only: on aarch64 raw system calls
-/// for it are not provided, and this returns `-ENOSYS`.
+/// A raw four-argument system call, without the C library: returns the
+/// kernel's result (a negative errno on failure) and never touches `errno`,
+/// so a thread without a C-library TCB may make it.
 ///
 /// # Safety
 ///
-/// None needed: it makes no call.
-pub(crate) unsafe fn syscall4(_nr: usize, _a1: usize, _a2: usize, _a3: usize, _a4: usize) -> isize {
-    -ENOSYS
+/// The system call `nr` with these arguments must be sound to make: any
+/// pointer among them must be valid for what the kernel does with it.
+#[inline]
+pub(crate) unsafe fn syscall4(nr: usize, a1: usize, a2: usize, a3: usize, a4: usize) -> isize {
+    let ret: isize;
+    // SAFETY: forwarded to the caller's contract. `svc #0` takes the number
+    // in x8 and the arguments in x0 to x3, returns in x0, and the kernel
+    // preserves every other register.
+    unsafe {
+        asm!(
+            "svc #0",
+            inlateout("x0") a1 as isize => ret,
+            in("x1") a2,
+            in("x2") a3,
+            in("x3") a4,
+            in("x8") nr,
+            options(nostack),
+        );
+    }
+    ret
 }
 
-/// The KTLS kernel prototype is x86_64-only: raw thread creation returns
-/// `-ENOSYS` on aarch64.
+/// `clone3(args, size)` for a new thread that runs `entry(arg)` on the stack
+/// and thread pointer given in `args`, then exits with `entry`'s result
+/// (`exit(2)`, the thread only). Returns the child's tid in the parent, or
+/// a negative errno.
 ///
 /// # Safety
 ///
-/// None needed: it creates nothing.
+/// `args` must point to a valid `struct clone_args` of `size` bytes whose
+/// flags create a thread (`CLONE_VM | CLONE_THREAD | CLONE_SIGHAND`) with
+/// `CLONE_SETTLS`, a stack (`stack`, `stack_size`) and a thread pointer
+/// (`tls`, which becomes the child's `tpidr_el0`) that stay mapped and
+/// unused by anything else until the thread has exited. `entry` runs on
+/// that thread with that thread pointer and no C-library or Rust thread
+/// state: it must not use thread-local storage, `errno`, the C library's
+/// thread functions, or unwind.
 pub(crate) unsafe fn clone3_thread(
-    _args: *const u8,
-    _size: usize,
-    _entry: extern "C" fn(usize) -> i32,
-    _arg: usize,
+    args: *const u8,
+    size: usize,
+    entry: extern "C" fn(usize) -> i32,
+    arg: usize,
 ) -> isize {
-    -ENOSYS
+    let ret: isize;
+    // SAFETY: the caller's contract. In the parent, `clone3` returns the tid
+    // (or -errno) in x0 and the block ends. In the child, which starts on
+    // the new stack with a copy of the parent's registers (so x20 and x21
+    // still hold `entry` and `arg`) and x0 = 0, the block clears the frame
+    // pointer and link register (the end of the frame chain), aligns the
+    // stack, calls `entry`, and makes `exit` with its result; it never
+    // returns into the parent's frame.
+    unsafe {
+        asm!(
+            "svc #0",
+            "cbnz x0, 2f",
+            "mov x29, xzr",
+            "mov x30, xzr",
+            "mov x9, sp",
+            "and x9, x9, #-16",
+            "mov sp, x9",
+            "mov x0, x21",
+            "blr x20",
+            "mov x8, #93", // SYS_exit: this thread only
+            "svc #0",
+            "brk #0x1",
+            "2:",
+            inlateout("x0") args as isize => ret,
+            in("x1") size,
+            in("x8") 435usize, // SYS_clone3
+            in("x20") entry,
+            in("x21") arg,
+        );
+    }
+    ret
 }

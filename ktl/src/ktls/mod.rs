@@ -50,8 +50,7 @@ pub fn features() -> KtlsFeatures {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KtlsError {
-    /// The kernel lacks the feature (an upstream kernel, or another
-    /// architecture than x86_64).
+    /// The kernel lacks the feature (an upstream kernel).
     NotSupported,
     /// The process has no rseq areas (their owner is `Unavailable`).
     NoArea,

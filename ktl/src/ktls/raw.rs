@@ -24,8 +24,8 @@ pub unsafe fn raw_rseq(area: usize, len: u32, flags: i32, sig: u32) -> isize {
     }
 }
 
-/// The calling thread's thread pointer (the FS base on x86_64), for raw
-/// threads that compute their area's address.
+/// The calling thread's thread pointer (the FS base on x86_64, `tpidr_el0`
+/// on aarch64), for raw threads that compute their area's address.
 pub fn thread_pointer() -> usize {
     arch::thread_pointer()
 }

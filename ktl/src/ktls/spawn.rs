@@ -111,7 +111,7 @@ impl Drop for RawThread {
 /// # Errors
 ///
 /// [`KtlsError::NotSupported`] without `CLONE_RSEQ_KTLS` (for
-/// [`Registration::Kernel`]) or off x86_64, [`KtlsError::LayoutTooFar`],
+/// [`Registration::Kernel`]), [`KtlsError::LayoutTooFar`],
 /// [`KtlsError::Alloc`], and [`KtlsError::Kernel`] from `clone3`.
 pub unsafe fn spawn_raw(
     layout: GroupLayout,
@@ -119,9 +119,7 @@ pub unsafe fn spawn_raw(
     entry: extern "C" fn(usize) -> i32,
     arg: usize,
 ) -> Result<RawThread, KtlsError> {
-    if !cfg!(target_arch = "x86_64")
-        || (registration == Registration::Kernel && !features().clone_rseq_ktls())
-    {
+    if registration == Registration::Kernel && !features().clone_rseq_ktls() {
         return Err(KtlsError::NotSupported);
     }
     let half = (TLS_SIZE / 2) as isize;
@@ -147,7 +145,10 @@ pub unsafe fn spawn_raw(
     // SAFETY: `tp` and `area` point into the fresh, writable mapping; the
     // area is not registered (the thread does not exist yet).
     unsafe {
-        tp.cast::<usize>().write(tp.addr());
+        // The TCB's self pointer, which `%fs:0` loads read on x86_64.
+        if cfg!(target_arch = "x86_64") {
+            tp.cast::<usize>().write(tp.addr());
+        }
         area.add(abi::OFFSET_CPU_ID)
             .cast::<u32>()
             .write(abi::RSEQ_CPU_ID_UNINITIALIZED);
@@ -172,7 +173,7 @@ pub unsafe fn spawn_raw(
     };
     // SAFETY: `args` describes a thread with its own stack and thread
     // pointer inside a mapping that only `RawThread::join` unmaps, after the
-    // thread exited; the TLS block's first word holds the thread pointer;
+    // thread exited; on x86_64 the TLS block's first word holds the thread pointer;
     // the caller guarantees what `entry` does.
     let ret = unsafe {
         arch::clone3_thread((&raw const args).cast(), size_of::<CloneArgs>(), entry, arg)

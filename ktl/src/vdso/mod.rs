@@ -69,8 +69,8 @@ pub const GETRANDOM: &str = "__vdso_getrandom";
 pub const GETRANDOM: &str = "__kernel_getrandom";
 
 /// The symbol version of the KTLS prototype's vDSO functions ([`KtlsFn`]),
-/// which only the patched x86_64 kernel in this repository's `kernel/`
-/// exports.
+/// which only the patched kernel in this repository's `kernel/` (x86_64 and
+/// aarch64) exports.
 pub const KTLS_VERSION: &str = "LINUX_KTLS_0.1";
 
 /// The KTLS prototype's vDSO functions: each answers one question from the
@@ -110,30 +110,46 @@ impl KtlsFn {
     ];
 
     /// The symbol of the form that takes the area's address,
-    /// `long f(const void *ktls)`.
+    /// `long f(const void *ktls)`: `__vdso_ktls_NAME` on x86_64,
+    /// `__kernel_ktls_NAME` on aarch64 (each architecture's prefix for its
+    /// vDSO functions).
     pub fn symbol(self) -> &'static str {
+        self.symbols().0
+    }
+
+    /// The symbol of the form that takes the area's offset from the thread
+    /// pointer, `long f(unsigned long ktls_offset)`: [`symbol`](Self::symbol)
+    /// and `_fs` on x86_64 (the FS base, read with `%fs`-relative loads),
+    /// and `_tp` on aarch64 (`tpidr_el0`).
+    pub fn offset_symbol(self) -> &'static str {
+        self.symbols().1
+    }
+
+    /// Both symbols of this function on this architecture.
+    #[cfg(target_arch = "x86_64")]
+    fn symbols(self) -> (&'static str, &'static str) {
         match self {
-            KtlsFn::Gettid => "__vdso_ktls_gettid",
-            KtlsFn::Getpid => "__vdso_ktls_getpid",
-            KtlsFn::Getuid => "__vdso_ktls_getuid",
-            KtlsFn::Getgid => "__vdso_ktls_getgid",
-            KtlsFn::Geteuid => "__vdso_ktls_geteuid",
-            KtlsFn::Getegid => "__vdso_ktls_getegid",
-            KtlsFn::Getcpu => "__vdso_ktls_getcpu",
+            KtlsFn::Gettid => ("__vdso_ktls_gettid", "__vdso_ktls_gettid_fs"),
+            KtlsFn::Getpid => ("__vdso_ktls_getpid", "__vdso_ktls_getpid_fs"),
+            KtlsFn::Getuid => ("__vdso_ktls_getuid", "__vdso_ktls_getuid_fs"),
+            KtlsFn::Getgid => ("__vdso_ktls_getgid", "__vdso_ktls_getgid_fs"),
+            KtlsFn::Geteuid => ("__vdso_ktls_geteuid", "__vdso_ktls_geteuid_fs"),
+            KtlsFn::Getegid => ("__vdso_ktls_getegid", "__vdso_ktls_getegid_fs"),
+            KtlsFn::Getcpu => ("__vdso_ktls_getcpu", "__vdso_ktls_getcpu_fs"),
         }
     }
 
-    /// The symbol of the form that takes the area's offset from the FS base,
-    /// `long f(unsigned long ktls_offset)`: [`symbol`](Self::symbol) and `_fs`.
-    pub fn fs_symbol(self) -> &'static str {
+    /// Both symbols of this function on this architecture.
+    #[cfg(target_arch = "aarch64")]
+    fn symbols(self) -> (&'static str, &'static str) {
         match self {
-            KtlsFn::Gettid => "__vdso_ktls_gettid_fs",
-            KtlsFn::Getpid => "__vdso_ktls_getpid_fs",
-            KtlsFn::Getuid => "__vdso_ktls_getuid_fs",
-            KtlsFn::Getgid => "__vdso_ktls_getgid_fs",
-            KtlsFn::Geteuid => "__vdso_ktls_geteuid_fs",
-            KtlsFn::Getegid => "__vdso_ktls_getegid_fs",
-            KtlsFn::Getcpu => "__vdso_ktls_getcpu_fs",
+            KtlsFn::Gettid => ("__kernel_ktls_gettid", "__kernel_ktls_gettid_tp"),
+            KtlsFn::Getpid => ("__kernel_ktls_getpid", "__kernel_ktls_getpid_tp"),
+            KtlsFn::Getuid => ("__kernel_ktls_getuid", "__kernel_ktls_getuid_tp"),
+            KtlsFn::Getgid => ("__kernel_ktls_getgid", "__kernel_ktls_getgid_tp"),
+            KtlsFn::Geteuid => ("__kernel_ktls_geteuid", "__kernel_ktls_geteuid_tp"),
+            KtlsFn::Getegid => ("__kernel_ktls_getegid", "__kernel_ktls_getegid_tp"),
+            KtlsFn::Getcpu => ("__kernel_ktls_getcpu", "__kernel_ktls_getcpu_tp"),
         }
     }
 }
@@ -143,7 +159,8 @@ impl KtlsFn {
 pub type KtlsPtrFn = unsafe extern "C" fn(*const c_void) -> core::ffi::c_long;
 
 /// Signature of the KTLS vDSO functions that take the area's offset from
-/// the FS base: `long f(unsigned long ktls_offset)` (see [`KtlsFn`]).
+/// the thread pointer (the FS base on x86_64, `tpidr_el0` on aarch64):
+/// `long f(unsigned long ktls_offset)` (see [`KtlsFn`]).
 pub type KtlsOffsetFn = unsafe extern "C" fn(usize) -> core::ffi::c_long;
 
 /// The environment variable that turns the vDSO off for ktl when it is
@@ -529,11 +546,12 @@ pub(crate) fn ktls_fn_in_first_call(f: KtlsFn) -> Option<KtlsPtrFn> {
     Some(unsafe { core::mem::transmute::<*const c_void, KtlsPtrFn>(ptr) })
 }
 
-/// The KTLS vDSO function `f` that takes the area's offset from the FS base
-/// (the `_fs` symbol), looked up once and cached; `None` as for [`ktls_fn`].
+/// The KTLS vDSO function `f` that takes the area's offset from the thread
+/// pointer ([`KtlsFn::offset_symbol`]), looked up once and cached; `None` as
+/// for [`ktls_fn`].
 #[inline]
 pub fn ktls_offset_fn(f: KtlsFn) -> Option<KtlsOffsetFn> {
-    let ptr = cached_versioned(&KTLS_ADDRS[f as usize][1], f.fs_symbol(), KTLS_VERSION)?;
+    let ptr = cached_versioned(&KTLS_ADDRS[f as usize][1], f.offset_symbol(), KTLS_VERSION)?;
     // SAFETY: as in `getcpu_fn`, for a KTLS function of the offset form,
     // whose C signature `KtlsOffsetFn` declares.
     Some(unsafe { core::mem::transmute::<*const c_void, KtlsOffsetFn>(ptr) })
@@ -542,7 +560,7 @@ pub fn ktls_offset_fn(f: KtlsFn) -> Option<KtlsOffsetFn> {
 /// [`ktls_offset_fn`] inside one of ktl's first calls (the set-up of
 /// [`crate::facts`]), which holds the thread's marker.
 pub(crate) fn ktls_offset_fn_in_first_call(f: KtlsFn) -> Option<KtlsOffsetFn> {
-    let ptr = cached_in_first_call(&KTLS_ADDRS[f as usize][1], f.fs_symbol(), KTLS_VERSION)?;
+    let ptr = cached_in_first_call(&KTLS_ADDRS[f as usize][1], f.offset_symbol(), KTLS_VERSION)?;
     // SAFETY: as in `ktls_offset_fn`.
     Some(unsafe { core::mem::transmute::<*const c_void, KtlsOffsetFn>(ptr) })
 }
