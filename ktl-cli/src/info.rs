@@ -36,6 +36,7 @@ pub struct Report {
     pub random: RandomReport,
     pub facts: FactsReport,
     pub registrations: Registrations,
+    pub allocator: AllocatorReport,
 }
 
 #[derive(Serialize, Debug)]
@@ -191,6 +192,51 @@ pub struct Registrations {
     pub unregistered: u64,
     pub register_failures: u64,
     pub unregister_failures: u64,
+}
+
+/// The command's global allocator: ktl-alloc (the `alloc` feature) with
+/// its front end and statistics, or the system allocator.
+#[derive(Serialize, Debug)]
+pub struct AllocatorReport {
+    /// `"ktl-alloc"` or `"system"`.
+    pub global: &'static str,
+    /// ktl-alloc's front end, in words (`null` with the system allocator).
+    pub front_end: Option<String>,
+    /// Bytes the program holds, bytes of free objects in the per-CPU, the
+    /// per-thread and the central caches, and bytes given back to the OS
+    /// over the process's life (all `null` with the system allocator).
+    pub in_use: Option<u64>,
+    pub cpu_cached: Option<u64>,
+    pub thread_cached: Option<u64>,
+    pub central_cached: Option<u64>,
+    pub returned_total: Option<u64>,
+}
+
+#[cfg(feature = "alloc")]
+fn allocator_report() -> AllocatorReport {
+    let s = ktl_alloc::stats();
+    AllocatorReport {
+        global: "ktl-alloc",
+        front_end: Some(s.front_end.to_string()),
+        in_use: Some(s.in_use),
+        cpu_cached: Some(s.cpu_cached),
+        thread_cached: Some(s.thread_cached),
+        central_cached: Some(s.central_cached),
+        returned_total: Some(s.returned_total),
+    }
+}
+
+#[cfg(not(feature = "alloc"))]
+fn allocator_report() -> AllocatorReport {
+    AllocatorReport {
+        global: "system",
+        front_end: None,
+        in_use: None,
+        cpu_cached: None,
+        thread_cached: None,
+        central_cached: None,
+        returned_total: None,
+    }
 }
 
 fn source_name(s: Source) -> &'static str {
@@ -360,6 +406,7 @@ pub fn gather() -> Report {
             register_failures: st.register_failures,
             unregister_failures: st.unregister_failures,
         },
+        allocator: allocator_report(),
     }
 }
 
@@ -573,5 +620,22 @@ fn print_text(r: &Report) {
         );
     } else {
         println!("fallbacks in use       {}", r.fallbacks.join("; "));
+    }
+    match &r.allocator.front_end {
+        Some(fe) => {
+            println!("allocator              ktl-alloc: {fe}");
+            let kib = |b: Option<u64>| b.unwrap_or(0).div_ceil(1024);
+            println!(
+                "  KiB                  {} in use; cached {} per CPU, {} per thread, {} central; {} returned to the OS",
+                kib(r.allocator.in_use),
+                kib(r.allocator.cpu_cached),
+                kib(r.allocator.thread_cached),
+                kib(r.allocator.central_cached),
+                kib(r.allocator.returned_total)
+            );
+        }
+        None => println!(
+            "allocator              the system allocator (build with --features alloc for ktl-alloc)"
+        ),
     }
 }

@@ -11,6 +11,11 @@ mod stress;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// With the `alloc` feature, the command allocates through ktl-alloc.
+#[cfg(feature = "alloc")]
+#[global_allocator]
+static GLOBAL: ktl_alloc::PerCpuAlloc = ktl_alloc::PerCpuAlloc::new();
+
 /// Kernel thread-local storage (the Linux rseq area): report, benchmark and check.
 #[derive(Parser, Debug)]
 #[command(name = "ktl", version, about, long_about = None)]

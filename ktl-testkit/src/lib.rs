@@ -6,8 +6,8 @@
 //! - [`affinity`]: the CPUs a process may use, and pinning a thread to one;
 //! - [`signals`]: signal handlers, and signalling workers until they finish;
 //! - [`fork`]: a check run in a `fork` child;
-//! - [`child`]: one test run again in a copy of its binary, with the
-//!   environment it needs;
+//! - [`child`]: one test, or all of them, run again in a copy of its
+//!   binary, with the environment it needs;
 //! - [`storm`]: paced signal storms aimed at one thread, and processes that
 //!   must finish in time;
 //! - [`without_rseq`]: a test binary's tests run again in a copy of it that

@@ -1,0 +1,248 @@
+//! The middle tier: one central cache per size class, behind one lock per
+//! class. The front ends (`cpu`, `thread`) take objects from it and give
+//! them back in batches of [`class::batch`] objects.
+//!
+//! Each class has a *transfer cache*, an array of free objects that a batch
+//! is copied in and out of (objects freed on one CPU and allocated on
+//! another pass through it without touching their memory), and below it the
+//! class's spans with room: their returned objects on a list through each
+//! object's first word, and the never-used rest carved on demand, so pages
+//! are touched only when their objects are first handed out. A span whose
+//! objects have all come back goes to the page heap (`pages`).
+//!
+//! Lock order: a class's lock, then the page heap's. Nothing here runs a
+//! restartable sequence or allocates.
+
+use crate::class::{self, COUNT};
+use crate::lock::RawLock;
+use crate::pages::{self, Span, SpanList};
+use core::cell::UnsafeCell;
+use core::ptr;
+use crossbeam_utils::CachePadded;
+
+/// The transfer cache's room, in objects, at most.
+const TRANSFER_MAX: usize = 1024;
+
+/// The transfer cache's room for class `c`: sixteen batches, at most
+/// 256 KiB worth, at least one batch.
+const fn transfer_cap(c: usize) -> usize {
+    let b = class::batch(c);
+    let by_bytes = 256 * 1024 / class::SIZES[c] as usize;
+    let n = if 16 * b < by_bytes { 16 * b } else { by_bytes };
+    let n = if n < b { b } else { n };
+    if n > TRANSFER_MAX { TRANSFER_MAX } else { n }
+}
+
+struct Class {
+    transfer: [*mut u8; TRANSFER_MAX],
+    len: usize,
+    /// Spans with room: returned objects or a never-used tail.
+    partial: SpanList,
+    /// Objects handed out of the class's spans and not returned to them
+    /// (in the transfer cache, in front-end caches, or in use).
+    out: usize,
+    /// Returned objects on the spans' lists.
+    span_free: usize,
+    /// Spans serving the class.
+    spans: usize,
+    /// Fetches and gives, and their count at the last idle round.
+    traffic: u64,
+    seen: u64,
+}
+
+struct Central {
+    lock: RawLock,
+    class: UnsafeCell<Class>,
+}
+
+// SAFETY: `class` is only reached with `lock` held.
+unsafe impl Sync for Central {}
+
+#[allow(clippy::declare_interior_mutable_const)] // each element is its own
+const EMPTY: CachePadded<Central> = CachePadded::new(Central {
+    lock: RawLock::new(),
+    class: UnsafeCell::new(Class {
+        transfer: [ptr::null_mut(); TRANSFER_MAX],
+        len: 0,
+        partial: SpanList::new(),
+        out: 0,
+        span_free: 0,
+        spans: 0,
+        traffic: 0,
+        seen: 0,
+    }),
+});
+
+static CENTRAL: [CachePadded<Central>; COUNT] = [EMPTY; COUNT];
+
+/// Runs `f` on class `c`'s state with its lock held.
+#[inline]
+fn with<R>(c: usize, f: impl FnOnce(&mut Class) -> R) -> R {
+    let central = &CENTRAL[c];
+    central.lock.lock();
+    // SAFETY: the lock is held, so this is the only reference.
+    let r = f(unsafe { &mut *central.class.get() });
+    central.lock.unlock();
+    r
+}
+
+/// Fills `out` with free objects of class `c` (fewer when the OS refuses
+/// memory); returns how many.
+pub(crate) fn fetch(c: usize, out: &mut [*mut u8]) -> usize {
+    with(c, |k| {
+        k.traffic += 1;
+        let want = out.len();
+        let from_transfer = want.min(k.len);
+        let start = k.len - from_transfer;
+        out[..from_transfer].copy_from_slice(&k.transfer[start..k.len]);
+        k.len = start;
+        let mut got = from_transfer;
+        while got < want {
+            let n = from_spans(c, k, &mut out[got..]);
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        got
+    })
+}
+
+/// Takes objects from the class's spans, mapping a new span when none has
+/// room; 0 when the OS refuses.
+fn from_spans(c: usize, k: &mut Class, out: &mut [*mut u8]) -> usize {
+    let size = class::size(c);
+    let mut s = k.partial.head;
+    if s.is_null() {
+        let Some(fresh) = pages::alloc_span(c, size) else {
+            return 0;
+        };
+        s = fresh;
+        k.spans += 1;
+        // SAFETY: the new span is on no list; the class lock is held.
+        unsafe {
+            k.partial.push_front(s);
+            (*s).listed = true;
+        }
+    }
+    let mut got = 0;
+    // SAFETY: `s` serves class `c` and is on its list; the class lock is
+    // held. Objects on its free list are returned objects of the span,
+    // whose first word links them; `bump..capacity` are never-used objects
+    // inside the span.
+    unsafe {
+        while got < out.len() && !(*s).free.is_null() {
+            let p = (*s).free;
+            (*s).free = p.cast::<*mut u8>().read();
+            out[got] = p;
+            got += 1;
+        }
+        k.span_free -= got;
+        while got < out.len() && (*s).bump < (*s).capacity {
+            out[got] = (*s).base.add((*s).bump as usize * size);
+            (*s).bump += 1;
+            got += 1;
+        }
+        (*s).live += got as u32;
+        if (*s).free.is_null() && (*s).bump == (*s).capacity {
+            k.partial.remove(s);
+            (*s).listed = false;
+        }
+    }
+    k.out += got;
+    got
+}
+
+/// Takes back free objects of class `c`.
+///
+/// # Safety
+///
+/// Every object is a free object of class `c` that this allocator handed
+/// out, given back once.
+pub(crate) unsafe fn give(c: usize, objs: &[*mut u8]) {
+    with(c, |k| {
+        k.traffic += 1;
+        let cap = transfer_cap(c);
+        if k.len + objs.len() <= cap {
+            k.transfer[k.len..k.len + objs.len()].copy_from_slice(objs);
+            k.len += objs.len();
+            return;
+        }
+        for &p in objs {
+            // SAFETY: the caller's contract: `p` is a free object of the
+            // class, so it is inside one of the class's spans.
+            unsafe { to_span(c, k, p) };
+        }
+    })
+}
+
+/// Returns one object to its span.
+///
+/// # Safety
+///
+/// `p` is a free object of class `c`; the class lock is held (`k`).
+unsafe fn to_span(_c: usize, k: &mut Class, p: *mut u8) {
+    let s: *mut Span = pages::span_of(p);
+    // SAFETY: `p` lies in a span of the class, whose metadata `s` is; the
+    // class lock guards it. The object is free, so its first word may hold
+    // the link.
+    unsafe {
+        p.cast::<*mut u8>().write((*s).free);
+        (*s).free = p;
+        (*s).live -= 1;
+        k.out -= 1;
+        k.span_free += 1;
+        if (*s).live == 0 {
+            if (*s).listed {
+                k.partial.remove(s);
+            }
+            // Its returned objects are dropped with it.
+            let mut n = 0usize;
+            let mut q = (*s).free;
+            while !q.is_null() {
+                n += 1;
+                q = q.cast::<*mut u8>().read();
+            }
+            k.span_free -= n;
+            k.spans -= 1;
+            pages::free_span(s);
+        } else if !(*s).listed {
+            k.partial.push_front(s);
+            (*s).listed = true;
+        }
+    }
+}
+
+/// Moves class `c`'s transfer cache down to its spans, so that spans whose
+/// objects were all cached there go back to the page heap.
+pub(crate) fn flush(c: usize) {
+    with(c, |k| {
+        while k.len > 0 {
+            k.len -= 1;
+            let p = k.transfer[k.len];
+            // SAFETY: objects in the transfer cache are free objects of
+            // the class.
+            unsafe { to_span(c, k, p) };
+        }
+    })
+}
+
+/// Whether class `c` had no fetch or give since the last call.
+pub(crate) fn idle(c: usize) -> bool {
+    with(c, |k| {
+        let idle = k.traffic == k.seen;
+        k.seen = k.traffic;
+        idle && k.len > 0
+    })
+}
+
+/// Class `c`'s counts: objects out of its spans, in its transfer cache, on
+/// its spans' lists, and its spans.
+pub(crate) fn counts(c: usize) -> (usize, usize, usize, usize) {
+    with(c, |k| (k.out, k.len, k.span_free, k.spans))
+}
+
+/// The fork handlers' view: every class's lock, in order.
+pub(crate) fn locks() -> impl Iterator<Item = &'static RawLock> {
+    CENTRAL.iter().map(|c| &c.lock)
+}

@@ -1,0 +1,161 @@
+//! Exact accounting: what the statistics say the program holds, per tier,
+//! against what this test allocated; and 10,000 threads started and ended
+//! with no growth after the first thousand. One test, so that nothing else
+//! allocates while it counts; it ends by running itself again with rseq
+//! denied by seccomp and with the glibc tunable.
+
+mod common;
+
+use common::Rng;
+use ktl_alloc::{FrontEnd, PerCpuAlloc, Stats};
+use std::alloc::{GlobalAlloc, Layout};
+
+#[global_allocator]
+static GLOBAL: PerCpuAlloc = PerCpuAlloc::new();
+
+/// The class size the allocator rounds `size` (alignment 8) up to, as its
+/// docs state: 8, 16 to 128 by 16, then four classes per doubling.
+fn class_size(size: usize) -> usize {
+    if size <= 8 {
+        return 8;
+    }
+    if size <= 128 {
+        return size.div_ceil(16) * 16;
+    }
+    let k = usize::BITS - 1 - (size - 1).leading_zeros();
+    let step = 1usize << (k - 2);
+    size.div_ceil(step) * step
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn in_use() -> Stats {
+    ktl_alloc::stats()
+}
+
+#[test]
+fn the_statistics_count_exactly() {
+    let _ = vec![0u8; 1];
+    let fe = common::check_front_end();
+    exact_small_and_large();
+    release_returns_the_caches();
+    ten_thousand_threads_do_not_grow_the_heap(fe);
+    common::rerun_all("the_statistics_count_exactly", 1);
+}
+
+fn exact_small_and_large() {
+    let mut rng = Rng::new(11);
+    let layouts: Vec<Layout> = (0..5000)
+        .map(|_| Layout::from_size_align(1 + rng.below(32 * 1024) as usize, 8).unwrap())
+        .collect();
+    let mut ptrs: Vec<*mut u8> = Vec::with_capacity(layouts.len());
+    let want: u64 = layouts.iter().map(|l| class_size(l.size()) as u64).sum();
+    let before = in_use();
+    for &l in &layouts {
+        // SAFETY: nonzero sizes.
+        let p = unsafe { GLOBAL.alloc(l) };
+        assert!(!p.is_null());
+        ptrs.push(p);
+    }
+    let during = in_use();
+    assert_eq!(during.small_in_use - before.small_in_use, want);
+    assert_eq!(during.large_in_use, before.large_in_use);
+    for (&p, &l) in ptrs.iter().zip(&layouts) {
+        // SAFETY: allocated above with `l`, freed once.
+        unsafe { GLOBAL.dealloc(p, l) };
+    }
+    let after = in_use();
+    assert_eq!(after.small_in_use, before.small_in_use);
+    assert_eq!(after.in_use, before.in_use);
+
+    // Large objects count at their mapping's length, whole pages.
+    let big = [
+        Layout::from_size_align(100 * 1024, 8).unwrap(),
+        Layout::from_size_align(1 << 20, 4096).unwrap(),
+        Layout::from_size_align(40 * 1024 + 1, 64 * 1024).unwrap(),
+    ];
+    let page = 4096u64;
+    let want: u64 = big
+        .iter()
+        .map(|l| (l.size() as u64).div_ceil(page) * page)
+        .sum();
+    let before = in_use();
+    // SAFETY: nonzero sizes; each is freed once below with its layout.
+    let ps: Vec<*mut u8> = big.iter().map(|&l| unsafe { GLOBAL.alloc(l) }).collect();
+    for (p, l) in ps.iter().zip(&big) {
+        assert_eq!(*p as usize % l.align(), 0);
+    }
+    assert_eq!(in_use().large_in_use - before.large_in_use, want);
+    for (&p, &l) in ps.iter().zip(&big) {
+        // SAFETY: as above.
+        unsafe { GLOBAL.dealloc(p, l) };
+    }
+    assert_eq!(in_use().large_in_use, before.large_in_use);
+}
+
+fn release_returns_the_caches() {
+    // Fill the caches, then release: no free object stays in a per-CPU or
+    // per-thread cache, no free span stays resident, and what the program
+    // holds is unchanged.
+    let v: Vec<Vec<u8>> = (0..20_000).map(|i| vec![1u8; 16 + i % 4000]).collect();
+    drop(v);
+    let before = in_use();
+    assert!(before.cpu_cached + before.thread_cached > 0, "{before:#?}");
+    ktl_alloc::release_free_memory();
+    let after = in_use();
+    assert_eq!(after.in_use, before.in_use, "{after:#?}");
+    assert_eq!(after.free_spans_resident, 0, "{after:#?}");
+    assert_eq!(after.large_cached, 0, "{after:#?}");
+    if let FrontEnd::PerCpu { .. } = after.front_end {
+        if ktl::rseq::exclusive(ktl::rseq::Index::CpuId, 0).is_ok() {
+            assert_eq!(after.cpu_cached, 0, "{after:#?}");
+        }
+    }
+    assert!(after.returned_total > before.returned_total, "{after:#?}");
+}
+
+fn ten_thousand_threads_do_not_grow_the_heap(fe: FrontEnd) {
+    // Each thread allocates, frees some on exit and hands the rest to the
+    // next; after 1,000 threads the heap is warm, and 9,000 more must not
+    // grow it: no more spans, address space, per-thread caches or resident
+    // memory than a margin.
+    let run = |n: usize, carry: &mut Vec<Vec<u8>>| {
+        for i in 0..n {
+            let mut mine = std::mem::take(carry);
+            let h = std::thread::spawn(move || {
+                let local: Vec<String> = (0..50).map(|k| format!("{i}-{k}")).collect();
+                let keep: Vec<Vec<u8>> = (0..20).map(|k| vec![k as u8; 64 + 8 * k]).collect();
+                mine.truncate(0);
+                assert_eq!(local.len(), 50);
+                keep
+            });
+            *carry = h.join().unwrap();
+        }
+    };
+    let mut carry = Vec::new();
+    run(1000, &mut carry);
+    let warm = in_use();
+    let rss_warm = resident_bytes();
+    run(9000, &mut carry);
+    let end = in_use();
+    let rss_end = resident_bytes();
+    assert!(end.spans <= warm.spans + 2, "{warm:#?}\n{end:#?}");
+    assert_eq!(end.mapped, warm.mapped, "{warm:#?}\n{end:#?}");
+    assert!(
+        end.thread_caches <= warm.thread_caches.max(1),
+        "{warm:#?}\n{end:#?}"
+    );
+    assert_eq!(end.in_use, warm.in_use, "{warm:#?}\n{end:#?}");
+    assert!(
+        rss_end <= rss_warm + (2 << 20),
+        "resident {rss_warm} -> {rss_end}"
+    );
+    if let FrontEnd::PerThread(_) = fe {
+        // Every thread used a per-thread cache; the blocks were reused.
+        assert!(end.thread_caches <= 2, "{end:#?}");
+    }
+}
