@@ -118,26 +118,51 @@ pub(crate) fn size(c: usize) -> usize {
 
 /// How many objects of class `c` move at once between a front-end cache
 /// and the central cache: about 32 KiB worth, from 2 to 64 objects.
+#[inline(always)]
 pub(crate) const fn batch(c: usize) -> usize {
-    let n = 32 * 1024 / SIZES[c] as usize;
-    if n < 2 {
-        2
-    } else if n > 64 {
-        64
-    } else {
-        n
-    }
+    BATCH[c] as usize
 }
 
 /// The most objects of class `c` one CPU's cache can hold: eight batches,
 /// at most 256 KiB worth (at least two batches). The cache starts at one
 /// batch and grows towards this as it misses (see `cpu`).
+#[inline(always)]
 pub(crate) const fn max_cached(c: usize) -> usize {
-    let b = batch(c);
-    let by_bytes = 256 * 1024 / SIZES[c] as usize;
-    let n = if 8 * b < by_bytes { 8 * b } else { by_bytes };
-    if n < 2 * b { 2 * b } else { n }
+    MAX_CACHED[c] as usize
 }
+
+/// [`batch`] of every class, computed once: the fast paths read a table,
+/// not a division.
+const BATCH: [u32; COUNT] = {
+    let mut t = [0u32; COUNT];
+    let mut c = 0;
+    while c < COUNT {
+        let n = 32 * 1024 / SIZES[c];
+        t[c] = if n < 2 {
+            2
+        } else if n > 64 {
+            64
+        } else {
+            n
+        };
+        c += 1;
+    }
+    t
+};
+
+/// [`max_cached`] of every class.
+const MAX_CACHED: [u32; COUNT] = {
+    let mut t = [0u32; COUNT];
+    let mut c = 0;
+    while c < COUNT {
+        let b = BATCH[c];
+        let by_bytes = 256 * 1024 / SIZES[c];
+        let n = if 8 * b < by_bytes { 8 * b } else { by_bytes };
+        t[c] = if n < 2 * b { 2 * b } else { n };
+        c += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

@@ -121,11 +121,13 @@ pub struct Start {
 
 impl Start {
     /// The index value: the CPU number or the concurrency id.
+    #[inline]
     pub fn value(self) -> u32 {
         self.value
     }
 
     /// Which index this is.
+    #[inline]
     pub fn index(self) -> Index {
         self.index
     }
@@ -148,6 +150,7 @@ impl Start {
     }
 
     /// How operations with this start run.
+    #[inline]
     pub fn path(self) -> Path {
         if !self.is_fallback() {
             Path::CriticalSections
