@@ -1,5 +1,6 @@
 //! Objects larger than the largest class (or aligned to more than a page):
-//! each is a mapping of its own, rounded up to whole pages. `realloc` of
+//! each is a mapping of its own, rounded up to an eighth of a power of two
+//! (whole pages at least). `realloc` of
 //! one moves its pages with `mremap(2)` instead of copying them. Freed
 //! mappings wait in a small cache for a request of the same length (a
 //! vector that grows and is dropped in a loop asks for the same sizes),
@@ -52,11 +53,16 @@ static IN_USE: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of mappings in the cache.
 static CACHED: AtomicUsize = AtomicUsize::new(0);
 
-/// The mapping length of a large object of `size` bytes.
+/// The mapping length of a large object of `size` bytes: rounded up to an
+/// eighth of the power of two at or above it (and to whole pages), so that
+/// the lengths a program asks for repeat and freed mappings in the cache
+/// serve them. The rounding is address space; only the pages touched are
+/// resident.
 #[inline]
 fn length(size: usize) -> Option<usize> {
     let page = os::page_size();
-    size.max(1).checked_add(page - 1).map(|n| n & !(page - 1))
+    let step = size.max(1).checked_next_power_of_two()?.max(8 * page) / 8;
+    size.max(1).checked_add(step - 1).map(|n| n & !(step - 1))
 }
 
 /// Maps a large object; null when the OS refuses or the size overflows.

@@ -72,17 +72,15 @@ fn exact_small_and_large() {
     assert_eq!(after.small_in_use, before.small_in_use);
     assert_eq!(after.in_use, before.in_use);
 
-    // Large objects count at their mapping's length, whole pages.
+    // Large objects count at their mapping's length.
     let big = [
         Layout::from_size_align(100 * 1024, 8).unwrap(),
         Layout::from_size_align(1 << 20, 4096).unwrap(),
         Layout::from_size_align(40 * 1024 + 1, 64 * 1024).unwrap(),
     ];
-    let page = 4096u64;
-    let want: u64 = big
-        .iter()
-        .map(|l| (l.size() as u64).div_ceil(page) * page)
-        .sum();
+    // Rounded up to an eighth of the power of two at or above the size
+    // (whole pages at least): 112 KiB, 1 MiB and 48 KiB.
+    let want: u64 = (112 + 1024 + 48) * 1024;
     let before = in_use();
     // SAFETY: nonzero sizes; each is freed once below with its layout.
     let ps: Vec<*mut u8> = big.iter().map(|&l| unsafe { GLOBAL.alloc(l) }).collect();
