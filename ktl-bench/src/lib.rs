@@ -28,6 +28,9 @@
 //!   charts;
 //! - [`os`]: the operating-system calls of the command and the benchmarks
 //!   (CPU affinity, signals, `pthread_create`, `fork`).
+//! - [`alloc`]: the allocator benchmark (ktl-alloc against glibc, mimalloc
+//!   and jemalloc), with its workloads and the programs `alloc-workload`
+//!   and `alloc-bench`.
 //!
 //! Five groups of rows:
 //! - `cpu`: `ktl::cpu_id()` and the other accessors, the raw load they are
@@ -183,6 +186,8 @@
 
 #![warn(missing_docs)]
 
+/// The allocator benchmark: its workloads, programs and reports.
+pub mod alloc;
 mod checks;
 mod crew;
 mod driver;
