@@ -102,6 +102,15 @@ mod global;
 #[allow(unsafe_code)]
 mod thread;
 
+// The crate's README and its guide page run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/alloc.md")]
+struct GuideDoctests;
+
 pub use front::{FrontEnd, Why};
 pub use global::PerCpuAlloc;
 pub use stats::{CpuCache, CpuCaches, Stats, per_cpu_caches, stats};
