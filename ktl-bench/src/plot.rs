@@ -136,7 +136,12 @@ pub fn scaling_path(path: &Path) -> Result<PathBuf, String> {
 /// nothing: an existing file is opened without truncation, and a file made
 /// for the test is removed.
 pub fn check_writable(path: &Path) -> Result<(), String> {
-    let fail = |why: String| format!("cannot write the chart to {}: {why}", path.display());
+    check_writable_as(path, "chart")
+}
+
+/// [`check_writable`] for a file the message calls `what`.
+pub(crate) fn check_writable_as(path: &Path, what: &str) -> Result<(), String> {
+    let fail = |why: String| format!("cannot write the {what} to {}: {why}", path.display());
     if path.is_dir() {
         return Err(fail("it is a directory".to_owned()));
     }
@@ -210,7 +215,7 @@ fn log_range(values: impl Iterator<Item = f64>, below: f64, above: f64) -> (f64,
 }
 
 /// Draws the title and the subtitle in `head`.
-fn header(
+pub(crate) fn header(
     head: &DrawingArea<SVGBackend<'_>, Shift>,
     title: &str,
     subtitle: &str,

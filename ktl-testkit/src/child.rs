@@ -22,17 +22,7 @@ pub fn run(test: &str, env: &[(&str, &str)]) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run a copy of this test binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the copy failed:\n{text}");
-    assert!(
-        text.contains("test result: ok. 1 passed"),
-        "the copy ran no test:\n{text}"
-    );
+    expect_passed(cmd, 1);
 }
 
 /// Runs every test of this binary again in a copy of it, with the
@@ -46,6 +36,12 @@ pub fn run_all(marker: &str, env: &[(&str, &str)], passed: usize) {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    expect_passed(cmd, passed);
+}
+
+/// Runs `cmd`, a copy of this test binary, and fails the calling test
+/// unless it succeeded with `passed` tests passed.
+fn expect_passed(mut cmd: Command, passed: usize) {
     let out = cmd.output().expect("run a copy of this test binary");
     let text = format!(
         "{}{}",

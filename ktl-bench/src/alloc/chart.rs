@@ -78,18 +78,11 @@ pub fn chart(
         let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(drawing)?;
         let (head, body) = root.split_vertically(90);
-        head.draw(&Text::new(
+        crate::plot::header(
+            &head,
             "alloc-bench: median time over ktl-alloc's (ktl = 1.0; lower is faster)",
-            (14, 10),
-            (FONT, 22).into_font().style(FontStyle::Bold).color(&BLACK),
-        ))
-        .map_err(drawing)?;
-        head.draw(&Text::new(
-            subtitle.to_owned(),
-            (14, 40),
-            (FONT, 14).into_font().color(&RGBColor(90, 90, 90)),
-        ))
-        .map_err(drawing)?;
+            subtitle,
+        )?;
         let mut x = 14;
         for a in &allocators {
             head.draw(&Rectangle::new([(x, 62), (x + 14, 76)], color(a).filled()))

@@ -11,7 +11,6 @@ use super::workloads::{self, Plan, Workload};
 use crate::json::Machine;
 use crate::os;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::fs::OpenOptions;
 use std::io::{self, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -179,25 +178,9 @@ fn parse_reps(v: &str) -> Result<u32, String> {
 }
 
 /// Fails with a message unless a file can be written at `path` (`what`
-/// names it). Changes nothing: an existing file is opened without
-/// truncation, and a file made for the test is removed.
+/// names it); changes nothing.
 fn check_writable(path: &Path, what: &str) -> Result<(), String> {
-    let fail = |why: String| format!("cannot write the {what} to {}: {why}", path.display());
-    if path.is_dir() {
-        return Err(fail("it is a directory".to_owned()));
-    }
-    match OpenOptions::new().append(true).open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(|e| fail(e.to_string()))?;
-            std::fs::remove_file(path).map_err(|e| fail(e.to_string()))
-        }
-        Err(e) => Err(fail(e.to_string())),
-    }
+    crate::plot::check_writable_as(path, what)
 }
 
 /// Fails with a message naming every program of `options` that is missing
