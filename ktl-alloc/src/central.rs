@@ -5,16 +5,20 @@
 //! Each class has a *transfer cache*, an array of free objects that a batch
 //! is copied in and out of (objects freed on one CPU and allocated on
 //! another pass through it without touching their memory), and below it the
-//! class's spans with room: their returned objects on a list through each
-//! object's first word, and the never-used rest carved on demand, so pages
-//! are touched only when their objects are first handed out. A span whose
-//! objects have all come back goes to the page heap (`pages`).
+//! class's runs of spans with room (one span, or several for the medium
+//! classes: [`class::run_spans`]): their returned objects on a list through
+//! each object's first word, and the never-used rest carved on demand, so
+//! pages are touched only when their objects are first handed out. A run
+//! whose objects have all come back goes to the page heap (`pages`). The
+//! medium classes have no front end: [`alloc_medium`] and [`free_medium`]
+//! move their objects one at a time.
 //!
 //! Lock order: a class's lock, then the page heap's. Nothing here runs a
 //! restartable sequence or allocates.
 
 use crate::class::{self, COUNT};
 use crate::lock::RawLock;
+use crate::maint;
 use crate::pages::{self, Span, SpanList};
 use core::cell::UnsafeCell;
 use core::ptr;
@@ -86,6 +90,26 @@ fn with<R>(c: usize, f: impl FnOnce(&mut Class) -> R) -> R {
     r
 }
 
+/// An object of a medium class (no front end caches those), one at a time;
+/// null when the OS refuses memory.
+pub(crate) fn alloc_medium(c: usize) -> *mut u8 {
+    maint::tick();
+    let mut one = [ptr::null_mut()];
+    fetch(c, &mut one);
+    one[0]
+}
+
+/// Frees an object of a medium class.
+///
+/// # Safety
+///
+/// `p` is an object of class `c` from this allocator, freed once.
+pub(crate) unsafe fn free_medium(c: usize, p: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe { give(c, &[p]) };
+    maint::tick();
+}
+
 /// Fills `out` with free objects of class `c` (fewer when the OS refuses
 /// memory); returns how many.
 pub(crate) fn fetch(c: usize, out: &mut [*mut u8]) -> usize {
@@ -114,11 +138,11 @@ fn from_spans(c: usize, k: &mut Class, out: &mut [*mut u8]) -> usize {
     let size = class::size(c);
     let mut s = k.partial.head;
     if s.is_null() {
-        let Some(fresh) = pages::alloc_span(c, size) else {
+        let Some(fresh) = pages::alloc_span(c) else {
             return 0;
         };
         s = fresh;
-        k.spans += 1;
+        k.spans += class::run_spans(c);
         // SAFETY: the new span is on no list; the class lock is held.
         unsafe {
             k.partial.push_front(s);
@@ -181,11 +205,11 @@ pub(crate) unsafe fn give(c: usize, objs: &[*mut u8]) {
 /// # Safety
 ///
 /// `p` is a free object of class `c`; the class lock is held (`k`).
-unsafe fn to_span(_c: usize, k: &mut Class, p: *mut u8) {
-    let s: *mut Span = pages::span_of(p);
-    // SAFETY: `p` lies in a span of the class, whose metadata `s` is; the
-    // class lock guards it. The object is free, so its first word may hold
-    // the link.
+unsafe fn to_span(c: usize, k: &mut Class, p: *mut u8) {
+    // SAFETY: `p` lies in a run of the class; the class lock is held.
+    let s: *mut Span = unsafe { pages::run_of(p) };
+    // SAFETY: `s` is the metadata of that run; the class lock guards it.
+    // The object is free, so its first word may hold the link.
     unsafe {
         p.cast::<*mut u8>().write((*s).free);
         (*s).free = p;
@@ -204,7 +228,7 @@ unsafe fn to_span(_c: usize, k: &mut Class, p: *mut u8) {
                 q = q.cast::<*mut u8>().read();
             }
             k.span_free -= n;
-            k.spans -= 1;
+            k.spans -= class::run_spans(c);
             pages::free_span(s);
         } else if !(*s).listed {
             k.partial.push_front(s);

@@ -2,7 +2,13 @@
 //! each the batch it moves between tiers and what one CPU may cache.
 //!
 //! 8, then every 16 bytes to 128, then four classes per doubling to
-//! 32 KiB: at most 25% (and 12.5% on average) of an object is rounding.
+//! 1 MiB: at most 25% (and 12.5% on average) of an object is rounding.
+//! The classes up to [`MAX_CACHED_SIZE`] (32 KiB) are *front-end* classes,
+//! cached per CPU; the *medium* classes above it go to the central cache
+//! directly (an object of 40 KiB or more costs far more to touch than a
+//! lock), and each of their spans is a run of several (see [`run_spans`]),
+//! so that their objects come back with their pages resident instead of
+//! being mapped and faulted in one by one.
 //! [`GlobalAlloc::dealloc`](core::alloc::GlobalAlloc::dealloc) receives the
 //! `Layout`, so the class of a freed object is [`of`] that layout again: no
 //! page map is read on free.
@@ -11,10 +17,19 @@
 use core::alloc::Layout;
 
 /// The largest object served from spans; larger ones are mapped alone.
-pub(crate) const MAX_SMALL: usize = 32 * 1024;
+pub(crate) const MAX_SMALL: usize = 1 << 20;
+
+/// The largest object of a front-end class.
+pub(crate) const MAX_CACHED_SIZE: usize = 32 * 1024;
 
 /// The number of classes.
-pub(crate) const COUNT: usize = 9 + 4 * 8;
+pub(crate) const COUNT: usize = 9 + 4 * 13;
+
+/// The number of front-end classes: `0..FRONT` are cached per CPU (and per
+/// thread), `FRONT..COUNT` are medium.
+pub(crate) const FRONT: usize = 9 + 4 * 8;
+
+const _: () = assert!(SIZES[FRONT - 1] as usize == MAX_CACHED_SIZE);
 
 /// The size of each class, ascending.
 pub(crate) const SIZES: [u32; COUNT] = sizes();
@@ -116,6 +131,30 @@ pub(crate) fn size(c: usize) -> usize {
     SIZES[c] as usize
 }
 
+/// How many 256 KiB spans make one span of class `c`: one up to 64 KiB,
+/// then twice as many per doubling, so that a span holds at least four
+/// objects (16 spans, 4 MiB, for the 1 MiB class). A power of two, which
+/// the page heap's free lists are sorted by.
+#[inline(always)]
+pub(crate) const fn run_spans(c: usize) -> usize {
+    RUNS[c] as usize
+}
+
+/// [`run_spans`] of every class.
+const RUNS: [u8; COUNT] = {
+    let mut t = [0u8; COUNT];
+    let mut c = 0;
+    while c < COUNT {
+        let mut n = 1usize;
+        while n * (256 << 10) < 4 * SIZES[c] as usize {
+            n *= 2;
+        }
+        t[c] = n as u8;
+        c += 1;
+    }
+    t
+};
+
 /// How many objects of class `c` move at once between a front-end cache
 /// and the central cache: about 32 KiB worth, from 2 to 64 objects.
 #[inline(always)]
@@ -179,7 +218,12 @@ mod tests {
     #[test]
     fn aligned_layouts_get_a_class_whose_size_is_a_multiple() {
         for align in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096] {
-            for n in (1..=MAX_SMALL).step_by(7) {
+            // Every seventh size through the front-end classes, then a
+            // sample of the medium ones.
+            let sizes = (1..=2 * MAX_CACHED_SIZE)
+                .step_by(7)
+                .chain((2 * MAX_CACHED_SIZE..=MAX_SMALL + 1).step_by(4093));
+            for n in sizes {
                 let l = Layout::from_size_align(n, align).unwrap();
                 if let Some(c) = of(l) {
                     assert!(
@@ -211,6 +255,14 @@ mod tests {
     #[test]
     fn the_table_is_ascending_with_bounded_rounding() {
         assert_eq!(SIZES[COUNT - 1] as usize, MAX_SMALL);
+        assert_eq!(SIZES[FRONT - 1] as usize, MAX_CACHED_SIZE);
+        for c in 0..COUNT {
+            let run = run_spans(c) * (256 << 10);
+            assert!(run_spans(c).is_power_of_two() && run_spans(c) <= 16);
+            assert!(run >= 4 * size(c), "class {c}: {run} for {}", size(c));
+            // No more than twice the spans four objects need.
+            assert!(run_spans(c) == 1 || run < 8 * size(c), "class {c}");
+        }
         for w in SIZES.windows(2) {
             assert!(w[0] < w[1]);
             assert!(w[1] as f64 / (w[0] as f64 + 1.0) <= 2.0);

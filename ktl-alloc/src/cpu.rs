@@ -36,7 +36,7 @@
 //! [`rseq::exclusive`] (the membarrier rseq fence), back to the central
 //! cache, with their capacity reset.
 
-use crate::class::{self, COUNT};
+use crate::class::{self, FRONT};
 use crate::{central, maint, os};
 use core::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use ktl::rseq::{self, Commit, Index, Path, Start};
@@ -58,7 +58,7 @@ pub(crate) struct Slab {
 /// The header of one index value's region: its slabs, then its counters.
 #[repr(C)]
 struct Header {
-    slabs: [Slab; COUNT],
+    slabs: [Slab; FRONT],
     /// Capacity in bytes, summed over the slabs beyond their first batch.
     cap_bytes: AtomicUsize,
     /// Misses (refills and overflows), and their count at the last idle
@@ -70,12 +70,12 @@ struct Header {
 }
 
 /// Where class `c`'s items start in a region, in words from its item area.
-const ITEM_OFFSETS: [usize; COUNT + 1] = item_offsets();
+const ITEM_OFFSETS: [usize; FRONT + 1] = item_offsets();
 
-const fn item_offsets() -> [usize; COUNT + 1] {
-    let mut o = [0; COUNT + 1];
+const fn item_offsets() -> [usize; FRONT + 1] {
+    let mut o = [0; FRONT + 1];
     let mut c = 0;
-    while c < COUNT {
+    while c < FRONT {
         o[c + 1] = o[c] + class::max_cached(c);
         c += 1;
     }
@@ -103,7 +103,7 @@ impl Regions {
     /// Maps `count` regions for `index`, or `None` when the OS refuses.
     pub(crate) fn map(index: Index, count: usize) -> Option<Regions> {
         let page = os::page_size();
-        let bytes = ITEMS_AT + ITEM_OFFSETS[COUNT] * 8;
+        let bytes = ITEMS_AT + ITEM_OFFSETS[FRONT] * 8;
         let stride = (bytes + page - 1) & !(page - 1);
         let base = os::map(stride.checked_mul(count)?, true)?.as_ptr();
         Some(Regions {
@@ -399,7 +399,7 @@ impl Regions {
             return false;
         };
         let h = self.header(v);
-        for c in 0..COUNT {
+        for c in 0..FRONT {
             let slab = &h.slabs[c];
             let n = slab
                 .len
@@ -432,7 +432,7 @@ impl Regions {
     pub(crate) fn cached(&self, v: usize) -> (u64, u64) {
         let h = self.header(v);
         let mut bytes = 0u64;
-        for c in 0..COUNT {
+        for c in 0..FRONT {
             let n = h.slabs[c].len.load(Ordering::Relaxed).max(0) as u64;
             bytes += n * class::size(c) as u64;
         }

@@ -1,7 +1,7 @@
 //! [`PerCpuAlloc`] and its [`GlobalAlloc`] implementation: the layout's
 //! class picks the tier.
 
-use crate::{class, front, large, os};
+use crate::{central, class, front, large, os};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
@@ -27,11 +27,22 @@ impl Default for PerCpuAlloc {
     }
 }
 
+/// An object of class `c`: from the front end, or the central cache for
+/// a medium class.
+#[inline(always)]
+fn alloc_class(c: usize) -> *mut u8 {
+    if c < class::FRONT {
+        front::alloc(c)
+    } else {
+        central::alloc_medium(c)
+    }
+}
+
 /// Allocates for `layout`; null when the OS refuses memory.
 #[inline(always)]
 fn alloc_for(layout: Layout) -> *mut u8 {
     match class::of(layout) {
-        Some(c) => front::alloc(c),
+        Some(c) => alloc_class(c),
         None => large::alloc(layout, false),
     }
 }
@@ -44,7 +55,9 @@ unsafe fn free_for(ptr: *mut u8, layout: Layout) {
     match class::of(layout) {
         // SAFETY: the caller's contract: the same layout gives the same
         // class the object was allocated from.
-        Some(c) => unsafe { front::free(c, ptr) },
+        Some(c) if c < class::FRONT => unsafe { front::free(c, ptr) },
+        // SAFETY: as above.
+        Some(c) => unsafe { central::free_medium(c, ptr) },
         // SAFETY: as above: a layout without a class was mapped alone.
         None => unsafe { large::free(ptr, layout) },
     }
@@ -71,7 +84,7 @@ unsafe impl GlobalAlloc for PerCpuAlloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match class::of(layout) {
             Some(c) => {
-                let p = front::alloc(c);
+                let p = alloc_class(c);
                 if !p.is_null() {
                     // SAFETY: a fresh object of at least `layout.size()`
                     // bytes.

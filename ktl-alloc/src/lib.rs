@@ -9,8 +9,8 @@
 //! println!("{}", ktl_alloc::front_end());
 //! ```
 //!
-//! Objects up to 32 KiB are rounded up to one of 41 size classes and served
-//! by three tiers, TCMalloc's design:
+//! Objects up to 1 MiB are rounded up to one of 61 size classes. Those up
+//! to 32 KiB (41 classes) are served by three tiers, TCMalloc's design:
 //!
 //! - **per-CPU caches**: for each CPU (each concurrency id, where the
 //!   kernel has `mm_cid`) and class, a stack of free objects that one
@@ -24,15 +24,19 @@
 //! - **spans** of 256 KiB cut from 64 MiB arenas mapped from the OS, and
 //!   given back to it (`madvise(MADV_DONTNEED)`) when they stay free.
 //!
-//! Larger objects, and objects aligned to more than a page, get a mapping
-//! of their own; `realloc` of one moves its pages with `mremap(2)`.
+//! The 20 medium classes (above 32 KiB, to 1 MiB) skip the per-CPU tier:
+//! they come from the central cache one object at a time, out of runs of
+//! 1 to 16 spans that hold at least four objects each, so a freed one
+//! comes back with its pages resident. Larger objects, and objects aligned
+//! to more than a page, get a mapping of their own; `realloc` of one moves
+//! its pages with `mremap(2)`.
 //!
 //! ```text
 //!   alloc/dealloc ──► per-CPU cache (rseq pop/push)   CPU 0 │ CPU 1 │ ...
 //!                         │ batch refill / overflow
 //!                         ▼
 //!                     central cache per class (lock): transfer array, spans
-//!                         │ span
+//!                         │ span, or a run of spans (medium classes)
 //!                         ▼
 //!                     page heap: arenas (mmap), free spans, madvise back
 //! ```

@@ -1,7 +1,7 @@
 //! [`Stats`]: what every tier holds, read from the tiers' own counts.
 #![forbid(unsafe_code)]
 
-use crate::class::{self, COUNT};
+use crate::class::{self, COUNT, FRONT};
 use crate::front::{self, FrontEnd};
 use crate::{central, large, maint, pages, thread};
 
@@ -32,7 +32,7 @@ pub struct Stats {
     /// Bytes the program holds: [`small_in_use`](Self::small_in_use) plus
     /// [`large_in_use`](Self::large_in_use).
     pub in_use: u64,
-    /// Bytes of small objects (up to 32 KiB) the program holds.
+    /// Bytes of objects served from spans (up to 1 MiB) the program holds.
     pub small_in_use: u64,
     /// Bytes of large objects' mappings the program holds.
     pub large_in_use: u64,
@@ -45,7 +45,8 @@ pub struct Stats {
     /// Bytes of free objects in the central caches: their transfer arrays
     /// and the returned objects on their spans.
     pub central_cached: u64,
-    /// Spans (256 KiB each) serving a size class.
+    /// Spans (256 KiB each) serving a size class, counted one by one in
+    /// the runs of several that the medium classes (above 32 KiB) use.
     pub spans: u64,
     /// Bytes of free spans whose pages are resident.
     pub free_spans_resident: u64,
@@ -53,7 +54,8 @@ pub struct Stats {
     pub large_cached: u64,
     /// Bytes of address space mapped for spans (arenas, mostly untouched).
     pub mapped: u64,
-    /// Bytes of free spans given back to the OS and not reused since.
+    /// Bytes of free spans not resident (given back to the OS, or never
+    /// touched) and not reused since.
     pub returned: u64,
     /// Bytes given back to the OS over the process's life.
     pub returned_total: u64,
@@ -75,14 +77,18 @@ pub fn stats() -> Stats {
     let mut small = 0u64;
     let mut central_cached = 0u64;
     let mut thread_cached = 0u64;
-    let mut thread_caches = 0u64;
     let mut spans = 0u64;
+    let (in_threads, live) = thread::cached();
     for c in 0..COUNT {
         let size = class::size(c) as u64;
         let (out, transfer, span_free, n_spans) = central::counts(c);
-        let in_cpu = regions.map_or(0, |r| r.cached_objects(c));
-        let (in_thread, live) = thread::cached(c);
-        thread_caches = live as u64;
+        // The medium classes have no front-end caches.
+        let (in_cpu, in_thread) = if c < FRONT {
+            let in_thread = in_threads.get(c).copied().unwrap_or(0);
+            (regions.map_or(0, |r| r.cached_objects(c)), in_thread)
+        } else {
+            (0, 0)
+        };
         let held = out as u64;
         let cached = (transfer + in_cpu + in_thread) as u64;
         small += held.saturating_sub(cached) * size;
@@ -100,7 +106,7 @@ pub fn stats() -> Stats {
         large_in_use: large_in_use as u64,
         cpu_cached,
         thread_cached,
-        thread_caches,
+        thread_caches: live as u64,
         central_cached,
         spans,
         free_spans_resident: heap.free_resident as u64,

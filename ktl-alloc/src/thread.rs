@@ -15,7 +15,7 @@
 //! object at a time.
 
 use crate::central;
-use crate::class::{self, COUNT};
+use crate::class::{self, FRONT};
 use crate::lock::RawLock;
 use crate::os;
 use core::cell::{Cell, UnsafeCell};
@@ -34,8 +34,8 @@ const _: () = assert!(cap(0) <= SLOTS);
 
 /// One thread's cache: `items[c][..len[c]]`.
 struct Cache {
-    len: [AtomicU32; COUNT],
-    items: [[*mut u8; SLOTS]; COUNT],
+    len: [AtomicU32; FRONT],
+    items: [[*mut u8; SLOTS]; FRONT],
     /// The next block on the pool's list (live or spare).
     next: *mut Cache,
     /// Whether a thread uses the block.
@@ -165,7 +165,7 @@ fn take_block() -> *mut Cache {
 ///
 /// `b` is a live block no thread uses any more.
 unsafe fn detach(b: *mut Cache) {
-    for c in 0..COUNT {
+    for c in 0..FRONT {
         // SAFETY: the caller's contract: the block is ours alone.
         unsafe {
             let n = (*b).len[c].swap(0, Ordering::Relaxed) as usize;
@@ -235,16 +235,18 @@ pub(crate) unsafe fn free(c: usize, p: *mut u8) {
     }
 }
 
-/// Objects of class `c` in the threads' caches, and the caches in use.
-pub(crate) fn cached(c: usize) -> (usize, usize) {
+/// Objects of each class in the threads' caches, and the caches in use.
+pub(crate) fn cached() -> ([usize; FRONT], usize) {
     POOL_LOCK.with(|| {
-        let (mut n, mut live) = (0, 0);
+        let (mut n, mut live) = ([0; FRONT], 0);
         // SAFETY: `POOL_LOCK` is held; listed blocks stay mapped.
         unsafe {
             let mut b = (*POOL.0.get()).all;
             while !b.is_null() {
                 if (*b).live {
-                    n += (*b).len[c].load(Ordering::Relaxed) as usize;
+                    for (c, n) in n.iter_mut().enumerate() {
+                        *n += (*b).len[c].load(Ordering::Relaxed) as usize;
+                    }
                     live += 1;
                 }
                 b = (*b).next;

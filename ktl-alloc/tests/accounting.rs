@@ -14,7 +14,8 @@ use std::alloc::{GlobalAlloc, Layout};
 static GLOBAL: PerCpuAlloc = PerCpuAlloc::new();
 
 /// The class size the allocator rounds `size` (alignment 8) up to, as its
-/// docs state: 8, 16 to 128 by 16, then four classes per doubling.
+/// docs state: 8, 16 to 128 by 16, then four classes per doubling to
+/// 1 MiB.
 fn class_size(size: usize) -> usize {
     if size <= 8 {
         return 8;
@@ -49,8 +50,13 @@ fn the_statistics_count_exactly() {
 
 fn exact_small_and_large() {
     let mut rng = Rng::new(11);
+    // Front-end classes (to 32 KiB), and one in ten a medium class (to
+    // 1 MiB).
     let layouts: Vec<Layout> = (0..5000)
-        .map(|_| Layout::from_size_align(1 + rng.below(32 * 1024) as usize, 8).unwrap())
+        .map(|i| {
+            let max = if i % 10 == 0 { 1 << 20 } else { 32 * 1024 };
+            Layout::from_size_align(1 + rng.below(max) as usize, 8).unwrap()
+        })
         .collect();
     let mut ptrs: Vec<*mut u8> = Vec::with_capacity(layouts.len());
     let want: u64 = layouts.iter().map(|l| class_size(l.size()) as u64).sum();
@@ -72,15 +78,16 @@ fn exact_small_and_large() {
     assert_eq!(after.small_in_use, before.small_in_use);
     assert_eq!(after.in_use, before.in_use);
 
-    // Large objects count at their mapping's length.
+    // Large objects (over 1 MiB, or aligned to more than a page) count at
+    // their mapping's length.
     let big = [
-        Layout::from_size_align(100 * 1024, 8).unwrap(),
-        Layout::from_size_align(1 << 20, 4096).unwrap(),
+        Layout::from_size_align((1 << 20) + 1, 8).unwrap(),
+        Layout::from_size_align(3 << 20, 4096).unwrap(),
         Layout::from_size_align(40 * 1024 + 1, 64 * 1024).unwrap(),
     ];
     // Rounded up to an eighth of the power of two at or above the size
-    // (whole pages at least): 112 KiB, 1 MiB and 48 KiB.
-    let want: u64 = (112 + 1024 + 48) * 1024;
+    // (whole pages at least): 1.25 MiB, 3 MiB and 48 KiB.
+    let want: u64 = (1280 + 3072 + 48) * 1024;
     let before = in_use();
     // SAFETY: nonzero sizes; each is freed once below with its layout.
     let ps: Vec<*mut u8> = big.iter().map(|&l| unsafe { GLOBAL.alloc(l) }).collect();

@@ -138,8 +138,8 @@ fn realloc_grows_and_shrinks_keeping_the_contents() {
     let mut o = Obj::new(Layout::from_size_align(8, 8).unwrap(), 1);
     assert!(o.realloc(5));
     assert!(o.realloc(8));
-    // A large object resized by mremap keeps its pages.
-    let mut big = Obj::new(Layout::from_size_align(1 << 20, 8).unwrap(), 2);
+    // A large object (over 1 MiB) resized by mremap keeps its pages.
+    let mut big = Obj::new(Layout::from_size_align(2 << 20, 8).unwrap(), 2);
     big.realloc(8 << 20);
     big.realloc(3 << 20);
     assert!(big.check_free());
