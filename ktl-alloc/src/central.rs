@@ -4,7 +4,14 @@
 //!
 //! Each class has a *transfer cache*, an array of free objects that a batch
 //! is copied in and out of (objects freed on one CPU and allocated on
-//! another pass through it without touching their memory), and below it the
+//! another pass through it without touching their memory). It holds up to
+//! 256 batches (512 KiB of objects at most), so that a program whose
+//! working set of one class cycles through the central cache (build a
+//! map of 10,000 entries, drop it, build the next) finds its objects there:
+//! taking them off the spans' lists instead is a chain of dependent cache
+//! misses, one per object. Its array is mapped on the class's first
+//! overflow and its pages given back when an idle round empties it. Below
+//! it are the
 //! class's runs of spans with room (one span, or several for the medium
 //! classes: [`class::run_spans`]): their returned objects on a list through
 //! each object's first word, and the never-used rest carved on demand, so
@@ -19,26 +26,35 @@
 use crate::class::{self, COUNT};
 use crate::lock::RawLock;
 use crate::maint;
+use crate::os;
 use crate::pages::{self, Span, SpanList};
 use core::cell::UnsafeCell;
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
-/// The transfer cache's room, in objects, at most.
-const TRANSFER_MAX: usize = 1024;
-
-/// The transfer cache's room for class `c`: sixteen batches, at most
-/// 256 KiB worth, at least one batch.
+/// The transfer cache's room for class `c`: 256 batches, at most
+/// 512 KiB worth, at least one batch.
 const fn transfer_cap(c: usize) -> usize {
     let b = class::batch(c);
-    let by_bytes = 256 * 1024 / class::SIZES[c] as usize;
-    let n = if 16 * b < by_bytes { 16 * b } else { by_bytes };
-    let n = if n < b { b } else { n };
-    if n > TRANSFER_MAX { TRANSFER_MAX } else { n }
+    let by_bytes = 512 * 1024 / class::SIZES[c] as usize;
+    let n = if 256 * b < by_bytes {
+        256 * b
+    } else {
+        by_bytes
+    };
+    if n < b { b } else { n }
+}
+
+/// The bytes of class `c`'s transfer array, whole pages.
+fn transfer_bytes(c: usize) -> usize {
+    let page = os::page_size();
+    (transfer_cap(c) * size_of::<*mut u8>()).div_ceil(page) * page
 }
 
 struct Class {
-    transfer: [*mut u8; TRANSFER_MAX],
+    /// The transfer array: [`transfer_cap`] slots, mapped on first use;
+    /// null before, and while the OS refuses the mapping.
+    transfer: *mut *mut u8,
     len: usize,
     /// Spans with room: returned objects or a never-used tail.
     partial: SpanList,
@@ -66,7 +82,7 @@ unsafe impl Sync for Central {}
 const EMPTY: CachePadded<Central> = CachePadded::new(Central {
     lock: RawLock::new(),
     class: UnsafeCell::new(Class {
-        transfer: [ptr::null_mut(); TRANSFER_MAX],
+        transfer: ptr::null_mut(),
         len: 0,
         partial: SpanList::new(),
         out: 0,
@@ -118,7 +134,9 @@ pub(crate) fn fetch(c: usize, out: &mut [*mut u8]) -> usize {
         let want = out.len();
         let from_transfer = want.min(k.len);
         let start = k.len - from_transfer;
-        out[..from_transfer].copy_from_slice(&k.transfer[start..k.len]);
+        // SAFETY: `len > 0` only once the array is mapped, and its slots
+        // `..len` hold objects; `out` is the caller's, not in the array.
+        unsafe { ptr::copy_nonoverlapping(k.transfer.add(start), out.as_mut_ptr(), from_transfer) };
         k.len = start;
         let mut got = from_transfer;
         while got < want {
@@ -186,9 +204,18 @@ fn from_spans(c: usize, k: &mut Class, out: &mut [*mut u8]) -> usize {
 pub(crate) unsafe fn give(c: usize, objs: &[*mut u8]) {
     with(c, |k| {
         k.traffic += 1;
-        let cap = transfer_cap(c);
-        if k.len + objs.len() <= cap {
-            k.transfer[k.len..k.len + objs.len()].copy_from_slice(objs);
+        if k.transfer.is_null() {
+            // The class's first overflow: map its array. When the OS
+            // refuses, the objects go to their spans, and the next give
+            // tries again.
+            if let Some(a) = os::map(transfer_bytes(c), true) {
+                k.transfer = a.as_ptr().cast();
+            }
+        }
+        if !k.transfer.is_null() && k.len + objs.len() <= transfer_cap(c) {
+            // SAFETY: the array has `transfer_cap(c)` slots and
+            // `len + objs.len()` fit; `objs` is the caller's, not in it.
+            unsafe { ptr::copy_nonoverlapping(objs.as_ptr(), k.transfer.add(k.len), objs.len()) };
             k.len += objs.len();
             return;
         }
@@ -241,13 +268,19 @@ unsafe fn to_span(c: usize, k: &mut Class, p: *mut u8) {
 /// objects were all cached there go back to the page heap.
 pub(crate) fn flush(c: usize) {
     with(c, |k| {
+        if k.len == 0 {
+            return;
+        }
         while k.len > 0 {
             k.len -= 1;
-            let p = k.transfer[k.len];
-            // SAFETY: objects in the transfer cache are free objects of
-            // the class.
-            unsafe { to_span(c, k, p) };
+            // SAFETY: slots `..len` of the mapped array hold free objects
+            // of the class.
+            unsafe { to_span(c, k, k.transfer.add(k.len).read()) };
         }
+        // SAFETY: the array is the class's own mapping, page aligned and
+        // whole pages long, and holds nothing now (`len == 0`): its pages
+        // may read back as zero.
+        unsafe { os::release(k.transfer.cast(), transfer_bytes(c)) };
     })
 }
 
