@@ -1,7 +1,7 @@
 /*
  * ktl.h: the C API of ktl (libktl), kernel thread-local storage: the Linux
  * rseq area, its owner and layout, the current CPU, NUMA node and
- * concurrency id, per-CPU counters and random bytes.
+ * concurrency id, per-CPU counters and histograms, and random bytes.
  *
  * Build:  cc app.c $(pkg-config --cflags --libs ktl)
  * Static: cc app.c $(pkg-config --cflags --libs ktl-static)
@@ -159,10 +159,29 @@
 #define KTL_COUNTER_MM_CID (1 << 0)
 
 /*
+ `ktl_histogram_create()` flag: index the histogram's buckets by the
+ compact concurrency id `mm_cid` instead of the CPU number (on a kernel
+ without `mm_cid`, it is indexed by CPU).
+ */
+#define KTL_HISTOGRAM_MM_CID (1 << 0)
+
+/*
+ The most bucket bounds `ktl_histogram_create()` takes.
+ */
+#define KTL_HISTOGRAM_MAX_BOUNDS 1024
+
+/*
  A per-CPU counter (opaque): an add is one restartable sequence on the
  current CPU's slot, with no atomic instruction and no shared cache line.
  */
 struct ktl_counter;
+
+/*
+ A per-CPU histogram (opaque): an observation is one restartable sequence
+ on the current CPU's bucket, which holds the bucket's count and its
+ share of the sum.
+ */
+struct ktl_histogram;
 
 /*
  The process's KTLS layout, filled by `ktl_layout()`.
@@ -366,6 +385,89 @@ int ktl_counter_sum(const struct ktl_counter *counter, int64_t *sum);
  As for `ktl_counter_add`; the counter must not be used afterwards.
  */
 int ktl_counter_destroy(struct ktl_counter *counter);
+
+/*
+ Creates a per-CPU histogram with `n_bounds` bucket upper bounds from
+ `bounds` (finite and strictly ascending; a last bucket, `+Inf`, is
+ added), all counts and the sum at 0, and stores it in `*histogram`. An
+ observation `v` counts in the first bucket whose bound is at least `v`
+ (NaN and values above every bound in the last).
+
+ `flags` is 0 (buckets indexed by CPU) or `KTL_HISTOGRAM_MM_CID`.
+ `bounds` may be NULL when `n_bounds` is 0.
+
+ Returns 0, or `-EINVAL`: `histogram` is NULL, `bounds` is NULL with
+ `n_bounds` above 0, a bound is NaN or infinite or not above the one
+ before, `n_bounds` is above `KTL_HISTOGRAM_MAX_BOUNDS`, or an unknown
+ flag. On an error `*histogram` is untouched.
+
+ # Safety
+
+ `histogram` must be NULL or point to a writable `struct ktl_histogram
+ *`; `bounds` must be NULL or point to `n_bounds` readable doubles.
+ */
+int ktl_histogram_create(struct ktl_histogram **histogram,
+                         const double *bounds,
+                         size_t n_bounds,
+                         uint32_t flags);
+
+/*
+ Counts `v` in its bucket and adds it to the sum.
+
+ Safe to call from many threads at once on the same histogram.
+
+ Returns 0, or `-EINVAL` when `histogram` is NULL or not a live
+ histogram.
+
+ # Safety
+
+ `histogram` must be NULL or a histogram from `ktl_histogram_create` that
+ has not been destroyed; as for `ktl_counter_add`, ktl returns `-EINVAL`
+ for a misaligned pointer or one without a histogram's tag, which must
+ still point to 8 readable bytes.
+ */
+int ktl_histogram_observe(struct ktl_histogram *histogram, double v);
+
+/*
+ Stores the histogram's buckets, count and sum, added up over the CPUs:
+ exact when no thread is observing, and while threads are, every bucket
+ between its counts before and after the call.
+
+ `buckets` receives each bucket's own count (not cumulative), the `+Inf`
+ bucket last: `n_bounds + 1` values, where `n_bounds` is what the
+ histogram was created with. `buckets` may be NULL when `buckets_len` is
+ 0, and `count` and `sum` may be NULL, to leave them out.
+
+ Returns 0; `-EINVAL` when `histogram` is not a live histogram or
+ `buckets` is NULL with `buckets_len` above 0; `-ERANGE` when
+ `buckets_len` is neither 0 nor at least `n_bounds + 1` (nothing is
+ written then).
+
+ # Safety
+
+ As for `ktl_histogram_observe`; `buckets` must be NULL or point to
+ `buckets_len` writable `uint64_t`, `count` NULL or a writable
+ `uint64_t`, `sum` NULL or a writable `double`.
+ */
+int ktl_histogram_snapshot(const struct ktl_histogram *histogram,
+                           uint64_t *buckets,
+                           size_t buckets_len,
+                           uint64_t *count,
+                           double *sum);
+
+/*
+ Destroys a histogram and frees its memory. No other thread may use it
+ during or after the call.
+
+ Returns 0, or `-EINVAL` when `histogram` is NULL or not a live
+ histogram.
+
+ # Safety
+
+ As for `ktl_histogram_observe`; the histogram must not be used
+ afterwards.
+ */
+int ktl_histogram_destroy(struct ktl_histogram *histogram);
 
 /*
  Fills `len` bytes at `buf` with cryptographically secure random bytes,

@@ -27,7 +27,7 @@
 use core::ffi::{c_int, c_void};
 use core::mem::{MaybeUninit, align_of, size_of};
 use core::ptr;
-use ktl::percpu::PerCpuCounter;
+use ktl::percpu::{PerCpuCounter, PerCpuHistogram};
 use ktl::rseq::Index;
 use ktl::{Features, Owner};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -105,6 +105,14 @@ pub const KTL_RSEQ_MM_CID_OFFSET: usize = 24;
 /// `mm_cid`, the counter is indexed by CPU).
 pub const KTL_COUNTER_MM_CID: u32 = 1 << 0;
 
+/// `ktl_histogram_create()` flag: index the histogram's buckets by the
+/// compact concurrency id `mm_cid` instead of the CPU number (on a kernel
+/// without `mm_cid`, it is indexed by CPU).
+pub const KTL_HISTOGRAM_MM_CID: u32 = 1 << 0;
+
+/// The most bucket bounds `ktl_histogram_create()` takes.
+pub const KTL_HISTOGRAM_MAX_BOUNDS: usize = 1024;
+
 /// The process's KTLS layout, filled by `ktl_layout()`.
 ///
 /// The owner is decided once per process, on the first call of any ktl
@@ -180,6 +188,25 @@ struct CounterBox {
 }
 
 const COUNTER_TAG: u64 = u64::from_be_bytes(*b"ktl-cntr");
+
+/// A per-CPU histogram (opaque): an observation is one restartable sequence
+/// on the current CPU's bucket, which holds the bucket's count and its
+/// share of the sum.
+// A `*mut KtlHistogram` points to a `HistogramBox`.
+pub struct KtlHistogram {
+    _opaque: [u8; 0],
+}
+
+/// What a histogram pointer points to.
+#[repr(C)]
+struct HistogramBox {
+    /// `HISTOGRAM_TAG` while the histogram is alive, at offset 0.
+    tag: u64,
+    histogram: PerCpuHistogram,
+}
+
+const HISTOGRAM_TAG: u64 = u64::from_be_bytes(*b"ktl-hist");
+const _: () = assert!(KTL_HISTOGRAM_MAX_BOUNDS == PerCpuHistogram::MAX_BUCKETS);
 
 /// The error of a caught panic: a bug in ktl, reported instead of unwinding
 /// into C.
@@ -526,6 +553,201 @@ pub unsafe extern "C" fn ktl_counter_destroy(counter: *mut KtlCounter) -> c_int 
             let counter = counter.cast::<CounterBox>();
             ptr::addr_of_mut!((*counter).tag).write_volatile(0);
             drop(Box::from_raw(counter));
+        }
+        0
+    })
+}
+
+/// Creates a per-CPU histogram with `n_bounds` bucket upper bounds from
+/// `bounds` (finite and strictly ascending; a last bucket, `+Inf`, is
+/// added), all counts and the sum at 0, and stores it in `*histogram`. An
+/// observation `v` counts in the first bucket whose bound is at least `v`
+/// (NaN and values above every bound in the last).
+///
+/// `flags` is 0 (buckets indexed by CPU) or `KTL_HISTOGRAM_MM_CID`.
+/// `bounds` may be NULL when `n_bounds` is 0.
+///
+/// Returns 0, or `-EINVAL`: `histogram` is NULL, `bounds` is NULL with
+/// `n_bounds` above 0, a bound is NaN or infinite or not above the one
+/// before, `n_bounds` is above `KTL_HISTOGRAM_MAX_BOUNDS`, or an unknown
+/// flag. On an error `*histogram` is untouched.
+///
+/// # Safety
+///
+/// `histogram` must be NULL or point to a writable `struct ktl_histogram
+/// *`; `bounds` must be NULL or point to `n_bounds` readable doubles.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ktl_histogram_create(
+    histogram: *mut *mut KtlHistogram,
+    bounds: *const f64,
+    n_bounds: usize,
+    flags: u32,
+) -> c_int {
+    if histogram.is_null()
+        || !histogram.is_aligned()
+        || flags & !KTL_HISTOGRAM_MM_CID != 0
+        || n_bounds > KTL_HISTOGRAM_MAX_BOUNDS
+        || (n_bounds > 0 && (bounds.is_null() || !bounds.is_aligned()))
+    {
+        return -libc::EINVAL;
+    }
+    guard(|| {
+        let index = if flags & KTL_HISTOGRAM_MM_CID != 0 {
+            Index::MmCid
+        } else {
+            Index::CpuId
+        };
+        let list: &[f64] = if n_bounds == 0 {
+            &[]
+        } else {
+            // SAFETY: the caller gives `n_bounds` readable doubles at
+            // `bounds`, which is non-null and aligned (checked above).
+            unsafe { core::slice::from_raw_parts(bounds, n_bounds) }
+        };
+        let Ok(h) = PerCpuHistogram::with_index(list.iter().copied(), index) else {
+            return -libc::EINVAL;
+        };
+        let boxed = Box::new(HistogramBox {
+            tag: HISTOGRAM_TAG,
+            histogram: h,
+        });
+        // SAFETY: the caller gives a writable, aligned pointer slot.
+        unsafe { histogram.write(Box::into_raw(boxed).cast::<KtlHistogram>()) };
+        0
+    })
+}
+
+/// The live histogram at `histogram`, or `-EINVAL`.
+///
+/// # Safety
+///
+/// As for `counter_box`, for histograms.
+unsafe fn histogram_box<'a>(histogram: *const KtlHistogram) -> Result<&'a HistogramBox, c_int> {
+    let histogram = histogram.cast::<HistogramBox>();
+    if histogram.is_null() || !histogram.is_aligned() {
+        return Err(-libc::EINVAL);
+    }
+    // SAFETY: the caller gives 8 readable bytes at `histogram`, aligned for
+    // a `HistogramBox`, whose first field (`repr(C)`) is the tag.
+    let tag = unsafe { histogram.cast::<u64>().read_volatile() };
+    if tag != HISTOGRAM_TAG {
+        return Err(-libc::EINVAL);
+    }
+    // SAFETY: the tag matches: a live histogram (caller's contract).
+    Ok(unsafe { &*histogram })
+}
+
+/// Counts `v` in its bucket and adds it to the sum.
+///
+/// Safe to call from many threads at once on the same histogram.
+///
+/// Returns 0, or `-EINVAL` when `histogram` is NULL or not a live
+/// histogram.
+///
+/// # Safety
+///
+/// `histogram` must be NULL or a histogram from `ktl_histogram_create` that
+/// has not been destroyed; as for `ktl_counter_add`, ktl returns `-EINVAL`
+/// for a misaligned pointer or one without a histogram's tag, which must
+/// still point to 8 readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ktl_histogram_observe(histogram: *mut KtlHistogram, v: f64) -> c_int {
+    // SAFETY: forwarded to the caller's contract.
+    match unsafe { histogram_box(histogram) } {
+        Ok(h) => guard(|| {
+            h.histogram.observe(v);
+            0
+        }),
+        Err(e) => e,
+    }
+}
+
+/// Stores the histogram's buckets, count and sum, added up over the CPUs:
+/// exact when no thread is observing, and while threads are, every bucket
+/// between its counts before and after the call.
+///
+/// `buckets` receives each bucket's own count (not cumulative), the `+Inf`
+/// bucket last: `n_bounds + 1` values, where `n_bounds` is what the
+/// histogram was created with. `buckets` may be NULL when `buckets_len` is
+/// 0, and `count` and `sum` may be NULL, to leave them out.
+///
+/// Returns 0; `-EINVAL` when `histogram` is not a live histogram or
+/// `buckets` is NULL with `buckets_len` above 0; `-ERANGE` when
+/// `buckets_len` is neither 0 nor at least `n_bounds + 1` (nothing is
+/// written then).
+///
+/// # Safety
+///
+/// As for `ktl_histogram_observe`; `buckets` must be NULL or point to
+/// `buckets_len` writable `uint64_t`, `count` NULL or a writable
+/// `uint64_t`, `sum` NULL or a writable `double`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ktl_histogram_snapshot(
+    histogram: *const KtlHistogram,
+    buckets: *mut u64,
+    buckets_len: usize,
+    count: *mut u64,
+    sum: *mut f64,
+) -> c_int {
+    if (buckets_len > 0 && (buckets.is_null() || !buckets.is_aligned()))
+        || !count.is_aligned()
+        || !sum.is_aligned()
+    {
+        return -libc::EINVAL;
+    }
+    // SAFETY: forwarded to the caller's contract.
+    let h = match unsafe { histogram_box(histogram) } {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    guard(|| {
+        let needed = h.histogram.bounds().len() + 1;
+        if buckets_len != 0 && buckets_len < needed {
+            return -libc::ERANGE;
+        }
+        let s = h.histogram.snapshot();
+        if buckets_len != 0 {
+            // SAFETY: the caller gives `buckets_len >= needed` writable,
+            // aligned `uint64_t` at `buckets`.
+            let out = unsafe { core::slice::from_raw_parts_mut(buckets, needed) };
+            out.copy_from_slice(s.buckets());
+        }
+        if !count.is_null() {
+            // SAFETY: the caller gives a writable, aligned `uint64_t`.
+            unsafe { count.write(s.count()) };
+        }
+        if !sum.is_null() {
+            // SAFETY: the caller gives a writable, aligned `double`.
+            unsafe { sum.write(s.sum()) };
+        }
+        0
+    })
+}
+
+/// Destroys a histogram and frees its memory. No other thread may use it
+/// during or after the call.
+///
+/// Returns 0, or `-EINVAL` when `histogram` is NULL or not a live
+/// histogram.
+///
+/// # Safety
+///
+/// As for `ktl_histogram_observe`; the histogram must not be used
+/// afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ktl_histogram_destroy(histogram: *mut KtlHistogram) -> c_int {
+    // SAFETY: forwarded to the caller's contract.
+    if let Err(e) = unsafe { histogram_box(histogram) } {
+        return e;
+    }
+    guard(|| {
+        // SAFETY: a live histogram from `Box::into_raw` in
+        // `ktl_histogram_create`, used by no other thread (caller's
+        // contract); the tag is cleared first, as for counters.
+        unsafe {
+            let histogram = histogram.cast::<HistogramBox>();
+            ptr::addr_of_mut!((*histogram).tag).write_volatile(0);
+            drop(Box::from_raw(histogram));
         }
         0
     })

@@ -1,8 +1,9 @@
 //! The per-CPU structures under load: exact totals over ten million
-//! counter updates (fewer on the locked fallback), and pools and stacks whose threads are moved from CPU
+//! counter updates and ten million histogram observations (fewer on the
+//! locked fallback), snapshots taken while writers run, and pools and stacks whose threads are moved from CPU
 //! to CPU while they run, with every object accounted for at the end.
 
-use ktl::percpu::{PerCpuCounter, PerCpuCounterU64, PerCpuStack, PoolBuilder};
+use ktl::percpu::{PerCpuCounter, PerCpuCounterU64, PerCpuHistogram, PerCpuStack, PoolBuilder};
 use ktl::rseq::Index;
 use ktl_testkit::affinity::{allowed_cpus, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +70,85 @@ fn ten_million_counter_updates_sum_exactly() {
         assert_eq!(signed.sum() as u64, THREADS * per_thread, "{index:?}");
         let sum_of_i: u64 = (0..per_thread).sum();
         assert_eq!(unsigned.sum(), THREADS * sum_of_i, "{index:?}");
+    }
+}
+
+/// The value of observation `i` of the histogram tests: multiples of 1/4
+/// from 0 to 15/4, so that every partial sum is exact in an `f64` and the
+/// totals can be compared with `==`.
+fn observation(i: u64) -> f64 {
+    (i % 16) as f64 * 0.25
+}
+
+/// The bucket bounds of the histogram tests: 1/2, 1, 2 and 3 (then +Inf).
+const BOUNDS: [f64; 4] = [0.5, 1.0, 2.0, 3.0];
+
+/// How many of `n` observations (`observation(0..n)`) land in each bucket
+/// of [`BOUNDS`], and their sum.
+fn expected(n: u64) -> ([u64; 5], f64) {
+    let mut buckets = [0u64; 5];
+    let mut sum = 0.0;
+    for i in 0..n {
+        let v = observation(i);
+        buckets[BOUNDS.iter().position(|&b| v <= b).unwrap_or(4)] += 1;
+        sum += v;
+    }
+    (buckets, sum)
+}
+
+#[test]
+fn ten_million_histogram_observations_count_exactly() {
+    const THREADS: u64 = 8;
+    let per_thread = scaled(1_250_000);
+    let (one, one_sum) = expected(per_thread);
+    for index in [Index::CpuId, Index::MmCid] {
+        let h = PerCpuHistogram::with_index(BOUNDS, index).unwrap();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // A reader takes snapshots while the writers run: each one is
+            // consistent (the count is the buckets' sum), and no bucket, nor
+            // the sum of these non-negative values, goes down or past its
+            // final value.
+            let reader = s.spawn(|| {
+                let mut last = h.snapshot();
+                let mut taken = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    let now = h.snapshot();
+                    assert_eq!(now.count(), now.buckets().iter().sum::<u64>());
+                    for (b, (&was, &is)) in last.buckets().iter().zip(now.buckets()).enumerate() {
+                        assert!(was <= is, "bucket {b} went down: {was} -> {is}");
+                        assert!(is <= THREADS * one[b], "bucket {b} past its total: {is}");
+                    }
+                    assert!(now.sum() >= last.sum(), "{} -> {}", last.sum(), now.sum());
+                    assert!(now.sum() <= THREADS as f64 * one_sum);
+                    last = now;
+                    taken += 1;
+                }
+                taken
+            });
+            let writers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let h = &h;
+                    s.spawn(move || {
+                        let mut mover = Mover::new(t as usize, 100_000);
+                        for i in 0..per_thread {
+                            h.observe(observation(i));
+                            mover.step();
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            done.store(true, Ordering::Release);
+            assert!(reader.join().unwrap() > 0);
+        });
+        let s = h.snapshot();
+        let want: Vec<u64> = one.iter().map(|&c| c * THREADS).collect();
+        assert_eq!(s.buckets(), want, "{index:?}");
+        assert_eq!(s.count(), THREADS * per_thread, "{index:?}");
+        assert_eq!(s.sum(), THREADS as f64 * one_sum, "{index:?}");
     }
 }
 

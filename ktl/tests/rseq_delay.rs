@@ -103,6 +103,50 @@ fn injected_delays_cause_aborts_and_lose_nothing() {
     eprintln!("add_current: {aborts} aborts in {added} adds");
 }
 
+/// Two threads on one CPU observe into a histogram with delays inside the
+/// section, one of them between its store of the new sum and its commit:
+/// aborts there must leave the count and the sum as they were, so the
+/// totals stay exact.
+#[test]
+fn histogram_observations_survive_aborts_before_the_commit() {
+    if rseq::start(Index::CpuId).is_none() || rseq::path() != rseq::Path::CriticalSections {
+        eprintln!(
+            "SKIPPED histogram_observations_survive_aborts_before_the_commit: no critical sections here ({})",
+            rseq::path()
+        );
+        return;
+    }
+    delay::set_before(200);
+    delay::set_inside(2_000);
+    let cpu = allowed_cpus()[0];
+    let h = Arc::new(ktl::percpu::PerCpuHistogram::new([1.0, 2.0]).unwrap());
+    const N: u64 = 100_000;
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                pin(cpu);
+                let before = rseq::aborts();
+                for i in 0..N {
+                    h.observe((i % 3) as f64 + 0.5);
+                }
+                rseq::aborts() - before
+            })
+        })
+        .collect();
+    let aborts: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    delay::set_before(0);
+    delay::set_inside(0);
+    let s = h.snapshot();
+    // 0.5, 1.5, 2.5 in turn: one in each bucket, a third of the time.
+    let third = |k: u64| (0..N).filter(|i| i % 3 == k).count() as u64 * 2;
+    assert_eq!(s.buckets(), [third(0), third(1), third(2)]);
+    let sum: f64 = (0..N).map(|i| (i % 3) as f64 + 0.5).sum::<f64>() * 2.0;
+    assert_eq!(s.sum(), sum, "an abort changed the sum");
+    assert!(aborts > 0, "the delays caused no abort");
+    eprintln!("histogram: {aborts} aborts in {} observations", 2 * N);
+}
+
 /// With a delay inside every section, a section that read the gate open is
 /// still running when `exclusive` closes it: only the fence stops its
 /// commit.

@@ -1,6 +1,6 @@
 /*
  * The C test suite of libktl: every function, NULL and invalid arguments,
- * threads from pthread_create, and exact per-CPU counter totals.
+ * threads from pthread_create, and exact per-CPU counter and histogram totals.
  *
  * Environment:
  *   KTL_EXPECT_OWNER=libc|ktl|unavailable  the owner the run must find
@@ -260,6 +260,78 @@ static void test_counter_arguments(void)
     CHECK_EQ(ktl_counter_destroy(c), 0);
 }
 
+static void test_histogram(void)
+{
+    static const double bounds[] = {1.0, 2.0, 5.0};
+    struct ktl_histogram *h = NULL;
+    uint64_t buckets[4] = {9, 9, 9, 9}, count = 9;
+    double sum = -1;
+    CHECK_EQ(ktl_histogram_create(&h, bounds, 3, 0), 0);
+    CHECK(h != NULL);
+    CHECK_EQ(ktl_histogram_snapshot(h, buckets, 4, &count, &sum), 0);
+    CHECK(buckets[0] == 0 && buckets[3] == 0 && count == 0 && sum == 0.0);
+    static const double values[] = {0.5, 1.0, 1.5, 2.0, 4.0, 5.0, 6.0, -3.0};
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
+        CHECK_EQ(ktl_histogram_observe(h, values[i]), 0);
+    CHECK_EQ(ktl_histogram_snapshot(h, buckets, 4, &count, &sum), 0);
+    /* <= 1: 0.5, 1, -3; <= 2: 1.5, 2; <= 5: 4, 5; +Inf: 6. */
+    CHECK(buckets[0] == 3 && buckets[1] == 2 && buckets[2] == 2 && buckets[3] == 1);
+    CHECK(count == 8);
+    CHECK(sum == 17.0);
+    /* Count and sum alone; a longer buffer is fine. */
+    uint64_t longer[6] = {0};
+    CHECK_EQ(ktl_histogram_snapshot(h, NULL, 0, &count, NULL), 0);
+    CHECK(count == 8);
+    CHECK_EQ(ktl_histogram_snapshot(h, longer, 6, NULL, NULL), 0);
+    CHECK(longer[0] == 3 && longer[3] == 1);
+    CHECK_EQ(ktl_histogram_destroy(h), 0);
+
+    /* No bounds: one bucket, +Inf. */
+    CHECK_EQ(ktl_histogram_create(&h, NULL, 0, KTL_HISTOGRAM_MM_CID), 0);
+    CHECK_EQ(ktl_histogram_observe(h, 2.5), 0);
+    CHECK_EQ(ktl_histogram_snapshot(h, buckets, 1, &count, &sum), 0);
+    CHECK(buckets[0] == 1 && count == 1 && sum == 2.5);
+    CHECK_EQ(ktl_histogram_destroy(h), 0);
+}
+
+static void test_histogram_arguments(void)
+{
+    static const double ok[] = {1.0, 2.0};
+    static const double flat[] = {1.0, 1.0};
+    double bad[] = {1.0, 0.0};
+    bad[1] = bad[1] / bad[1]; /* NaN */
+    struct ktl_histogram *h = (struct ktl_histogram *)(uintptr_t)0x1;
+    CHECK_EQ(ktl_histogram_create(NULL, ok, 2, 0), -EINVAL);
+    CHECK_EQ(ktl_histogram_create(&h, NULL, 2, 0), -EINVAL);
+    CHECK_EQ(ktl_histogram_create(&h, ok, 2, 2), -EINVAL);
+    CHECK_EQ(ktl_histogram_create(&h, flat, 2, 0), -EINVAL);
+    CHECK_EQ(ktl_histogram_create(&h, bad, 2, 0), -EINVAL);
+    CHECK_EQ(ktl_histogram_create(&h, ok, KTL_HISTOGRAM_MAX_BOUNDS + 1, 0), -EINVAL);
+    CHECK(h == (struct ktl_histogram *)(uintptr_t)0x1); /* untouched on error */
+    CHECK_EQ(ktl_histogram_observe(NULL, 1.0), -EINVAL);
+    CHECK_EQ(ktl_histogram_snapshot(NULL, NULL, 0, NULL, NULL), -EINVAL);
+    CHECK_EQ(ktl_histogram_destroy(NULL), -EINVAL);
+
+    /* A counter is not a histogram, nor is memory without the tag. */
+    struct ktl_counter *c = NULL;
+    CHECK_EQ(ktl_counter_create(&c, 0), 0);
+    CHECK_EQ(ktl_histogram_observe((struct ktl_histogram *)(void *)c, 1.0), -EINVAL);
+    CHECK_EQ(ktl_histogram_destroy((struct ktl_histogram *)(void *)c), -EINVAL);
+    CHECK_EQ(ktl_counter_destroy(c), 0);
+    alignas(256) static unsigned char not_histogram[512];
+    struct ktl_histogram *fake = (struct ktl_histogram *)(void *)not_histogram;
+    CHECK_EQ(ktl_histogram_observe(fake, 1.0), -EINVAL);
+    CHECK_EQ(ktl_histogram_destroy(fake), -EINVAL);
+
+    uint64_t buckets[3] = {7, 7, 7};
+    CHECK_EQ(ktl_histogram_create(&h, ok, 2, 0), 0);
+    CHECK_EQ(ktl_histogram_observe(h, 1.5), 0);
+    CHECK_EQ(ktl_histogram_snapshot(h, buckets, 2, NULL, NULL), -ERANGE);
+    CHECK(buckets[0] == 7); /* nothing written */
+    CHECK_EQ(ktl_histogram_snapshot(h, NULL, 3, NULL, NULL), -EINVAL);
+    CHECK_EQ(ktl_histogram_destroy(h), 0);
+}
+
 static void test_random(void)
 {
     unsigned char a[64], b[64];
@@ -306,11 +378,13 @@ static void test_errno_untouched(void)
     CHECK_EQ(errno, 12345);
 }
 
-enum { THREADS = 8, ADDS = 100000 };
+/* 8 threads x 1,250,000: 10^7 adds and 10^7 observations. */
+enum { THREADS = 8, ADDS = 1250000 };
 
 struct worker {
     pthread_t thread;
     struct ktl_counter *counter;
+    struct ktl_histogram *histogram;
     int index;
     int64_t added;
     unsigned char random[32];
@@ -339,6 +413,7 @@ static void *worker_main(void *arg)
     int64_t step = w->index % 5 + 1;
     for (int i = 0; i < ADDS; i++) {
         CHECK_EQ(ktl_counter_add(w->counter, step), 0);
+        CHECK_EQ(ktl_histogram_observe(w->histogram, (double)step * 0.5), 0);
         w->added += step;
         if (i % 4096 == 0) {
             if (i % 8192 == 0)
@@ -356,11 +431,17 @@ static void run_workers(uint32_t flags)
 {
     struct ktl_counter *c = NULL;
     CHECK_EQ(ktl_counter_create(&c, flags), 0);
+    /* Bounds 1 and 2: steps 1 and 2 (0.5, 1.0) in the first bucket, 3 and
+     * 4 in the second, 5 (2.5) in +Inf. */
+    static const double bounds[] = {1.0, 2.0};
+    struct ktl_histogram *h = NULL;
+    CHECK_EQ(ktl_histogram_create(&h, bounds, 2, flags), 0);
     struct worker w[THREADS];
     memset(w, 0, sizeof w);
     int64_t want = 0;
     for (int i = 0; i < THREADS; i++) {
         w[i].counter = c;
+        w[i].histogram = h;
         w[i].index = i;
         CHECK(pthread_create(&w[i].thread, NULL, worker_main, &w[i]) == 0);
     }
@@ -375,6 +456,21 @@ static void run_workers(uint32_t flags)
     int64_t sum = 0;
     CHECK_EQ(ktl_counter_sum(c, &sum), 0);
     CHECK_EQ(sum, exact);
+    /* The observations: ADDS per thread, each a multiple of 0.5, so the
+     * sum is exact. */
+    uint64_t buckets[3], count = 0, want_buckets[3] = {0, 0, 0};
+    double hsum = 0, want_sum = 0;
+    for (int i = 0; i < THREADS; i++) {
+        int st = i % 5 + 1;
+        want_buckets[st <= 2 ? 0 : st <= 4 ? 1 : 2] += ADDS;
+        want_sum += (double)ADDS * st * 0.5;
+    }
+    CHECK_EQ(ktl_histogram_snapshot(h, buckets, 3, &count, &hsum), 0);
+    for (int b = 0; b < 3; b++)
+        CHECK(buckets[b] == want_buckets[b]);
+    CHECK(count == (uint64_t)THREADS * ADDS);
+    CHECK(hsum == want_sum);
+    CHECK_EQ(ktl_histogram_destroy(h), 0);
     /* Every thread drew different random bytes. */
     for (int i = 0; i < THREADS; i++)
         for (int j = i + 1; j < THREADS; j++)
@@ -430,6 +526,8 @@ int main(void)
     RUN(test_fast_path_reads_the_area);
     RUN(test_counter);
     RUN(test_counter_arguments);
+    RUN(test_histogram);
+    RUN(test_histogram_arguments);
     RUN(test_random);
     RUN(test_errno_untouched);
     RUN(test_threads_cpu_index);

@@ -368,7 +368,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize, const GATED: bool>(
 /// (leaving through `{other}`), `$body` (the work on the slot of the index,
 /// ending with the commit), and the abort handler.
 macro_rules! current_section {
-    ($check:literal, $($body:literal),* $(,)?) => {
+    ($check:literal, $($body:expr),* $(,)?) => {
         concat!(
             rseq_cs_tables!(),
             rseq_exit_point!("{other}"),
@@ -460,6 +460,52 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
                 "str x11, [x10]",
             ],
             ops: [base = in(reg) base, stride = in(reg) stride, count = in(reg) count,]
+        );
+    }
+    Ok(())
+}
+
+/// Adds one to the count of the record at `rec + i * stride` and `v` to its
+/// sum, where `i` is read inside the section (see the x86_64 back end for
+/// the record and why one section suffices). The commit is a store-release,
+/// so a reader that loads the count with acquire ordering sees the sum
+/// stored before it.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[inline(always)]
+pub(crate) unsafe fn rseq_count_sum_current<const FIELD: usize>(
+    area: isize,
+    rec: *mut u8,
+    stride: usize,
+    len: usize,
+    v: f64,
+) -> Result<(), Exit> {
+    let area = (thread_pointer() as isize).wrapping_add(area);
+    // SAFETY: as in `rseq_add_current`; the block also writes the record's
+    // scratch sum slot before the commit, and declares its scratch
+    // registers clobbered.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [],
+            body: [
+                "madd x10, x10, {stride}, {rec}",
+                "ldr x11, [x10]",
+                "and x16, x11, #1",
+                "add x17, x10, #8",
+                "ldr {x:d}, [x17, x16, lsl #3]",
+                "fadd {x:d}, {x:d}, {v:d}",
+                "eor x16, x16, #1",
+                "str {x:d}, [x17, x16, lsl #3]",
+                "add x16, x11, #1",
+                // With delay injection, a delay (counting x11 down) between
+                // the scratch store and the commit, so that tests abort the
+                // section there.
+                rseq_delay_inside!(),
+                "stlr x16, [x10]",
+            ],
+            ops: [rec = in(reg) rec, stride = in(reg) stride, v = in(vreg) v,
+                x = out(vreg) _,]
         );
     }
     Ok(())

@@ -602,7 +602,7 @@ pub(crate) unsafe fn rseq_add<const FIELD: usize, const GATED: bool>(
 /// through `{other}`), `$body` (the work on the slot of the index, ending with
 /// the commit), and the abort handler.
 macro_rules! current_section {
-    ($check:literal, $($body:literal),* $(,)?) => {
+    ($check:literal, $($body:expr),* $(,)?) => {
         concat!(
             rseq_cs_tables!(),
             rseq_exit_point!("{other}"),
@@ -702,6 +702,55 @@ pub(crate) unsafe fn rseq_add_current<const FIELD: usize>(
             exits: [],
             body: ["imul rax, {stride}", "add qword ptr [{base} + rax], {count}"],
             ops: [base = in(reg) base, stride = in(reg) stride, count = in(reg) count,]
+        );
+    }
+    Ok(())
+}
+
+/// Adds one to the count of the record at `rec + i * stride` and `v` to its
+/// sum, where `i` is the index field at byte `FIELD` of the area at `area`,
+/// read inside the section (see [`rseq_add_current`] for the exits and the
+/// bound). The record is three words: the count, then two `f64` sums, of
+/// which the one at the count's parity is the live one. The section loads
+/// the count and the live sum, stores the sum plus `v` into the other
+/// slot, and commits by adding one to the count, which makes that slot
+/// the live one. An abort before the commit leaves the count and the live
+/// sum as they were (the other slot is scratch), so the retry starts from
+/// the same state: the one section updates two words exactly once.
+///
+/// # Safety
+/// As for [`rseq_add_current`], for records of 24 bytes at `rec + i *
+/// stride`, 8-byte aligned.
+#[inline(always)]
+pub(crate) unsafe fn rseq_count_sum_current<const FIELD: usize>(
+    area: isize,
+    rec: *mut u8,
+    stride: usize,
+    len: usize,
+    v: f64,
+) -> Result<(), Exit> {
+    // SAFETY: as in `rseq_add_current`; the block also writes the record's
+    // scratch sum slot before the commit, and declares its scratch
+    // registers clobbered.
+    unsafe {
+        current_op!(FIELD, area, len;
+            exits: [],
+            body: [
+                "imul rax, {stride}",
+                "lea {p}, [{rec} + rax]",
+                "mov {t}, qword ptr [{p}]",
+                "and {t}, 1",
+                "movsd {x}, qword ptr [{p} + {t} * 8 + 8]",
+                "addsd {x}, {v}",
+                "xor {t}, 1",
+                "movsd qword ptr [{p} + {t} * 8 + 8], {x}",
+                // With delay injection, a delay between the scratch store
+                // and the commit, so that tests abort the section there.
+                rseq_delay_inside!(),
+                "add qword ptr [{p}], 1",
+            ],
+            ops: [rec = in(reg) rec, stride = in(reg) stride, v = in(xmm_reg) v,
+                p = out(reg) _, t = out(reg) _, x = out(xmm_reg) _,]
         );
     }
     Ok(())

@@ -12,6 +12,8 @@
 //! methods:
 //!
 //! - [`PerCpuCounter`] and [`PerCpuCounterU64`]: add, sub and sum.
+//! - [`PerCpuHistogram`]: fixed buckets; an observation is one section on
+//!   the current CPU's bucket (its count and its share of the sum).
 //! - [`PerCpuStack`]: push and pop on the current CPU's list, a free list
 //!   with no ABA hazard.
 //! - [`Pool`]: reusable objects cached per CPU, with a global overflow and
@@ -26,12 +28,14 @@
 //! fence to exclude the others) uses a shared atomic instead.
 
 mod counter;
+mod histogram;
 mod list;
 pub mod mempool;
 mod pool;
 mod stack;
 
 pub use counter::{PerCpuCounter, PerCpuCounterU64};
+pub use histogram::{BucketError, HistogramSnapshot, PerCpuHistogram};
 pub use pool::{DEFAULT_CACHE, Pool, PoolBuilder, Pooled};
 pub use stack::PerCpuStack;
 

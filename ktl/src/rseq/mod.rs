@@ -517,6 +517,85 @@ pub unsafe fn add_current(
     done.is_ok()
 }
 
+/// Adds one to the count of the current CPU's (or concurrency id's) record
+/// in an array of per-CPU records, and `v` to its sum, in one critical
+/// section: the record at byte `value * stride` from `rec`, where `value`
+/// is the index value the section runs with. What
+/// [`PerCpuHistogram`](crate::percpu::PerCpuHistogram) observes with.
+///
+/// A record is three words, [`CountSum`]: a count, and two `f64` sums of
+/// which the one at the count's parity holds the sum. The section writes
+/// the new sum into the other one, then commits by adding one to the count
+/// (a store-release on aarch64; on x86_64 every store is one). Returns
+/// `false`, having changed nothing, when the thread has no live area or
+/// the index value is not below `len`, as [`add_current`] does.
+///
+/// # Safety
+///
+/// For every index value `i` below `len`, `rec + i * stride` must be a
+/// live [`CountSum`] (and `i * stride` not overflow an `isize`) that only
+/// `count_sum_current` with the same `index` writes while other threads
+/// may access it; other threads may read it with [`CountSum::load`].
+#[inline]
+pub(crate) unsafe fn count_sum_current(
+    index: Index,
+    rec: *mut u8,
+    stride: usize,
+    len: usize,
+    v: f64,
+) -> bool {
+    let len = len.min(INDEX_LIMIT);
+    // The operation's sections run under the caller's contract.
+    let done = current_operation!(index, rseq_count_sum_current;
+        rec: *mut u8 = rec, stride: usize = stride, len: usize = len, v: f64 = v);
+    done.is_ok()
+}
+
+/// A record of [`count_sum_current`]: a count and a sum, updated together
+/// by one critical section.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct CountSum {
+    /// The observations counted.
+    count: core::sync::atomic::AtomicU64,
+    /// The sum's bits (`f64::to_bits`) at `sums[count & 1]`; the other is
+    /// the next section's scratch.
+    sums: [core::sync::atomic::AtomicU64; 2],
+}
+
+const _: () = assert!(
+    core::mem::offset_of!(CountSum, count) == 0
+        && core::mem::offset_of!(CountSum, sums) == 8
+        && size_of::<CountSum>() == 24
+);
+
+impl CountSum {
+    /// The count and the sum. Exact once the writers are quiescent. While
+    /// one runs, the pair is consistent when the count reads the same
+    /// before and after the sum (the load is retried a few times for
+    /// that); otherwise the sum may already include observations the
+    /// count does not.
+    pub(crate) fn load(&self) -> (u64, f64) {
+        use core::sync::atomic::{Ordering, fence};
+        let mut tries = 0;
+        loop {
+            let n = self.count.load(Ordering::Acquire);
+            let sum = f64::from_bits(self.sums[(n & 1) as usize].load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            tries += 1;
+            if self.count.load(Ordering::Relaxed) == n || tries == 4 {
+                return (n, sum);
+            }
+        }
+    }
+
+    /// Sets the count and the sum to zero.
+    pub(crate) fn reset(&mut self) {
+        *self.count.get_mut() = 0;
+        self.sums.iter_mut().for_each(|s| *s.get_mut() = 0);
+    }
+}
+
 /// Runs a `_current` operation (one that reads the index inside its
 /// section, like [`add_current`]): the section `arch::$op` for `$index`,
 /// inline, with the operands `$arg`; a commit or a failed compare returned
