@@ -113,6 +113,73 @@ const CHECKS: &[CheckSpec] = &[
     },
 ];
 
+/// The promises of the metric and histogram rows, for one pair of
+/// implementations: ktl's at most the crate's own at 1 thread, and at least
+/// 5x faster per operation at 2, 8 and 32 threads.
+macro_rules! metric_checks {
+    ($what:literal, $kind:literal, $ours:ident, $theirs:ident) => {
+        [
+            CheckSpec {
+                name: concat!($what, " in 1 thread costs at most ", percpu::metric_label!($theirs)),
+                numerator: concat!($kind, ": ", percpu::metric_label!($ours), " (1 thread)"),
+                denominator: concat!($kind, ": ", percpu::metric_label!($theirs), " (1 thread)"),
+                bound: Bound::Max,
+                limit: 1.0,
+            },
+            metric_checks!(@faster $what, $kind, $ours, $theirs, "2"),
+            metric_checks!(@faster $what, $kind, $ours, $theirs, "8"),
+            metric_checks!(@faster $what, $kind, $ours, $theirs, "32"),
+        ]
+    };
+    (@faster $what:literal, $kind:literal, $ours:ident, $theirs:ident, $t:literal) => {
+        CheckSpec {
+            name: concat!(
+                $what, " with ", $t, " threads is at least 5x faster per op than ",
+                percpu::metric_label!($theirs)
+            ),
+            numerator: concat!($kind, ": ", percpu::metric_label!($theirs), " (", $t, " threads)"),
+            denominator: concat!($kind, ": ", percpu::metric_label!($ours), " (", $t, " threads)"),
+            bound: Bound::Min,
+            limit: 5.0,
+        }
+    };
+}
+
+/// The metric and histogram promises: ktl's counter through each crate's
+/// interface against the crate's own counter, and ktl's histogram against
+/// `prometheus-client`'s.
+const METRIC_CHECKS: [[CheckSpec; 4]; 3] = [
+    metric_checks!(
+        "ktl's counter via metrics::Counter",
+        "metric",
+        counter_ktl,
+        counter_atomic
+    ),
+    metric_checks!(
+        "ktl::prometheus::Counter::inc",
+        "metric",
+        counter_ktl_prometheus,
+        counter_prometheus
+    ),
+    metric_checks!(
+        "PerCpuHistogram::observe",
+        "histogram",
+        histogram_ktl,
+        histogram_prometheus
+    ),
+];
+
+/// Every promise of a fixed pair of rows.
+fn specs() -> impl Iterator<Item = &'static CheckSpec> {
+    CHECKS.iter().chain(METRIC_CHECKS.iter().flatten())
+}
+
+/// The metric promises, after the others (so that those keep their
+/// places in the report).
+fn metric_specs() -> impl Iterator<Item = &'static CheckSpec> {
+    METRIC_CHECKS.iter().flatten()
+}
+
 /// The promise of the `random` group: ktl's fill of a small request
 /// against the limit, the vDSO's getrandom called directly with a state of
 /// its own (skipped when ktl's rows ran on the system call, or the limit row
@@ -129,8 +196,7 @@ pub(crate) const RANDOM_CHECK: CheckSpec = CheckSpec {
 /// named `row`: such rows belong in the quick run, so that it can tell
 /// whether its promises hold.
 pub(crate) fn compares(row: &str) -> bool {
-    CHECKS
-        .iter()
+    specs()
         .chain([&RANDOM_CHECK])
         .any(|c| c.numerator == row || c.denominator == row)
 }
@@ -180,6 +246,7 @@ pub(crate) fn checks(outcomes: &[Outcome]) -> Vec<Check> {
         .iter()
         .map(|spec| evaluate(spec, outcomes))
         .chain([random_check(outcomes), footprint_check(outcomes)])
+        .chain(metric_specs().map(|spec| evaluate(spec, outcomes)))
         .chain(peer_checks)
         .collect()
 }
@@ -188,7 +255,7 @@ pub(crate) fn checks(outcomes: &[Outcome]) -> Vec<Check> {
 fn evaluate(spec: &CheckSpec, outcomes: &[Outcome]) -> Check {
     let median = |name: &str| -> Result<f64, String> {
         match outcomes.iter().find(|o| o.name == name) {
-            None => Err(format!("{name} was not run (--filter)")),
+            None => Err(format!("{name} was not run (--filter, or --quick)")),
             Some(o) => match &o.result {
                 Err(reason) => Err(format!("{name} is n/a: {reason}")),
                 Ok(s) if s.median_ns > 0.0 => Ok(s.median_ns),
@@ -291,7 +358,8 @@ mod tests {
             outcome(SHARED_ADD_2, Some(30.0)),
         ];
         let c = checks(&outcomes);
-        assert_eq!(c.len(), 12);
+        // The fixed pairs (10), random, footprint, the metric pairs (12).
+        assert_eq!(c.len(), 24);
         assert_eq!((c[2].ratio, c[2].bound), (Some(10.0), Bound::Min));
         assert_eq!(c[2].pass, Some(true));
         assert_eq!((c[3].ratio, c[3].bound), (Some(1.2), Bound::Max));
@@ -300,6 +368,11 @@ mod tests {
         assert!(c[4..].iter().all(|c| c.pass.is_none()));
         assert!(c[10].reason.as_deref().unwrap().contains("not run"));
         assert!(c[11].reason.as_deref().unwrap().contains("no percpu row"));
+        assert!(
+            c[12..]
+                .iter()
+                .all(|c| c.name.contains("metrics::Counter") || c.name.contains("prometheus"))
+        );
 
         let percpu = |name: &str, median: f64| Outcome {
             group: percpu::GROUP.to_owned(),
@@ -427,15 +500,15 @@ mod tests {
             ..outcome(name, None)
         };
         // No peers row in the run: no peers check.
-        assert_eq!(checks(&[outcome(BASELINE, Some(1.0))]).len(), 12);
+        assert_eq!(checks(&[outcome(BASELINE, Some(1.0))]).len(), 24);
         // librseq absent: the rows are n/a, the checks not computed.
         let absent: Vec<Outcome> = Scenario::ALL
             .into_iter()
             .flat_map(|s| [peer(s.ktl_row(), None), peer(s.librseq_row(), None)])
             .collect();
         let c = checks(&absent);
-        assert_eq!(c.len(), 12 + 5);
-        for (check, s) in c[12..].iter().zip(Scenario::ALL) {
+        assert_eq!(c.len(), 24 + 5);
+        for (check, s) in c[24..].iter().zip(Scenario::ALL) {
             assert_eq!(
                 (check.name, check.bound, check.limit),
                 (s.check_name(), Bound::Max, 1.0)
@@ -453,8 +526,8 @@ mod tests {
             peer(Scenario::List.librseq_row(), Some(2.0)),
         ];
         let c = checks(&outcomes);
-        assert_eq!((c[12].ratio, c[12].pass), (Some(0.5), Some(true)));
-        assert_eq!((c[14].ratio, c[14].pass), (Some(1.5), Some(false)));
-        assert!(c[13].reason.as_deref().unwrap().contains("not run"));
+        assert_eq!((c[24].ratio, c[24].pass), (Some(0.5), Some(true)));
+        assert_eq!((c[26].ratio, c[26].pass), (Some(1.5), Some(false)));
+        assert!(c[25].reason.as_deref().unwrap().contains("not run"));
     }
 }

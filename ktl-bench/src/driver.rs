@@ -34,7 +34,7 @@ pub struct Options {
     /// with `quick`).
     pub sample_ms: Option<u64>,
     /// The short run: fewer, shorter samples, of the `percpu` group only
-    /// the 2-thread counter and pool rows and the 1-thread rows a promise
+    /// the 2-thread rows but the stacks' and the 1-thread rows a promise
     /// compares, of the `random` group only the 16-byte ktl, limit and
     /// syscall rows, and no row of the `peers` group.
     pub quick: bool,
@@ -414,9 +414,9 @@ mod tests {
             peers::Scenario::Increment.librseq_row()
         );
         let checks = v["checks"].as_array().unwrap();
-        assert_eq!(checks.len(), 12 + 5);
+        assert_eq!(checks.len(), 24 + 5);
         assert!(
-            checks[12..]
+            checks[24..]
                 .iter()
                 .all(|c| c["pass"].is_null() && c["reason"].is_string())
         );

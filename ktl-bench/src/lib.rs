@@ -51,9 +51,15 @@
 //!   against a shared `AtomicU64`, a `thread_local::ThreadLocal<Cell<u64>>`
 //!   and a `Mutex<u64>`), pool get+put ([`ktl::percpu::Pool`] against
 //!   crossbeam's `ArrayQueue` and `SegQueue` and a `Mutex<Vec<_>>`) and stack
-//!   push+pop ([`ktl::percpu::PerCpuStack`] against the same three). Each
-//!   row's ratio is taken against ktl's structure with the same operation
-//!   and thread count.
+//!   push+pop ([`ktl::percpu::PerCpuStack`] against the same three); and at
+//!   1, 2, 8 and 32 threads, a counter increment through the metrics crates
+//!   (ktl's counter behind `metrics::Counter` against the `metrics` crate's
+//!   own `AtomicU64`, `prometheus-client`'s `Counter` against
+//!   [`ktl::prometheus::Counter`]) and a histogram observe
+//!   ([`ktl::percpu::PerCpuHistogram`] against `prometheus-client`'s
+//!   `Histogram`, a `Mutex`-protected one, and ktl's behind
+//!   `metrics::Histogram`). Each row's ratio is taken against ktl's
+//!   structure with the same operation and thread count.
 //! - `random`: random bytes for requests of 16, 256 and 4096 bytes (see
 //!   [`workloads::random`]): [`ktl::random::fill`] (vDSO getrandom with a
 //!   per-thread state) against the `getrandom(2)` system call
@@ -136,9 +142,10 @@
 //! noisy.
 //!
 //! `--quick` (and `ktl` with no subcommand) takes fewer, shorter samples, of
-//! the `percpu` group runs only the 2-thread counter and pool rows and the
-//! 1-thread rows a promise compares (the counters of ktl and `thread_local`,
-//! the pools and stacks of ktl and `ArrayQueue`), and of the `random` group
+//! the `percpu` group runs only the 2-thread rows of every structure but the
+//! stack and the 1-thread rows a promise compares (the counters of ktl and
+//! `thread_local`, the pools and stacks of ktl and `ArrayQueue`, the metric
+//! counters and the histograms of ktl and the crates), and of the `random` group
 //! only the 16-byte rows of ktl, the raw vDSO limit and the system call. A filter that is a
 //! group's name selects that group (`cpu` does not select `percpu`); any
 //! other filter selects the rows whose name or group contains it.

@@ -107,7 +107,8 @@ fn a_tiny_run_writes_both_charts() {
     let dir = TempDir::new("tiny");
     let bars = dir.0.join("chart.svg");
     let scaling = dir.0.join("chart-scaling.svg");
-    let out = ktl_bench("counter", &bars, true);
+    // "counter: ", not "counter": the metric kind's labels name Counters too.
+    let out = ktl_bench("counter: ", &bars, true);
     let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
         out.result.is_ok(),

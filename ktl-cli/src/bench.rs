@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MS")]
     pub sample_ms: Option<u64>,
     /// The short run: fewer, shorter samples, of the percpu group only the
-    /// 2-thread counter and pool rows and the 1-thread rows a promise
+    /// 2-thread rows but the stacks' and the 1-thread rows a promise
     /// compares, of the random group only the 16-byte ktl, limit and syscall
     /// rows, and none of the peers group (a few seconds in all).
     #[arg(long)]

@@ -84,10 +84,18 @@ mod first_call;
 // Raw threads: their own stack and TLS block, clone3 and raw rseq calls, unsafe by contract.
 #[allow(unsafe_code)]
 pub mod ktls;
+// The metrics facade's traits and a Recorder, on the per-CPU counter and histogram.
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 // The per-CPU structures' raw memory, written by restartable sequences.
 #[allow(unsafe_code)]
 pub mod percpu;
 pub mod pin;
+// prometheus-client's encoding traits on the per-CPU counter and histogram.
+#[cfg(feature = "prometheus-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus-client")))]
+pub mod prometheus;
 // Calls vDSO getrandom on per-thread states in its own mappings; registers fork handlers.
 #[allow(unsafe_code)]
 pub mod random;

@@ -118,11 +118,15 @@ mod tests {
                 "compare_exchange uncontended (1 thread)",
             ]
         );
-        assert!(rows[16..52].iter().all(|r| r.group == percpu::GROUP));
-        assert!(rows[52..].iter().all(|r| r.group == random::GROUP));
-        assert_eq!(rows.len(), 16 + 36 + 12);
+        assert!(rows[16..84].iter().all(|r| r.group == percpu::GROUP));
+        assert!(rows[84..].iter().all(|r| r.group == random::GROUP));
+        assert_eq!(rows.len(), 16 + 68 + 12);
         assert_eq!(rows[16].name, "counter: PerCpuCounter::add (1 thread)");
         assert_eq!(rows[51].name, "stack: Mutex<Vec> push+pop (8 threads)");
+        assert_eq!(
+            rows[83].name,
+            "histogram: ktl PerCpuHistogram via metrics::Histogram (32 threads)"
+        );
         let names = &names[..16];
         assert!(rows[0].matches(Some("CPU_ID")));
         assert!(!rows[0].matches(Some("rdpid")));
@@ -137,9 +141,10 @@ mod tests {
         let cpu = rows.iter().filter(|r| r.matches(Some("cpu"))).count();
         assert_eq!(cpu, 8, "--filter cpu selects the cpu group, not percpu");
         let percpu = rows.iter().filter(|r| r.matches(Some("PerCpu"))).count();
-        assert_eq!(percpu, 36, "--filter percpu selects the percpu group");
+        assert_eq!(percpu, 68, "--filter percpu selects the percpu group");
+        // The counter kind's 12 rows and the metric kind's 16.
         let counters = rows.iter().filter(|r| r.matches(Some("counter"))).count();
-        assert_eq!(counters, 12);
+        assert_eq!(counters, 28);
         let random: Vec<&str> = rows
             .iter()
             .filter(|r| r.matches(Some("Random")))
@@ -157,13 +162,14 @@ mod tests {
             .collect();
         assert_eq!(
             quick.len(),
-            16 + 2 + 2 + 8 + 2 + 3,
+            16 + 2 + 2 + 8 + 2 + 8 + 6 + 3,
             "the quick run: 1-thread counters of ktl and thread_local, 1-thread pools of ktl \
              and ArrayQueue, 2-thread counters and pools, 1-thread stacks of ktl and \
-             ArrayQueue, 16-byte ktl, limit and syscall"
+             ArrayQueue, 2-thread metric counters and histograms, the 1-thread ones the \
+             checks compare, 16-byte ktl, limit and syscall"
         );
         assert_eq!(
-            quick[30..],
+            quick[44..],
             [random[0], random::LIMIT_16, random::SYSCALL_16]
         );
         for r in &rows[8..] {
@@ -237,8 +243,11 @@ mod tests {
             .iter()
             .map(|r| r.name.clone())
             .collect();
-        assert_eq!(some.len(), 24);
-        let kept: Vec<&String> = all.iter().filter(|n| !n.contains("(8 threads)")).collect();
+        assert_eq!(some.len(), 40);
+        let kept: Vec<&String> = all
+            .iter()
+            .filter(|n| !n.contains("(8 threads)") && !n.contains("(32 threads)"))
+            .collect();
         assert_eq!(some.iter().collect::<Vec<_>>(), kept);
         let by_size = random::rows_by_size();
         assert_eq!(

@@ -10,7 +10,19 @@
 //! - pool get+put: [`Pool::get`] and the drop of the object (one get+put is
 //!   one operation) against `crossbeam_queue::ArrayQueue` pop+push,
 //!   `crossbeam_queue::SegQueue` pop+push and `Mutex<Vec<_>>` pop+push;
-//! - stack push+pop: [`PerCpuStack`] push then pop, against the same three.
+//! - stack push+pop: [`PerCpuStack`] push then pop, against the same three;
+//! - metric counter increment, through the ecosystem's interfaces: ktl's
+//!   [`PerCpuCounterU64`] behind a `metrics::Counter`, against the
+//!   `metrics` crate's own counter (an `AtomicU64` behind the same handle),
+//!   `prometheus-client`'s `Counter::inc` and ktl's
+//!   [`ktl::prometheus::Counter::inc`];
+//! - histogram observe: [`PerCpuHistogram::observe`] against
+//!   `prometheus-client`'s `Histogram::observe` (a mutex inside), a
+//!   `Mutex`-protected histogram, and ktl's histogram behind a
+//!   `metrics::Histogram`; the 11 default Prometheus bounds, values that
+//!   cycle through every bucket.
+//!
+//! The two metric kinds run at 1, 2, 8 and 32 threads.
 //!
 //! The objects and the stores that hold them are those of the `stores`
 //! module: each structure starts with 256 objects, put in from each CPU in
@@ -26,7 +38,7 @@ use crate::stores::{Obj, Shelf, Store, filled_pool, objects_match, use_obj};
 use crate::workloads::selects;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use crossbeam_utils::CachePadded;
-use ktl::percpu::{PerCpu, PerCpuCounter, PerCpuStack, Pool};
+use ktl::percpu::{PerCpu, PerCpuCounter, PerCpuCounterU64, PerCpuHistogram, PerCpuStack, Pool};
 use ktl::rseq::Index;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +92,9 @@ macro_rules! shaped {
 /// The thread counts of the table's rows.
 pub const THREADS: [u32; 3] = [1, 2, 8];
 
+/// The thread counts of the metric kinds' rows.
+pub const METRIC_THREADS: [u32; 4] = [1, 2, 8, 32];
+
 /// The thread counts of the scaling measurement (`--plot`).
 const SCALING_THREADS: [u32; 5] = [1, 2, 4, 8, 32];
 
@@ -92,13 +107,31 @@ pub(crate) enum Kind {
     Pool,
     /// Push the object held, pop one, use it.
     Stack,
+    /// Increment a counter through a metrics crate's interface.
+    Metric,
+    /// Observe a value in a histogram.
+    Histogram,
 }
 
 /// The structures whose thread scaling `--plot` measures.
-pub(crate) const SCALED: [Kind; 2] = [Kind::Counter, Kind::Pool];
+pub(crate) const SCALED: [Kind; 4] = [Kind::Counter, Kind::Pool, Kind::Metric, Kind::Histogram];
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Counter, Kind::Pool, Kind::Stack];
+    const ALL: [Kind; 5] = [
+        Kind::Counter,
+        Kind::Pool,
+        Kind::Stack,
+        Kind::Metric,
+        Kind::Histogram,
+    ];
+
+    /// The thread counts of its rows in the full table.
+    fn table_threads(self) -> &'static [u32] {
+        match self {
+            Kind::Metric | Kind::Histogram => &METRIC_THREADS,
+            _ => &THREADS,
+        }
+    }
 
     /// The prefix of its rows' names.
     pub(crate) fn name(self) -> &'static str {
@@ -106,6 +139,8 @@ impl Kind {
             Kind::Counter => "counter",
             Kind::Pool => "pool",
             Kind::Stack => "stack",
+            Kind::Metric => "metric",
+            Kind::Histogram => "histogram",
         }
     }
 
@@ -115,6 +150,8 @@ impl Kind {
             Kind::Counter => "counter add",
             Kind::Pool => "pool get+put",
             Kind::Stack => "stack push+pop",
+            Kind::Metric => "counter increment (metrics crates)",
+            Kind::Histogram => "histogram observe",
         }
     }
 
@@ -139,9 +176,60 @@ impl Kind {
                 "SegQueue push+pop",
                 "Mutex<Vec> push+pop",
             ],
+            Kind::Metric => [
+                METRIC_KTL,
+                METRIC_ATOMIC,
+                METRIC_PROMETHEUS,
+                METRIC_KTL_PROMETHEUS,
+            ],
+            Kind::Histogram => [
+                HISTOGRAM_KTL,
+                HISTOGRAM_PROMETHEUS,
+                HISTOGRAM_MUTEX,
+                HISTOGRAM_KTL_METRICS,
+            ],
         }
     }
 }
+
+/// The labels of the metric and histogram kinds' implementations, as
+/// literals, so that the checks can spell the rows' names with `concat!`.
+macro_rules! metric_label {
+    (counter_ktl) => {
+        "ktl PerCpuCounterU64 via metrics::Counter"
+    };
+    (counter_atomic) => {
+        "metrics::Counter over AtomicU64"
+    };
+    (counter_prometheus) => {
+        "prometheus_client Counter::inc"
+    };
+    (counter_ktl_prometheus) => {
+        "ktl::prometheus::Counter::inc"
+    };
+    (histogram_ktl) => {
+        "PerCpuHistogram::observe"
+    };
+    (histogram_prometheus) => {
+        "prometheus_client Histogram::observe"
+    };
+    (histogram_mutex) => {
+        "Mutex<histogram> observe"
+    };
+    (histogram_ktl_metrics) => {
+        "ktl PerCpuHistogram via metrics::Histogram"
+    };
+}
+pub(crate) use metric_label;
+
+const METRIC_KTL: &str = metric_label!(counter_ktl);
+const METRIC_ATOMIC: &str = metric_label!(counter_atomic);
+const METRIC_PROMETHEUS: &str = metric_label!(counter_prometheus);
+const METRIC_KTL_PROMETHEUS: &str = metric_label!(counter_ktl_prometheus);
+const HISTOGRAM_KTL: &str = metric_label!(histogram_ktl);
+const HISTOGRAM_PROMETHEUS: &str = metric_label!(histogram_prometheus);
+const HISTOGRAM_MUTEX: &str = metric_label!(histogram_mutex);
+const HISTOGRAM_KTL_METRICS: &str = metric_label!(histogram_ktl_metrics);
 
 /// The name of the row of implementation `which` of `kind` at `threads`.
 fn row_name(kind: Kind, which: usize, threads: u32) -> String {
@@ -152,10 +240,14 @@ fn row_name(kind: Kind, which: usize, threads: u32) -> String {
 
 /// The group's rows: for each structure and thread count, ktl's
 /// implementation then the alternatives, each compared to ktl's. The quick
-/// run measures the 2-thread counter and pool rows, and the rows that a
-/// promise of the checks compares.
+/// run measures the 2-thread rows of every structure but the stack, and the
+/// 1-thread rows that a promise of the checks compares.
 pub fn rows() -> Vec<Row> {
-    rows_at(&THREADS)
+    let mut rows = Vec::new();
+    for kind in Kind::ALL {
+        rows.extend(kind_rows(kind, kind.table_threads()));
+    }
+    rows
 }
 
 /// The group's rows at the thread counts `threads` only, in the order of
@@ -163,14 +255,22 @@ pub fn rows() -> Vec<Row> {
 pub fn rows_at(threads: &[u32]) -> Vec<Row> {
     let mut rows = Vec::new();
     for kind in Kind::ALL {
-        for &threads in threads {
-            for which in 0..kind.labels().len() {
-                // The 2-thread counter and pool rows, and every row that
-                // a promise compares.
-                let row = row(kind, which, threads);
-                let quick = (threads == 2 && kind != Kind::Stack) || checks::compares(&row.name);
-                rows.push(row.in_quick_run(quick));
-            }
+        rows.extend(kind_rows(kind, threads));
+    }
+    rows
+}
+
+/// The rows of `kind` at `threads`.
+fn kind_rows(kind: Kind, threads: &[u32]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &threads in threads {
+        for which in 0..kind.labels().len() {
+            // The 2-thread rows but the stacks', and the 1-thread rows
+            // that a promise compares.
+            let row = row(kind, which, threads);
+            let quick = (threads == 2 && kind != Kind::Stack)
+                || (threads == 1 && checks::compares(&row.name));
+            rows.push(row.in_quick_run(quick));
         }
     }
     rows
@@ -266,6 +366,117 @@ fn row(kind: Kind, which: usize, threads: u32) -> Row {
         (Kind::Stack, _) => {
             store_row::<Mutex<Vec<Obj>>>(n, threads, stack_store::<Mutex<Vec<Obj>>>)
         }
+        (Kind::Metric, 0) => {
+            let ktl = Arc::new(PerCpuCounterU64::new());
+            let handle = metrics::Counter::from_arc(Arc::clone(&ktl));
+            shared_row(n, threads, (handle, ktl), metric_facade, |(h, c), ops| {
+                drop(h);
+                counts_match(i128::from(c.sum()), ops)
+            })
+        }
+        (Kind::Metric, 1) => {
+            let atomic = Arc::new(AtomicU64::new(0));
+            let handle = metrics::Counter::from_arc(Arc::clone(&atomic));
+            shared_row(
+                n,
+                threads,
+                (handle, atomic),
+                metric_facade,
+                |(h, a), ops| {
+                    drop(h);
+                    counts_match(i128::from(a.load(Ordering::Relaxed)), ops)
+                },
+            )
+        }
+        (Kind::Metric, 2) => shared_row(
+            n,
+            threads,
+            prometheus_client::metrics::counter::Counter::<u64>::default(),
+            |c, iters, shape| shaped!(iters, shape, || c.inc()),
+            |c, ops| counts_match(i128::from(c.get()), ops),
+        ),
+        (Kind::Metric, _) => shared_row(
+            n,
+            threads,
+            ktl::prometheus::Counter::default(),
+            |c, iters, shape| {
+                shaped!(iters, shape, || {
+                    c.inc();
+                    1u64
+                })
+            },
+            |c, ops| counts_match(i128::from(c.get()), ops),
+        ),
+        (Kind::Histogram, 0) => shared_row(
+            n,
+            threads,
+            PerCpuHistogram::with_default_bounds(),
+            |h, iters, shape| {
+                let i = Cell::new(0u32);
+                shaped!(iters, shape, || {
+                    i.set(i.get().wrapping_add(1));
+                    h.observe(sample_value(i.get()));
+                    1u64
+                })
+            },
+            |h, ops| counts_match(i128::from(h.snapshot().count()), ops),
+        ),
+        (Kind::Histogram, 1) => shared_row(
+            n,
+            threads,
+            prometheus_client::metrics::histogram::Histogram::new(PerCpuHistogram::DEFAULT_BOUNDS),
+            |h, iters, shape| {
+                let i = Cell::new(0u32);
+                shaped!(iters, shape, || {
+                    i.set(i.get().wrapping_add(1));
+                    h.observe(sample_value(i.get()));
+                    1u64
+                })
+            },
+            |h, ops| counts_match(prometheus_count(&h), ops),
+        ),
+        (Kind::Histogram, 2) => shared_row(
+            n,
+            threads,
+            CachePadded::new(Mutex::new(MutexHistogram::default())),
+            |h, iters, shape| {
+                let i = Cell::new(0u32);
+                shaped!(iters, shape, || {
+                    i.set(i.get().wrapping_add(1));
+                    let mut g = h.lock().unwrap_or_else(PoisonError::into_inner);
+                    g.observe(sample_value(i.get()));
+                    g.count
+                })
+            },
+            |h, ops| {
+                let g = h
+                    .into_inner()
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner);
+                counts_match(i128::from(g.count), ops)
+            },
+        ),
+        (Kind::Histogram, _) => {
+            let ktl = Arc::new(PerCpuHistogram::with_default_bounds());
+            let handle = metrics::Histogram::from_arc(Arc::clone(&ktl));
+            shared_row(
+                n,
+                threads,
+                (handle, ktl),
+                |(h, _), iters, shape| {
+                    let i = Cell::new(0u32);
+                    shaped!(iters, shape, || {
+                        i.set(i.get().wrapping_add(1));
+                        h.record(sample_value(i.get()));
+                        1u64
+                    })
+                },
+                |(h, k), ops| {
+                    drop(h);
+                    counts_match(i128::from(k.snapshot().count()), ops)
+                },
+            )
+        }
     };
     let row = row.compared_to(row_name(kind, 0, threads));
     if which == 0 { row.ours() } else { row }
@@ -332,6 +543,55 @@ fn counter_mutex(m: &CachePadded<Mutex<u64>>, iters: u64, shape: Shape) {
         *v = v.wrapping_add(1);
         *v
     });
+}
+
+/// An increment through a `metrics::Counter` handle (of either backing).
+fn metric_facade<T>((handle, _): &(metrics::Counter, Arc<T>), iters: u64, shape: Shape) {
+    shaped!(iters, shape, || {
+        handle.increment(1);
+        1u64
+    });
+}
+
+/// The `i`-th value a histogram row observes: 0.001 s to 16.384 s in
+/// doublings, so that every one of the default buckets (5 ms to 10 s, then
+/// +Inf) sees observations.
+#[inline(always)]
+fn sample_value(i: u32) -> f64 {
+    f64::from(1u32 << (i % 15)) * 0.001
+}
+
+/// The count of a `prometheus-client` histogram, read through its encoder
+/// (the crate exposes no getter).
+fn prometheus_count(h: &prometheus_client::metrics::histogram::Histogram) -> i128 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("h", "", h.clone());
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+        return -1;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("h_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+/// A histogram behind a mutex: what a program writes without a metrics
+/// crate.
+#[derive(Default)]
+struct MutexHistogram {
+    buckets: [u64; PerCpuHistogram::DEFAULT_BOUNDS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl MutexHistogram {
+    fn observe(&mut self, v: f64) {
+        let b = PerCpuHistogram::DEFAULT_BOUNDS.partition_point(|&b| b < v);
+        self.buckets[b] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
 }
 
 fn pool_ktl(pool: &Pool<Obj>, iters: u64, shape: Shape) {
@@ -422,7 +682,9 @@ mod tests {
     #[test]
     fn names_are_unique_and_the_checks_find_theirs() {
         let rows = rows();
-        assert_eq!(rows.len(), 3 * 3 * 4);
+        // Counter, pool, stack at 1, 2, 8 threads; metric and histogram
+        // at 1, 2, 8, 32; four implementations each.
+        assert_eq!(rows.len(), 3 * 3 * 4 + 2 * 4 * 4);
         let mut names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         for wanted in [
             PERCPU_ADD_2,
@@ -445,15 +707,27 @@ mod tests {
                 rows.iter()
                     .any(|b| b.name == base && b.ours && b.threads == r.threads)
             );
-            let one_thread_promise = [
-                PERCPU_ADD_1,
-                THREAD_LOCAL_ADD_1,
-                POOL_1,
-                ARRAY_QUEUE_1,
-                STACK_1,
-                ARRAY_QUEUE_STACK_1,
-            ]
-            .contains(&r.name.as_str());
+            let metric_promise = r.threads == 1
+                && [
+                    metric_label!(counter_ktl),
+                    metric_label!(counter_atomic),
+                    metric_label!(counter_prometheus),
+                    metric_label!(counter_ktl_prometheus),
+                    metric_label!(histogram_ktl),
+                    metric_label!(histogram_prometheus),
+                ]
+                .iter()
+                .any(|l| r.name.contains(l));
+            let one_thread_promise = metric_promise
+                || [
+                    PERCPU_ADD_1,
+                    THREAD_LOCAL_ADD_1,
+                    POOL_1,
+                    ARRAY_QUEUE_1,
+                    STACK_1,
+                    ARRAY_QUEUE_STACK_1,
+                ]
+                .contains(&r.name.as_str());
             assert_eq!(
                 r.quick,
                 (r.threads == 2 && !r.name.starts_with("stack")) || one_thread_promise,
@@ -466,10 +740,16 @@ mod tests {
     #[test]
     fn scaling_follows_the_filter() {
         let all = scaling_rows(None);
-        assert_eq!(all.len(), 2 * 4 * SCALING_THREADS.len());
+        assert_eq!(all.len(), 4 * 4 * SCALING_THREADS.len());
         let counters = scaling_rows(Some("counter"));
-        assert_eq!(counters.len(), 4 * SCALING_THREADS.len());
-        assert!(counters.iter().all(|(_, l)| l.kind == Kind::Counter));
+        // The counter kind, and the metric kind, whose four labels name a
+        // Counter too.
+        assert_eq!(counters.len(), 8 * SCALING_THREADS.len());
+        assert!(
+            counters
+                .iter()
+                .all(|(_, l)| matches!(l.kind, Kind::Counter | Kind::Metric))
+        );
         let one = scaling_rows(Some("arrayqueue pop"));
         assert_eq!(one.len(), SCALING_THREADS.len());
         assert_eq!(one[4].1.threads, 32);
