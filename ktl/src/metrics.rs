@@ -155,14 +155,14 @@ impl PerCpuRecorder {
     /// [`with_buckets_for`](Self::with_buckets_for) and registered from now
     /// on (finite, strictly ascending; `+Inf` is added).
     pub fn with_buckets(self, bounds: &[f64]) -> Result<Self, BucketError> {
-        PerCpuHistogram::new(bounds.iter().copied())?;
+        crate::percpu::check_bounds(bounds)?;
         self.bounds().default = bounds.to_vec();
         Ok(self)
     }
 
     /// The bounds of the histograms named `name` registered from now on.
     pub fn with_buckets_for(self, name: &str, bounds: &[f64]) -> Result<Self, BucketError> {
-        PerCpuHistogram::new(bounds.iter().copied())?;
+        crate::percpu::check_bounds(bounds)?;
         self.bounds()
             .by_name
             .insert(name.to_owned(), bounds.to_vec());

@@ -412,11 +412,9 @@ fn row(kind: Kind, which: usize, threads: u32) -> Row {
             threads,
             PerCpuHistogram::with_default_bounds(),
             |h, iters, shape| {
-                let i = Cell::new(0u32);
-                shaped!(iters, shape, || {
-                    i.set(i.get().wrapping_add(1));
-                    h.observe(sample_value(i.get()));
-                    1u64
+                observe_samples(iters, shape, |v| {
+                    h.observe(v);
+                    1
                 })
             },
             |h, ops| counts_match(i128::from(h.snapshot().count()), ops),
@@ -426,11 +424,9 @@ fn row(kind: Kind, which: usize, threads: u32) -> Row {
             threads,
             prometheus_client::metrics::histogram::Histogram::new(PerCpuHistogram::DEFAULT_BOUNDS),
             |h, iters, shape| {
-                let i = Cell::new(0u32);
-                shaped!(iters, shape, || {
-                    i.set(i.get().wrapping_add(1));
-                    h.observe(sample_value(i.get()));
-                    1u64
+                observe_samples(iters, shape, |v| {
+                    h.observe(v);
+                    1
                 })
             },
             |h, ops| counts_match(prometheus_count(&h), ops),
@@ -440,11 +436,9 @@ fn row(kind: Kind, which: usize, threads: u32) -> Row {
             threads,
             CachePadded::new(Mutex::new(MutexHistogram::default())),
             |h, iters, shape| {
-                let i = Cell::new(0u32);
-                shaped!(iters, shape, || {
-                    i.set(i.get().wrapping_add(1));
+                observe_samples(iters, shape, |v| {
                     let mut g = h.lock().unwrap_or_else(PoisonError::into_inner);
-                    g.observe(sample_value(i.get()));
+                    g.observe(v);
                     g.count
                 })
             },
@@ -464,11 +458,9 @@ fn row(kind: Kind, which: usize, threads: u32) -> Row {
                 threads,
                 (handle, ktl),
                 |(h, _), iters, shape| {
-                    let i = Cell::new(0u32);
-                    shaped!(iters, shape, || {
-                        i.set(i.get().wrapping_add(1));
-                        h.record(sample_value(i.get()));
-                        1u64
+                    observe_samples(iters, shape, |v| {
+                        h.record(v);
+                        1
                     })
                 },
                 |(h, k), ops| {
@@ -550,6 +542,17 @@ fn metric_facade<T>((handle, _): &(metrics::Counter, Arc<T>), iters: u64, shape:
     shaped!(iters, shape, || {
         handle.increment(1);
         1u64
+    });
+}
+
+/// `iters` observations of the values a histogram row observes
+/// ([`sample_value`]), each made by `observe`, whose result the loop keeps.
+#[inline(always)]
+fn observe_samples(iters: u64, shape: Shape, observe: impl Fn(f64) -> u64) {
+    let i = Cell::new(0u32);
+    shaped!(iters, shape, || {
+        i.set(i.get().wrapping_add(1));
+        observe(sample_value(i.get()))
     });
 }
 

@@ -268,6 +268,8 @@ macro_rules! rseq_block {
             "b {abort}",
             ".popsection",
             $($ops)*
+            // The section does not touch the stack.
+            options(nostack),
         )
     };
 }
@@ -411,6 +413,8 @@ macro_rules! current_op {
                 out("x17") _,
                 abort = label { return Err(Exit::Aborted) },
                 other = label { return Err(Exit::Other) },
+                // The sections do not touch the stack.
+                options(nostack),
             )
         } else {
             asm!(
@@ -426,6 +430,8 @@ macro_rules! current_op {
                 out("x17") _,
                 abort = label { return Err(Exit::Aborted) },
                 other = label { return Err(Exit::Other) },
+                // The sections do not touch the stack.
+                options(nostack),
             )
         }
     };

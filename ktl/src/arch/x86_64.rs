@@ -503,6 +503,8 @@ macro_rules! rseq_block {
             "jmp {abort}",
             ".popsection",
             $($ops)*
+            // The section does not touch the stack.
+            options(nostack),
         )
     };
 }
@@ -641,6 +643,8 @@ macro_rules! current_op {
                 out("rax") _,
                 abort = label { return Err(Exit::Aborted) },
                 other = label { return Err(Exit::Other) },
+                // The sections do not touch the stack.
+                options(nostack),
             )
         } else {
             asm!(
@@ -653,6 +657,8 @@ macro_rules! current_op {
                 out("rax") _,
                 abort = label { return Err(Exit::Aborted) },
                 other = label { return Err(Exit::Other) },
+                // The sections do not touch the stack.
+                options(nostack),
             )
         }
     };

@@ -2,9 +2,13 @@
 //! CPU's slot, with no atomic instruction and no shared cache line.
 
 use super::PerCpu;
+use crate::arch::Exit;
 use crate::rseq::{self, Index};
 use core::sync::atomic::{AtomicI64, Ordering};
 use crossbeam_utils::CachePadded;
+
+/// The distance between two slots, in bytes.
+const STRIDE: usize = size_of::<CachePadded<AtomicI64>>();
 
 /// A signed counter with one slot per CPU.
 ///
@@ -97,27 +101,34 @@ impl PerCpuCounter {
     /// Adds `n` (wrapping on overflow).
     ///
     /// One critical section reads the CPU number and adds to its slot
-    /// ([`rseq::add_current`]); a retry after an abort runs out of line, and
-    /// a thread without a live area adds to the shared atomic.
+    /// ([`rseq::add_current`]). Inline is only that first attempt: a retry
+    /// after an abort, and the shared atomic of a thread without a live
+    /// area, run out of line, in a call that ends this one (a tail call), so
+    /// the inline path saves no register.
     #[inline]
     pub fn add(&self, n: i64) {
-        let stride = size_of::<CachePadded<AtomicI64>>();
-        // SAFETY: slot `i`'s AtomicI64 is at `base + i * stride` for every
+        // SAFETY: slot `i`'s AtomicI64 is at `base + i * STRIDE` for every
         // `i < len` (`raw_slots`, taken when the slots were made; the boxed
         // slots never move), live, aligned and valid for i64 reads and
         // writes for as long as `self`. The slots are private to this counter:
-        // while it is shared, only `add_current` with the counter's one index
-        // writes them (`sum` only loads them), and `reset` writes them only
-        // through `&mut self`, when no add can run.
-        if !unsafe { rseq::add_current(self.index, self.base, stride, self.len, n) } {
-            self.add_shared(n);
+        // while it is shared, only `add_current`'s halves with the counter's
+        // one index write them (`sum` only loads them), and `reset` writes
+        // them only through `&mut self`, when no add can run.
+        let first = unsafe { rseq::add_current_first(self.index, self.base, STRIDE, self.len, n) };
+        if let Err(exit) = first {
+            self.add_after(exit, n);
         }
     }
 
-    /// The update of a thread that cannot run an operation on a slot.
+    /// What follows a first attempt that did not commit: retries, or the
+    /// update of a thread that cannot run an operation on a slot.
     #[cold]
-    fn add_shared(&self, n: i64) {
-        self.shared.fetch_add(n, Ordering::Relaxed);
+    #[inline(never)]
+    fn add_after(&self, exit: Exit, n: i64) {
+        // SAFETY: as in `add`.
+        if !unsafe { rseq::add_current_after(exit, self.index, self.base, STRIDE, self.len, n) } {
+            self.shared.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Subtracts `n` (wrapping on overflow).

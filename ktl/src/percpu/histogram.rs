@@ -3,11 +3,16 @@
 //! the sum.
 
 use super::{slot_count, usable};
+use crate::arch::Exit;
 use crate::rseq::{self, CountSum, Index};
 use core::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use std::alloc::{self, Layout};
 use std::fmt;
+
+/// The most bounds a histogram finds the bucket of a value among by
+/// counting those below it, rather than by a binary search.
+const LINEAR_BOUNDS: usize = 32;
 
 /// Why a histogram's bucket bounds were refused.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,7 +140,7 @@ struct Shared {
 }
 
 // SAFETY: `blocks` is an allocation the histogram owns; its records are
-// written only by `rseq::count_sum_current` (one section per observation,
+// written only by `rseq::count_sum_current_first` and `_after` (one section per observation,
 // on the records of the index value it runs with) and by `reset` through
 // `&mut self`, and read with `CountSum::load`. The shared buckets are
 // atomics.
@@ -243,38 +248,69 @@ impl PerCpuHistogram {
 
     /// The bucket `v` falls in: the first whose bound is at least `v`,
     /// else (above every bound, or NaN) the last.
+    ///
+    /// Up to [`LINEAR_BOUNDS`] bounds, it counts the bounds below `v`, with
+    /// no branch on the data: a search branches on every comparison, and
+    /// values that vary (latencies do) make those branches mispredict. Above
+    /// that, the count's cost grows past a binary search's.
     #[inline]
     fn bucket(&self, v: f64) -> usize {
-        // NaN compares false with every bound: it goes past them all, to
-        // `+Inf`, as Prometheus' clients put it.
-        self.bounds.partition_point(|&b| b < v || v.is_nan())
+        if v.is_nan() {
+            // NaN compares false with every bound: it goes past them all,
+            // to `+Inf`, as Prometheus' clients put it.
+            return self.bounds.len();
+        }
+        if self.bounds.len() <= LINEAR_BOUNDS {
+            // The bounds are ascending: those below `v` are a prefix.
+            self.bounds.iter().map(|&b| usize::from(b < v)).sum()
+        } else {
+            self.bounds.partition_point(|&b| b < v)
+        }
     }
 
     /// Counts `v` in its bucket and adds it to the sum.
     ///
     /// One critical section on the current CPU's record of the bucket,
     /// which writes its count and its sum together (a `_current`
-    /// operation internal to the crate); a thread without a live area
-    /// counts in the shared atomic buckets.
+    /// operation internal to the crate). Inline is only that first attempt:
+    /// a retry after an abort, and the shared atomic buckets of a thread
+    /// without a live area, run out of line, in a tail call.
     #[inline]
     pub fn observe(&self, v: f64) {
         let b = self.bucket(v);
-        let rec = self.blocks.wrapping_add(b * size_of::<CountSum>());
         // SAFETY: for every `i < cpus`, `rec + i * stride` is CPU `i`'s
         // record of bucket `b` (`b <= bounds.len()`, inside the block), a
         // live, 8-byte aligned CountSum in the allocation the histogram owns
-        // for as long as `self`. Only `count_sum_current` with the
-        // histogram's one index writes the records while it is shared;
+        // for as long as `self`. Only the halves of `count_sum_current` with
+        // the histogram's one index write the records while it is shared;
         // `snapshot` reads them with `CountSum::load`, and `reset` writes
         // them through `&mut self`.
-        if !unsafe { rseq::count_sum_current(self.index, rec, self.stride, self.cpus, v) } {
-            self.observe_shared(b, v);
+        let first = unsafe {
+            rseq::count_sum_current_first(self.index, self.rec(b), self.stride, self.cpus, v)
+        };
+        if let Err(exit) = first {
+            self.observe_after(exit, b, v);
         }
     }
 
-    /// The observation of a thread that cannot run the section.
+    /// The first CPU's record of bucket `b`, as the sections address it.
+    #[inline(always)]
+    fn rec(&self, b: usize) -> *mut u8 {
+        self.blocks.wrapping_add(b * size_of::<CountSum>())
+    }
+
+    /// What follows a first attempt that did not commit: retries, or the
+    /// observation of a thread that cannot run the section.
     #[cold]
-    fn observe_shared(&self, b: usize, v: f64) {
+    #[inline(never)]
+    fn observe_after(&self, exit: Exit, b: usize, v: f64) {
+        // SAFETY: as in `observe`.
+        let done = unsafe {
+            rseq::count_sum_current_after(exit, self.index, self.rec(b), self.stride, self.cpus, v)
+        };
+        if done {
+            return;
+        }
         let sum = &self.shared.sum;
         let mut cur = sum.load(Ordering::Relaxed);
         while let Err(seen) = sum.compare_exchange_weak(
@@ -375,7 +411,7 @@ impl fmt::Debug for PerCpuHistogram {
 }
 
 /// Refuses bounds that are not finite, not strictly ascending, or too many.
-fn check(bounds: &[f64]) -> Result<(), BucketError> {
+pub(crate) fn check(bounds: &[f64]) -> Result<(), BucketError> {
     if bounds.len() > PerCpuHistogram::MAX_BUCKETS {
         return Err(BucketError::TooMany {
             count: bounds.len(),
@@ -516,6 +552,33 @@ mod tests {
         h.observe(0.25);
         let s = h.snapshot();
         assert_eq!((s.count(), s.sum()), (2, 1.5));
+    }
+
+    /// The bucket search counts the bounds below a value up to
+    /// `LINEAR_BOUNDS` bounds and searches above: both give the first
+    /// bound at least the value, at every bound and between them.
+    #[test]
+    fn both_bucket_searches_agree_with_the_definition() {
+        let sizes = [
+            1,
+            2,
+            LINEAR_BOUNDS - 1,
+            LINEAR_BOUNDS,
+            LINEAR_BOUNDS + 1,
+            100,
+        ];
+        for n in sizes {
+            let bounds: Vec<f64> = (0..n).map(|i| (i as f64) * 1.5 - 7.0).collect();
+            let h = PerCpuHistogram::new(bounds.iter().copied()).unwrap();
+            let mut values = vec![f64::NEG_INFINITY, f64::INFINITY, f64::NAN, -0.0];
+            for &b in &bounds {
+                values.extend([b, b - 0.25, b + 0.25, b.next_down(), b.next_up()]);
+            }
+            for v in values {
+                let want = bounds.iter().position(|&b| b >= v).unwrap_or(n);
+                assert_eq!(h.bucket(v), want, "{n} bounds, value {v}");
+            }
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ mod pool;
 mod stack;
 
 pub use counter::{PerCpuCounter, PerCpuCounterU64};
+#[cfg(feature = "metrics")]
+pub(crate) use histogram::check as check_bounds;
 pub use histogram::{BucketError, HistogramSnapshot, PerCpuHistogram};
 pub use pool::{DEFAULT_CACHE, Pool, PoolBuilder, Pooled};
 pub use stack::PerCpuStack;

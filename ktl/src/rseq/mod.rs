@@ -517,6 +517,54 @@ pub unsafe fn add_current(
     done.is_ok()
 }
 
+current_operation_fns!(add_current_once, add_current_slow, rseq_add_current => ();
+    base: *mut u8, stride: usize, len: usize, count: i64);
+
+/// [`add_current`]'s first attempt, inline: `Ok` when it committed; on
+/// `Err`, the caller hands the exit to [`add_current_after`], out of line.
+/// For callers whose fallback is out of line too (`PerCpuCounter::add`), so
+/// that the inline path is the section and a tail call, with no register
+/// saved around a call.
+///
+/// # Safety
+///
+/// As for [`add_current`].
+#[inline(always)]
+pub(crate) unsafe fn add_current_first(
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    count: i64,
+) -> Result<(), Exit> {
+    // SAFETY: the caller's contract, for the capped length too.
+    unsafe { add_current_once(index, base, stride, len.min(INDEX_LIMIT), count) }
+}
+
+/// What [`add_current`] does after a first attempt that left with `exit`
+/// ([`add_current_first`]): `true` once an attempt commits, `false`,
+/// having changed nothing, when the thread has no live area or the index
+/// value is not below `len`.
+///
+/// # Safety
+///
+/// As for [`add_current`].
+#[inline(always)]
+pub(crate) unsafe fn add_current_after(
+    exit: Exit,
+    index: Index,
+    base: *mut u8,
+    stride: usize,
+    len: usize,
+    count: i64,
+) -> bool {
+    // SAFETY: the caller's contract, for the capped length too.
+    unsafe { add_current_slow(exit, index, base, stride, len.min(INDEX_LIMIT), count) }.is_ok()
+}
+
+current_operation_fns!(count_sum_current_once, count_sum_current_slow,
+    rseq_count_sum_current => (); rec: *mut u8, stride: usize, len: usize, v: f64);
+
 /// Adds one to the count of the current CPU's (or concurrency id's) record
 /// in an array of per-CPU records, and `v` to its sum, in one critical
 /// section: the record at byte `value * stride` from `rec`, where `value`
@@ -526,32 +574,54 @@ pub unsafe fn add_current(
 /// A record is three words, [`CountSum`]: a count, and two `f64` sums of
 /// which the one at the count's parity holds the sum. The section writes
 /// the new sum into the other one, then commits by adding one to the count
-/// (a store-release on aarch64; on x86_64 every store is one). Returns
-/// `false`, having changed nothing, when the thread has no live area or
-/// the index value is not below `len`, as [`add_current`] does.
+/// (a store-release on aarch64; on x86_64 every store is one).
+///
+/// This is the first attempt, inline, as [`add_current_first`] is: `Ok`
+/// when it committed; on `Err`, the caller hands the exit to
+/// [`count_sum_current_after`], out of line.
 ///
 /// # Safety
 ///
 /// For every index value `i` below `len`, `rec + i * stride` must be a
 /// live [`CountSum`] (and `i * stride` not overflow an `isize`) that only
-/// `count_sum_current` with the same `index` writes while other threads
-/// may access it; other threads may read it with [`CountSum::load`].
-#[inline]
-pub(crate) unsafe fn count_sum_current(
+/// `count_sum_current_first` and `_after` with the same `index` write while
+/// other threads may access it; other threads may read it with
+/// [`CountSum::load`].
+#[inline(always)]
+pub(crate) unsafe fn count_sum_current_first(
+    index: Index,
+    rec: *mut u8,
+    stride: usize,
+    len: usize,
+    v: f64,
+) -> Result<(), Exit> {
+    // SAFETY: the caller's contract, for the capped length too.
+    unsafe { count_sum_current_once(index, rec, stride, len.min(INDEX_LIMIT), v) }
+}
+
+/// What follows a first attempt of [`count_sum_current_first`] that left
+/// with `exit`: retries after aborts (counted in [`aborts`]); `true` once an
+/// attempt commits, `false`, having changed nothing, when the thread has
+/// no live area or the index value is not below `len`, as [`add_current`]
+/// does.
+///
+/// # Safety
+///
+/// As for [`count_sum_current_first`].
+#[inline(always)]
+pub(crate) unsafe fn count_sum_current_after(
+    exit: Exit,
     index: Index,
     rec: *mut u8,
     stride: usize,
     len: usize,
     v: f64,
 ) -> bool {
-    let len = len.min(INDEX_LIMIT);
-    // The operation's sections run under the caller's contract.
-    let done = current_operation!(index, rseq_count_sum_current;
-        rec: *mut u8 = rec, stride: usize = stride, len: usize = len, v: f64 = v);
-    done.is_ok()
+    // SAFETY: the caller's contract, for the capped length too.
+    unsafe { count_sum_current_slow(exit, index, rec, stride, len.min(INDEX_LIMIT), v) }.is_ok()
 }
 
-/// A record of [`count_sum_current`]: a count and a sum, updated together
+/// A record of [`count_sum_current_first`]: a count and a sum, updated together
 /// by one critical section.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -596,27 +666,30 @@ impl CountSum {
     }
 }
 
-/// Runs a `_current` operation (one that reads the index inside its
-/// section, like [`add_current`]): the section `arch::$op` for `$index`,
-/// inline, with the operands `$arg`; a commit or a failed compare returned
-/// as they are; any other exit to `slow`, made here, out of line, which
-/// counts an abort, registers the thread's area if it has none yet (the
-/// first operation of a thread, with [`Owner::Ktl`](crate::Owner::Ktl)),
-/// and tries again until the section does not abort. Gives
-/// `Err(Exit::Other)` when the thread has no live area or the index value
-/// has no slot, never `Err(Exit::Aborted)`.
-macro_rules! current_operation {
-    ($index:expr, $op:ident $(, $flag:expr)?; $($arg:ident: $ty:ty = $val:expr),* $(,)?) => {
-        current_operation!($index, $op $(, $flag)? => (); $($arg: $ty = $val),*)
-    };
-    ($index:expr, $op:ident $(, $flag:expr)? => $t:ty; $($arg:ident: $ty:ty = $val:expr),* $(,)?) => {{
+/// Defines the two halves of a `_current` operation (one that reads the
+/// index inside its section, like [`add_current`]): `$once`, one attempt of
+/// the section `arch::$op` for an index, inline; and `$slow`, out of line,
+/// what follows an attempt that left without committing or failing its
+/// compare: it counts an abort, registers the thread's area if it has none
+/// yet (the first operation of a thread, with
+/// [`Owner::Ktl`](crate::Owner::Ktl)), and tries again until the section
+/// does not abort. `$slow` gives `Err(Exit::Other)` when the thread has no
+/// live area or the index value has no slot, never `Err(Exit::Aborted)`.
+///
+/// [`current_operation!`] joins the halves. A caller that has a fallback of
+/// its own takes them apart (as [`add_current_first`] and
+/// [`add_current_after`] do), so that its inline path ends in a tail call
+/// of its out-of-line one and saves no register.
+macro_rules! current_operation_fns {
+    ($vis:vis $once:ident, $slow:ident, $op:ident $(, $flag:expr)? => $t:ty;
+        $($arg:ident: $ty:ty),* $(,)?) => {
         /// One attempt.
         ///
         /// # Safety
         ///
         /// The operation's contract.
         #[inline(always)]
-        unsafe fn once(index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
+        $vis unsafe fn $once(index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
             delay_before();
             // SAFETY: a hot offset designates an area of this thread's static
             // TLS; the slots' validity below `len` is the caller's contract.
@@ -633,7 +706,7 @@ macro_rules! current_operation {
                 }
             }
         }
-        /// After the first attempt left without committing.
+        /// After an attempt left without committing.
         ///
         /// # Safety
         ///
@@ -641,7 +714,7 @@ macro_rules! current_operation {
         #[cold]
         #[inline(never)]
         #[allow(clippy::too_many_arguments)] // the operands, in registers
-        unsafe fn slow(exit: Exit, index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
+        $vis unsafe fn $slow(exit: Exit, index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
             match exit {
                 Exit::Aborted => count_abort(),
                 Exit::Other => {
@@ -653,12 +726,25 @@ macro_rules! current_operation {
             }
             loop {
                 // SAFETY: forwarded to the caller's contract.
-                match unsafe { once(index, $($arg),*) } {
+                match unsafe { $once(index, $($arg),*) } {
                     Err(Exit::Aborted) => count_abort(),
                     other => return other,
                 }
             }
         }
+    };
+}
+
+/// Runs a `_current` operation: the section `arch::$op` for `$index`,
+/// inline, with the operands `$arg`; a commit or a failed compare returned
+/// as they are; any other exit to the out-of-line half that
+/// [`current_operation_fns!`] describes.
+macro_rules! current_operation {
+    ($index:expr, $op:ident $(, $flag:expr)?; $($arg:ident: $ty:ty = $val:expr),* $(,)?) => {
+        current_operation!($index, $op $(, $flag)? => (); $($arg: $ty = $val),*)
+    };
+    ($index:expr, $op:ident $(, $flag:expr)? => $t:ty; $($arg:ident: $ty:ty = $val:expr),* $(,)?) => {{
+        current_operation_fns!(once, slow, $op $(, $flag)? => $t; $($arg: $ty),*);
         let index: Index = $index;
         $(let $arg: $ty = $val;)*
         // SAFETY: forwarded to the caller's contract.
@@ -671,6 +757,7 @@ macro_rules! current_operation {
     }};
 }
 use current_operation;
+use current_operation_fns;
 
 /// Above every index value: the `_current` operations cap their arrays'
 /// length here. The sections zero-extend the index field, so an
