@@ -517,108 +517,68 @@ pub unsafe fn add_current(
     done.is_ok()
 }
 
-current_operation_fns!(add_current_once, add_current_slow, rseq_add_current => ();
-    base: *mut u8, stride: usize, len: usize, count: i64);
-
-/// [`add_current`]'s first attempt, inline: `Ok` when it committed; on
-/// `Err`, the caller hands the exit to [`add_current_after`], out of line.
-/// For callers whose fallback is out of line too (`PerCpuCounter::add`), so
-/// that the inline path is the section and a tail call, with no register
-/// saved around a call.
-///
-/// # Safety
-///
-/// As for [`add_current`].
-#[inline(always)]
-pub(crate) unsafe fn add_current_first(
-    index: Index,
-    base: *mut u8,
-    stride: usize,
-    len: usize,
-    count: i64,
-) -> Result<(), Exit> {
-    // SAFETY: the caller's contract, for the capped length too.
-    unsafe { add_current_once(index, base, stride, len.min(INDEX_LIMIT), count) }
+current_operation_halves! {
+    /// [`add_current`]'s first attempt, inline: `Ok` when it committed; on
+    /// `Err`, the caller hands the exit to [`add_current_after`], out of
+    /// line. For callers whose fallback is out of line too
+    /// (`PerCpuCounter::add`), so that the inline path is the section and a
+    /// tail call, with no register saved around a call.
+    ///
+    /// # Safety
+    ///
+    /// As for [`add_current`].
+    first: add_current_first;
+    /// What [`add_current`] does after a first attempt that left with
+    /// `exit` ([`add_current_first`]): `true` once an attempt commits,
+    /// `false`, having changed nothing, when the thread has no live area or
+    /// the index value is not below `len`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`add_current`].
+    after: add_current_after;
+    add_current_once, add_current_slow, rseq_add_current;
+    base: *mut u8, stride: usize, len: usize, count: i64;
+    capped: len
 }
 
-/// What [`add_current`] does after a first attempt that left with `exit`
-/// ([`add_current_first`]): `true` once an attempt commits, `false`,
-/// having changed nothing, when the thread has no live area or the index
-/// value is not below `len`.
-///
-/// # Safety
-///
-/// As for [`add_current`].
-#[inline(always)]
-pub(crate) unsafe fn add_current_after(
-    exit: Exit,
-    index: Index,
-    base: *mut u8,
-    stride: usize,
-    len: usize,
-    count: i64,
-) -> bool {
-    // SAFETY: the caller's contract, for the capped length too.
-    unsafe { add_current_slow(exit, index, base, stride, len.min(INDEX_LIMIT), count) }.is_ok()
-}
-
-current_operation_fns!(count_sum_current_once, count_sum_current_slow,
-    rseq_count_sum_current => (); rec: *mut u8, stride: usize, len: usize, v: f64);
-
-/// Adds one to the count of the current CPU's (or concurrency id's) record
-/// in an array of per-CPU records, and `v` to its sum, in one critical
-/// section: the record at byte `value * stride` from `rec`, where `value`
-/// is the index value the section runs with. What
-/// [`PerCpuHistogram`](crate::percpu::PerCpuHistogram) observes with.
-///
-/// A record is three words, [`CountSum`]: a count, and two `f64` sums of
-/// which the one at the count's parity holds the sum. The section writes
-/// the new sum into the other one, then commits by adding one to the count
-/// (a store-release on aarch64; on x86_64 every store is one).
-///
-/// This is the first attempt, inline, as [`add_current_first`] is: `Ok`
-/// when it committed; on `Err`, the caller hands the exit to
-/// [`count_sum_current_after`], out of line.
-///
-/// # Safety
-///
-/// For every index value `i` below `len`, `rec + i * stride` must be a
-/// live [`CountSum`] (and `i * stride` not overflow an `isize`) that only
-/// `count_sum_current_first` and `_after` with the same `index` write while
-/// other threads may access it; other threads may read it with
-/// [`CountSum::load`].
-#[inline(always)]
-pub(crate) unsafe fn count_sum_current_first(
-    index: Index,
-    rec: *mut u8,
-    stride: usize,
-    len: usize,
-    v: f64,
-) -> Result<(), Exit> {
-    // SAFETY: the caller's contract, for the capped length too.
-    unsafe { count_sum_current_once(index, rec, stride, len.min(INDEX_LIMIT), v) }
-}
-
-/// What follows a first attempt of [`count_sum_current_first`] that left
-/// with `exit`: retries after aborts (counted in [`aborts`]); `true` once an
-/// attempt commits, `false`, having changed nothing, when the thread has
-/// no live area or the index value is not below `len`, as [`add_current`]
-/// does.
-///
-/// # Safety
-///
-/// As for [`count_sum_current_first`].
-#[inline(always)]
-pub(crate) unsafe fn count_sum_current_after(
-    exit: Exit,
-    index: Index,
-    rec: *mut u8,
-    stride: usize,
-    len: usize,
-    v: f64,
-) -> bool {
-    // SAFETY: the caller's contract, for the capped length too.
-    unsafe { count_sum_current_slow(exit, index, rec, stride, len.min(INDEX_LIMIT), v) }.is_ok()
+current_operation_halves! {
+    /// Adds one to the count of the current CPU's (or concurrency id's)
+    /// record in an array of per-CPU records, and `v` to its sum, in one
+    /// critical section: the record at byte `value * stride` from `rec`,
+    /// where `value` is the index value the section runs with. What
+    /// [`PerCpuHistogram`](crate::percpu::PerCpuHistogram) observes with.
+    ///
+    /// A record is three words, [`CountSum`]: a count, and two `f64` sums of
+    /// which the one at the count's parity holds the sum. The section writes
+    /// the new sum into the other one, then commits by adding one to the
+    /// count (a store-release on aarch64; on x86_64 every store is one).
+    ///
+    /// This is the first attempt, inline, as [`add_current_first`] is: `Ok`
+    /// when it committed; on `Err`, the caller hands the exit to
+    /// [`count_sum_current_after`], out of line.
+    ///
+    /// # Safety
+    ///
+    /// For every index value `i` below `len`, `rec + i * stride` must be a
+    /// live [`CountSum`] (and `i * stride` not overflow an `isize`) that only
+    /// `count_sum_current_first` and `_after` with the same `index` write
+    /// while other threads may access it; other threads may read it with
+    /// [`CountSum::load`].
+    first: count_sum_current_first;
+    /// What follows a first attempt of [`count_sum_current_first`] that left
+    /// with `exit`: retries after aborts (counted in [`aborts`]); `true` once
+    /// an attempt commits, `false`, having changed nothing, when the thread
+    /// has no live area or the index value is not below `len`, as
+    /// [`add_current`] does.
+    ///
+    /// # Safety
+    ///
+    /// As for [`count_sum_current_first`].
+    after: count_sum_current_after;
+    count_sum_current_once, count_sum_current_slow, rseq_count_sum_current;
+    rec: *mut u8, stride: usize, len: usize, v: f64;
+    capped: len
 }
 
 /// A record of [`count_sum_current_first`]: a count and a sum, updated together
@@ -758,6 +718,42 @@ macro_rules! current_operation {
 }
 use current_operation;
 use current_operation_fns;
+
+/// Defines a `_current` operation as two crate-internal functions, for a
+/// caller with a fallback of its own: `$first`, the first attempt, inline
+/// (`Ok` once it committed), and `$after`, which takes its exit, out of
+/// line (`true` once an attempt committed, `false` when the thread has no
+/// live area or the index value no slot). Both cap the operand named after
+/// `capped:` (the arrays' length) at [`INDEX_LIMIT`], as the operations'
+/// public forms do.
+macro_rules! current_operation_halves {
+    (
+        $(#[$first_doc:meta])* first: $first:ident;
+        $(#[$after_doc:meta])* after: $after:ident;
+        $once:ident, $slow:ident, $op:ident;
+        $($arg:ident: $ty:ty),*;
+        capped: $len:ident
+    ) => {
+        current_operation_fns!($once, $slow, $op => (); $($arg: $ty),*);
+
+        $(#[$first_doc])*
+        #[inline(always)]
+        pub(crate) unsafe fn $first(index: Index, $($arg: $ty),*) -> Result<(), Exit> {
+            let $len = $len.min(INDEX_LIMIT);
+            // SAFETY: the caller's contract, for the capped length too.
+            unsafe { $once(index, $($arg),*) }
+        }
+
+        $(#[$after_doc])*
+        #[inline(always)]
+        pub(crate) unsafe fn $after(exit: Exit, index: Index, $($arg: $ty),*) -> bool {
+            let $len = $len.min(INDEX_LIMIT);
+            // SAFETY: the caller's contract, for the capped length too.
+            unsafe { $slow(exit, index, $($arg),*) }.is_ok()
+        }
+    };
+}
+use current_operation_halves;
 
 /// Above every index value: the `_current` operations cap their arrays'
 /// length here. The sections zero-extend the index field, so an
