@@ -140,10 +140,10 @@ struct Shared {
 }
 
 // SAFETY: `blocks` is an allocation the histogram owns; its records are
-// written only by `rseq::count_sum_current_first` and `_after` (one section per observation,
-// on the records of the index value it runs with) and by `reset` through
-// `&mut self`, and read with `CountSum::load`. The shared buckets are
-// atomics.
+// written only by `rseq::count_sum_current_first` and `_after` (one section
+// per observation, on the records of the index value it runs with) and by
+// `reset` through `&mut self`, and read with `CountSum::load`. The shared
+// buckets are atomics.
 unsafe impl Send for PerCpuHistogram {}
 // SAFETY: as above.
 unsafe impl Sync for PerCpuHistogram {}

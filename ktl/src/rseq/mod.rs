@@ -637,11 +637,11 @@ impl CountSum {
 /// live area or the index value has no slot, never `Err(Exit::Aborted)`.
 ///
 /// [`current_operation!`] joins the halves. A caller that has a fallback of
-/// its own takes them apart (as [`add_current_first`] and
-/// [`add_current_after`] do), so that its inline path ends in a tail call
-/// of its out-of-line one and saves no register.
+/// its own takes them apart ([`current_operation_halves!`], as
+/// [`add_current_first`] and [`add_current_after`] do), so that its inline
+/// path ends in a tail call of its out-of-line one and saves no register.
 macro_rules! current_operation_fns {
-    ($vis:vis $once:ident, $slow:ident, $op:ident $(, $flag:expr)? => $t:ty;
+    ($once:ident, $slow:ident, $op:ident $(, $flag:expr)? => $t:ty;
         $($arg:ident: $ty:ty),* $(,)?) => {
         /// One attempt.
         ///
@@ -649,7 +649,7 @@ macro_rules! current_operation_fns {
         ///
         /// The operation's contract.
         #[inline(always)]
-        $vis unsafe fn $once(index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
+        unsafe fn $once(index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
             delay_before();
             // SAFETY: a hot offset designates an area of this thread's static
             // TLS; the slots' validity below `len` is the caller's contract.
@@ -674,7 +674,7 @@ macro_rules! current_operation_fns {
         #[cold]
         #[inline(never)]
         #[allow(clippy::too_many_arguments)] // the operands, in registers
-        $vis unsafe fn $slow(exit: Exit, index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
+        unsafe fn $slow(exit: Exit, index: Index, $($arg: $ty),*) -> Result<$t, Exit> {
             match exit {
                 Exit::Aborted => count_abort(),
                 Exit::Other => {
