@@ -250,16 +250,6 @@ pub fn rows() -> Vec<Row> {
     rows
 }
 
-/// The group's rows at the thread counts `threads` only, in the order of
-/// [`rows`].
-pub fn rows_at(threads: &[u32]) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for kind in Kind::ALL {
-        rows.extend(kind_rows(kind, threads));
-    }
-    rows
-}
-
 /// The rows of `kind` at `threads`.
 fn kind_rows(kind: Kind, threads: &[u32]) -> Vec<Row> {
     let mut rows = Vec::new();
