@@ -9,8 +9,37 @@
 use ktl::rseq::{self, Index, delay};
 use ktl_testkit::affinity::{allowed_cpus, pin};
 use ktl_testkit::exclusive;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// The delays are settings of the whole process, and the tests of this
+/// file run in parallel: each holds this lock while its delays are set, and
+/// sets them back to 0 when it lets go. Caught: without it, the first test
+/// to finish zeroed the delays of the others, so `add_current` ran 2.1
+/// million adds for one abort and "the delays caused no abort" failed in 2
+/// of 8 runs of this file.
+static DELAYS: Mutex<()> = Mutex::new(());
+
+/// The delays set, for as long as the guard lives.
+struct Delays {
+    _held: MutexGuard<'static, ()>,
+}
+
+impl Delays {
+    fn set(before: u64, inside: u64) -> Delays {
+        let guard = DELAYS.lock().unwrap_or_else(PoisonError::into_inner);
+        delay::set_before(before);
+        delay::set_inside(inside);
+        Delays { _held: guard }
+    }
+}
+
+impl Drop for Delays {
+    fn drop(&mut self) {
+        delay::set_before(0);
+        delay::set_inside(0);
+    }
+}
 
 #[test]
 fn injected_delays_cause_aborts_and_lose_nothing() {
@@ -21,8 +50,7 @@ fn injected_delays_cause_aborts_and_lose_nothing() {
         );
         return;
     }
-    delay::set_before(200);
-    delay::set_inside(2_000);
+    let delays = Delays::set(200, 2_000);
     assert_eq!(
         (delay::before_iterations(), delay::inside_iterations()),
         (200, 2_000)
@@ -94,8 +122,7 @@ fn injected_delays_cause_aborts_and_lose_nothing() {
         added += a;
         aborts += b;
     }
-    delay::set_before(0);
-    delay::set_inside(0);
+    drop(delays);
     let total: i64 = words.iter().map(|w| w.0.load(Ordering::Relaxed)).sum();
     assert_eq!(total, added as i64, "add_current: no update may be lost");
     assert_eq!(words[cpu].0.load(Ordering::Relaxed), added as i64);
@@ -116,8 +143,7 @@ fn histogram_observations_survive_aborts_before_the_commit() {
         );
         return;
     }
-    delay::set_before(200);
-    delay::set_inside(2_000);
+    let delays = Delays::set(200, 2_000);
     let cpu = allowed_cpus()[0];
     let h = Arc::new(ktl::percpu::PerCpuHistogram::new([1.0, 2.0]).unwrap());
     const N: u64 = 100_000;
@@ -135,8 +161,7 @@ fn histogram_observations_survive_aborts_before_the_commit() {
         })
         .collect();
     let aborts: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    delay::set_before(0);
-    delay::set_inside(0);
+    drop(delays);
     let s = h.snapshot();
     // 0.5, 1.5, 2.5 in turn: one in each bucket, a third of the time.
     let third = |k: u64| (0..N).filter(|i| i % 3 == k).count() as u64 * 2;
@@ -152,7 +177,6 @@ fn histogram_observations_survive_aborts_before_the_commit() {
 /// commit.
 #[test]
 fn exclusive_waits_for_delayed_sections() {
-    delay::set_before(200);
-    delay::set_inside(2_000);
+    let _delays = Delays::set(200, 2_000);
     exclusive::stops_every_commit("exclusive_waits_for_delayed_sections");
 }
