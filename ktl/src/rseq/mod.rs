@@ -510,11 +510,12 @@ pub unsafe fn add_current(
     len: usize,
     count: i64,
 ) -> bool {
-    let len = len.min(INDEX_LIMIT);
-    // The operation's sections run under the caller's contract.
-    let done = current_operation!(index, rseq_add_current;
-        base: *mut u8 = base, stride: usize = stride, len: usize = len, count: i64 = count);
-    done.is_ok()
+    // SAFETY: the caller's contract, which the halves share.
+    match unsafe { add_current_first(index, base, stride, len, count) } {
+        Ok(()) => true,
+        // SAFETY: as above.
+        Err(exit) => unsafe { add_current_after(exit, index, base, stride, len, count) },
+    }
 }
 
 current_operation_halves! {
@@ -716,7 +717,6 @@ macro_rules! current_operation {
         }
     }};
 }
-use current_operation;
 use current_operation_fns;
 
 /// Defines a `_current` operation as two crate-internal functions, for a
