@@ -162,9 +162,14 @@ pub(crate) const fn batch(c: usize) -> usize {
     BATCH[c] as usize
 }
 
-/// The most objects of class `c` one CPU's cache can hold: eight batches,
-/// at most 256 KiB worth (at least two batches). The cache starts at one
-/// batch and grows towards this as it misses (see `cpu`).
+/// The most objects of class `c` one CPU's cache can hold: 256 KiB worth
+/// (at least two batches; 16,384 objects of 16 bytes). The cache starts at
+/// one batch and grows towards this as it misses, while the CPU's capacity
+/// stays under `cpu::CPU_LIMIT` (see `cpu`). Room for a program's whole
+/// working set of a class keeps the objects one thread frees on its CPU for
+/// its next allocations there: taken back through the shared central cache,
+/// they would be split between threads object by object, and each thread's
+/// objects would share their lines with other threads'.
 #[inline(always)]
 pub(crate) const fn max_cached(c: usize) -> usize {
     MAX_CACHED[c] as usize
@@ -195,8 +200,7 @@ const MAX_CACHED: [u32; COUNT] = {
     let mut c = 0;
     while c < COUNT {
         let b = BATCH[c];
-        let by_bytes = 256 * 1024 / SIZES[c];
-        let n = if 8 * b < by_bytes { 8 * b } else { by_bytes };
+        let n = 256 * 1024 / SIZES[c];
         t[c] = if n < 2 * b { 2 * b } else { n };
         c += 1;
     }
